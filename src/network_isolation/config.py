@@ -1,0 +1,173 @@
+"""The charm's configuration, parsed and checked once for the charm and the `plan` command.
+
+Option values follow the shape of `juju deploy --bind`: whitespace-separated entries, each
+`key=value[,value...]`. Every problem is reported against the option's own (dashed) name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+from .model import BUILTIN_ROLES, NETWORK_NAMES, Network, role_table
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+PORT_ENTRY = re.compile(r"^(tcp|udp):(\d{1,5})(?:-(\d{1,5}))?$")
+Enforcement = Literal["enforce", "audit", "off"]
+
+
+class ConfigError(ValueError):
+    """One invalid option, with a message fit for a blocked status or a CLI error."""
+
+    def __init__(self, option: str, problem: str):
+        self.option = option
+        self.problem = problem
+        super().__init__(f"invalid config '{option}': {problem}")
+
+
+def parse_cidr(text: str) -> IPNetwork:
+    """A subnet in CIDR form; host bits must be clear and the prefix must not be /0."""
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as e:
+        raise ValueError(f"'{text}' is not a subnet in CIDR form ({e})") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"'{text}' covers every address; name the real subnets")
+    return net
+
+
+def _entries(text: str) -> list[tuple[str, list[str]]]:
+    """Split `key=a,b key2=c` into [(key, [a, b]), (key2, [c])], refusing repeated keys."""
+    seen: set[str] = set()
+    entries: list[tuple[str, list[str]]] = []
+    for entry in text.split():
+        key, sep, values = entry.partition("=")
+        if not sep or not key:
+            raise ValueError(f"'{entry}' is not of the form key=value[,value...]")
+        if key in seen:
+            raise ValueError(f"'{key}' is given twice")
+        seen.add(key)
+        items = [v for v in values.split(",") if v]
+        if not items:
+            raise ValueError(f"'{entry}' lists no values")
+        entries.append((key, items))
+    return entries
+
+
+def _network(name: str, where: str) -> Network:
+    if name not in NETWORK_NAMES:
+        raise ValueError(
+            f"unknown network '{name}' in '{where}' (networks: {', '.join(NETWORK_NAMES)})"
+        )
+    return Network(name)
+
+
+def parse_port_range(text: str) -> tuple[str, int, int]:
+    """`tcp:5672` or `udp:6800-7300` as (protocol, first, last)."""
+    match = PORT_ENTRY.match(text)
+    if not match:
+        raise ValueError(f"'{text}' is not a port of the form tcp:N, udp:N or tcp:N-M")
+    proto, first, last = match.group(1), int(match.group(2)), int(match.group(3) or match.group(2))
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"'{text}' is not a port range within 1-65535")
+    return proto, first, last
+
+
+class CharmConfig(BaseModel):
+    """Every option of the charm, parsed into the structures the planner uses."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # role_networks comes first: checking `roles` needs the custom roles it defines.
+    role_networks: dict[str, frozenset[Network]] = {}
+    roles: frozenset[str] = frozenset()
+    network_cidrs: dict[Network, tuple[IPNetwork, ...]] = {}
+    client_cidrs: tuple[IPNetwork, ...] = ()
+    enforcement: Enforcement = "enforce"
+    strict_ports: bool = False
+    extra_ports: dict[Network, tuple[tuple[str, int, int], ...]] = {}
+    manage_routing: bool = True
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _parse_roles(cls, value: Any, info: ValidationInfo) -> Any:
+        roles = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(roles, (list, tuple, set, frozenset)):
+            return value
+        known = set(BUILTIN_ROLES) | set(info.data.get("role_networks", {}))
+        for role in roles:
+            if role not in known:
+                raise ValueError(
+                    f"unknown role '{role}' (known: {', '.join(sorted(known))};"
+                    " define custom roles in 'role-networks')"
+                )
+        return frozenset(roles)
+
+    @field_validator("role_networks", mode="before")
+    @classmethod
+    def _parse_role_networks(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        table: dict[str, frozenset[Network]] = {}
+        for role, names in _entries(value):
+            if not ROLE_NAME.match(role):
+                raise ValueError(f"'{role}' is not a valid role name")
+            table[role] = frozenset(_network(n, f"{role}={','.join(names)}") for n in names)
+        return table
+
+    @field_validator("network_cidrs", mode="before")
+    @classmethod
+    def _parse_network_cidrs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return {
+            _network(name, f"{name}={','.join(cidrs)}"): tuple(parse_cidr(c) for c in cidrs)
+            for name, cidrs in _entries(value)
+        }
+
+    @field_validator("client_cidrs", mode="before")
+    @classmethod
+    def _parse_client_cidrs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return tuple(parse_cidr(c) for c in value.replace(",", " ").split())
+
+    @field_validator("extra_ports", mode="before")
+    @classmethod
+    def _parse_extra_ports(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return {
+            _network(name, f"{name}={','.join(ports)}"): tuple(parse_port_range(p) for p in ports)
+            for name, ports in _entries(value)
+        }
+
+    @property
+    def role_table(self) -> dict[str, frozenset[Network]]:
+        """The built-in role table with this config's overrides applied."""
+        return role_table(self.role_networks)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> CharmConfig:
+        """Parse options keyed by their Juju names (dashes), raising ConfigError."""
+        try:
+            return cls.model_validate({k.replace("-", "_"): v for k, v in options.items()})
+        except pydantic.ValidationError as e:
+            raise config_error(e) from None
+
+
+def config_error(error: pydantic.ValidationError) -> ConfigError:
+    """The first problem of a validation error, named by the option's Juju name."""
+    first = error.errors()[0]
+    option = str(first["loc"][0]).replace("_", "-") if first["loc"] else "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "not an option of this charm"
+    return ConfigError(option, message)

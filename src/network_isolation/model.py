@@ -1,0 +1,95 @@
+"""The MicroStack cloud networks, node roles and isolation degrees.
+
+This is the vocabulary of the whole project, taken from Canonical's "Network traffic
+isolation with MAAS" page. It is pure data: no Juju, no host access.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+class Network(str, enum.Enum):
+    """A MicroStack cloud network: one kind of traffic, bound to one Juju space."""
+
+    DATA = "data"
+    INTERNAL = "internal"
+    MANAGEMENT = "management"
+    PUBLIC = "public"
+    STORAGE = "storage"
+    STORAGE_CLUSTER = "storage-cluster"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+NETWORKS: tuple[Network, ...] = tuple(Network)
+NETWORK_NAMES: tuple[str, ...] = tuple(n.value for n in Network)
+
+
+@dataclass(frozen=True)
+class TrafficKind:
+    """What travels on a network, for people reading a plan."""
+
+    traffic_type: str
+    example: str
+
+
+NETWORK_TRAFFIC: Mapping[Network, TrafficKind] = {
+    Network.DATA: TrafficKind("hypervisor-to-hypervisor (East-West)", "intra-project routing by OVN/OVS"),
+    Network.INTERNAL: TrafficKind("control plane", "Nova to RabbitMQ queries"),
+    Network.MANAGEMENT: TrafficKind("cloud node management", "Juju"),
+    Network.PUBLIC: TrafficKind("service API endpoints", "Identity service via Keystone"),
+    Network.STORAGE: TrafficKind("instance-to-storage", "Ceph-based volumes"),
+    Network.STORAGE_CLUSTER: TrafficKind("storage-to-storage", "Ceph data rebalancing"),
+}
+
+# Instance traffic that maps to no cloud network. It runs over OVN/OVS interfaces that are not
+# bound to any space, and this charm never filters it.
+OTHER_NETWORKING: Mapping[str, TrafficKind] = {
+    "external": TrafficKind("instance-to-external (North-South)", "instance remote access over SSH"),
+    "private": TrafficKind("instance-to-openstack", "OpenStack internal"),
+}
+
+BUILTIN_ROLES: Mapping[str, frozenset[Network]] = {
+    "juju-controller": frozenset({Network.MANAGEMENT}),
+    "control": frozenset(
+        {Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC, Network.STORAGE}
+    ),
+    "compute": frozenset({Network.MANAGEMENT, Network.INTERNAL, Network.DATA, Network.STORAGE}),
+    "storage": frozenset({Network.MANAGEMENT, Network.STORAGE, Network.STORAGE_CLUSTER}),
+}
+
+# Client machines (operators, API users) need these; external networking too, which is
+# instance traffic that this charm never blocks.
+CLIENT_NETWORKS: frozenset[Network] = frozenset({Network.MANAGEMENT, Network.PUBLIC})
+
+
+class IsolationLevel(str, enum.Enum):
+    """How far the architect's spaces separate the six networks."""
+
+    NONE = "none"
+    PARTIAL = "partial"
+    MAXIMUM = "maximum"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def role_table(overrides: Mapping[str, frozenset[Network]]) -> dict[str, frozenset[Network]]:
+    """The role→networks table in force: the built-in rows, each overridable or extendable."""
+    table = dict(BUILTIN_ROLES)
+    table.update(overrides)
+    return table
+
+
+def networks_for_roles(
+    roles: Iterable[str], table: Mapping[str, frozenset[Network]]
+) -> frozenset[Network]:
+    """The networks a machine may use: the union of its roles' rows."""
+    allowed: set[Network] = set()
+    for role in roles:
+        allowed |= table[role]
+    return frozenset(allowed)

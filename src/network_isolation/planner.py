@@ -1,0 +1,284 @@
+"""Turn what a machine sees (bindings, roles, config) into its access plan.
+
+Pure code shared by the charm and the offline `plan` command: the same inputs always give the
+same plan, whichever unit or tool computes it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import CharmConfig, IPNetwork
+from .model import NETWORKS, IsolationLevel, Network, networks_for_roles
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+InterfaceKind = Literal["ethernets", "vlans", "bonds", "bridges"]
+
+NO_ROLE_MESSAGE = (
+    "no role: relate to a control, compute, storage or juju-controller principal, or set roles"
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InterfaceAddress(_Frozen):
+    """One address of this machine on a network, and the interface that holds it."""
+
+    name: str
+    address: IPInterface
+
+
+class NetworkView(_Frozen):
+    """What the machine knows of one cloud network: Juju's binding, or a topology's space."""
+
+    interfaces: tuple[InterfaceAddress, ...] = ()
+    subnets: tuple[IPNetwork, ...] = Field(default=(), description="known cloud-wide")
+    space: str | None = None
+    gateways: dict[IPNetwork, IPAddress] = {}
+
+
+class PlanInput(_Frozen):
+    """Everything the planner needs about one machine."""
+
+    machine: str
+    roles: frozenset[str]
+    networks: dict[Network, NetworkView]
+    config: CharmConfig
+    interface_kinds: dict[str, InterfaceKind] = {}
+
+
+class NetworkPlan(_Frozen):
+    """One network on one machine: may the machine use it, and where does it live."""
+
+    access: bool
+    space: str | None
+    subnets: tuple[IPNetwork, ...]
+    interfaces: tuple[str, ...]
+    addresses: tuple[IPInterface, ...]
+
+
+class Domain(_Frozen):
+    """Networks that resolve to the same subnets (one space): the unit of filtering."""
+
+    networks: tuple[Network, ...]
+    space: str | None
+    subnets: tuple[IPNetwork, ...]
+    allowed: bool
+    interfaces: tuple[str, ...]
+    addresses: tuple[IPInterface, ...]
+    gateways: dict[IPNetwork, IPAddress] = {}
+
+    @property
+    def name(self) -> str:
+        """A short label: the space name where known, else the networks it carries."""
+        return self.space or "+".join(n.value for n in self.networks)
+
+
+class Isolation(_Frozen):
+    """The degree of isolation and the traffic domains that make it."""
+
+    level: IsolationLevel
+    domains: tuple[tuple[Network, ...], ...]
+
+
+class MachinePlan(_Frozen):
+    """The access plan of one machine: the single source for status, rendering and reports."""
+
+    machine: str
+    roles: tuple[str, ...]
+    status: Literal["active", "blocked"]
+    message: str
+    problems: tuple[str, ...]
+    networks: dict[Network, NetworkPlan]
+    domains: tuple[Domain, ...]
+    isolation: Isolation
+    config: CharmConfig
+    interface_kinds: dict[str, InterfaceKind] = {}
+
+    @property
+    def allowed_domains(self) -> tuple[Domain, ...]:
+        """Domains this machine may use."""
+        return tuple(d for d in self.domains if d.allowed)
+
+    @property
+    def denied_domains(self) -> tuple[Domain, ...]:
+        """Domains this machine must stay off."""
+        return tuple(d for d in self.domains if not d.allowed)
+
+    @property
+    def denied_interfaces(self) -> tuple[str, ...]:
+        """NICs only in denied domains (a NIC also carrying an allowed domain stays usable)."""
+        allowed = {i for d in self.allowed_domains for i in d.interfaces}
+        return tuple(
+            sorted({i for d in self.denied_domains for i in d.interfaces} - allowed)
+        )
+
+    def domain_of(self, network: Network) -> Domain:
+        """The domain carrying a network."""
+        return next(d for d in self.domains if network in d.networks)
+
+
+def _sorted_unique(items: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
+    unique = set(items)
+    return tuple(sorted(unique, key=lambda n: (n.version, n.network_address, n.prefixlen)))
+
+
+def known_subnets(
+    networks: Mapping[Network, NetworkView], config: CharmConfig
+) -> dict[Network, tuple[IPNetwork, ...]]:
+    """Each network's subnets: what the binding or space shows, plus `network-cidrs`."""
+    return {
+        net: _sorted_unique(
+            [
+                *networks.get(net, NetworkView()).subnets,
+                *(i.address.network for i in networks.get(net, NetworkView()).interfaces),
+                *config.network_cidrs.get(net, ()),
+            ]
+        )
+        for net in NETWORKS
+    }
+
+
+def group_domains(
+    subnets: Mapping[Network, tuple[IPNetwork, ...]],
+) -> tuple[tuple[Network, ...], ...]:
+    """Networks grouped by identical subnet sets; a network with none known stands alone."""
+    groups: dict[object, list[Network]] = {}
+    for net in NETWORKS:
+        key: object = frozenset(subnets[net]) or net
+        groups.setdefault(key, []).append(net)
+    return tuple(tuple(g) for g in groups.values())
+
+
+def isolation_of(subnets: Mapping[Network, tuple[IPNetwork, ...]]) -> Isolation:
+    """The seed's degree: one shared space is none, six disjoint spaces is maximum."""
+    domains = group_domains(subnets)
+    if len(domains) == 1:
+        level = IsolationLevel.NONE
+    elif len(domains) == len(NETWORKS) and not overlaps(subnets):
+        level = IsolationLevel.MAXIMUM
+    else:
+        level = IsolationLevel.PARTIAL
+    return Isolation(level=level, domains=domains)
+
+
+def overlaps(subnets: Mapping[Network, tuple[IPNetwork, ...]]) -> list[str]:
+    """Pairs of networks in different spaces whose subnets overlap: ambiguous to filter."""
+    problems: list[str] = []
+    domains = group_domains(subnets)
+    for i, first in enumerate(domains):
+        for second in domains[i + 1 :]:
+            clash = next(
+                (
+                    (a, b)
+                    for a in subnets[first[0]]
+                    for b in subnets[second[0]]
+                    if a.version == b.version and a.overlaps(b)
+                ),
+                None,
+            )
+            if clash:
+                problems.append(
+                    f"'{first[0]}' and '{second[0]}' have overlapping subnets {clash[0]} and"
+                    f" {clash[1]} in different spaces: bind them to one space or make them"
+                    " disjoint"
+                )
+    return problems
+
+
+def _missing_networks(
+    roles: Iterable[str], config: CharmConfig, networks: Mapping[Network, NetworkPlan]
+) -> list[str]:
+    problems: list[str] = []
+    reported: set[Network] = set()
+    table = config.role_table
+    for role in sorted(roles):
+        for net in NETWORKS:
+            if net in table[role] and not networks[net].addresses and net not in reported:
+                reported.add(net)
+                problems.append(f"{role} needs '{net}': no address in its space on this machine")
+    return problems
+
+
+def _summary(roles: tuple[str, ...], allowed: int, isolation: Isolation, config: CharmConfig) -> str:
+    mode = {"enforce": "", "audit": " (audit only)", "off": " (enforcement off)"}
+    return (
+        f"{'+'.join(roles)}: {allowed}/{len(NETWORKS)} networks allowed,"
+        f" isolation {isolation.level}{mode[config.enforcement]}"
+    )
+
+
+def plan_machine(plan_input: PlanInput) -> MachinePlan:
+    """The machine's plan: per-network access, domains, isolation degree, problems."""
+    config = plan_input.config
+    roles = tuple(sorted(plan_input.roles | config.roles))
+    unknown = sorted(set(roles) - set(config.role_table))
+    allowed = networks_for_roles((r for r in roles if r not in unknown), config.role_table)
+    subnets = known_subnets(plan_input.networks, config)
+    views = {net: plan_input.networks.get(net, NetworkView()) for net in NETWORKS}
+
+    networks = {
+        net: NetworkPlan(
+            access=net in allowed,
+            space=views[net].space,
+            subnets=subnets[net],
+            interfaces=tuple(sorted({i.name for i in views[net].interfaces})),
+            addresses=tuple(i.address for i in views[net].interfaces),
+        )
+        for net in NETWORKS
+    }
+    isolation = isolation_of(subnets)
+    domains = tuple(_domain(group, networks, views) for group in isolation.domains)
+
+    problems: list[str] = [f"unknown role '{r}': define it in 'role-networks'" for r in unknown]
+    if not roles:
+        problems.append(NO_ROLE_MESSAGE)
+    problems += _missing_networks((r for r in roles if r not in unknown), config, networks)
+    problems += overlaps(subnets)
+
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        status: Literal["active", "blocked"] = "blocked"
+        message = problems[0] + more
+    else:
+        status, message = "active", _summary(roles, len(allowed), isolation, config)
+    return MachinePlan(
+        machine=plan_input.machine,
+        roles=roles,
+        status=status,
+        message=message,
+        problems=tuple(problems),
+        networks=networks,
+        domains=domains,
+        isolation=isolation,
+        config=config,
+        interface_kinds=plan_input.interface_kinds,
+    )
+
+
+def _domain(
+    group: tuple[Network, ...],
+    networks: Mapping[Network, NetworkPlan],
+    views: Mapping[Network, NetworkView],
+) -> Domain:
+    addresses: dict[IPInterface, None] = {}
+    gateways: dict[IPNetwork, IPAddress] = {}
+    for net in group:
+        addresses.update(dict.fromkeys(networks[net].addresses))
+        gateways.update(views[net].gateways)
+    return Domain(
+        networks=group,
+        space=next((views[n].space for n in group if views[n].space), None),
+        subnets=networks[group[0]].subnets,
+        allowed=any(networks[n].access for n in group),
+        interfaces=tuple(sorted({i for n in group for i in networks[n].interfaces})),
+        addresses=tuple(addresses),
+        gateways=gateways,
+    )
