@@ -1,0 +1,1 @@
+"""Network traffic isolation for MicroStack clouds on MAAS: model, planner and host code."""

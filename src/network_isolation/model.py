@@ -38,7 +38,9 @@ class TrafficKind:
 
 
 NETWORK_TRAFFIC: Mapping[Network, TrafficKind] = {
-    Network.DATA: TrafficKind("hypervisor-to-hypervisor (East-West)", "intra-project routing by OVN/OVS"),
+    Network.DATA: TrafficKind(
+        "hypervisor-to-hypervisor (East-West)", "intra-project routing by OVN/OVS"
+    ),
     Network.INTERNAL: TrafficKind("control plane", "Nova to RabbitMQ queries"),
     Network.MANAGEMENT: TrafficKind("cloud node management", "Juju"),
     Network.PUBLIC: TrafficKind("service API endpoints", "Identity service via Keystone"),
@@ -49,15 +51,15 @@ NETWORK_TRAFFIC: Mapping[Network, TrafficKind] = {
 # Instance traffic that maps to no cloud network. It runs over OVN/OVS interfaces that are not
 # bound to any space, and this charm never filters it.
 OTHER_NETWORKING: Mapping[str, TrafficKind] = {
-    "external": TrafficKind("instance-to-external (North-South)", "instance remote access over SSH"),
+    "external": TrafficKind(
+        "instance-to-external (North-South)", "instance remote access over SSH"
+    ),
     "private": TrafficKind("instance-to-openstack", "OpenStack internal"),
 }
 
 BUILTIN_ROLES: Mapping[str, frozenset[Network]] = {
     "juju-controller": frozenset({Network.MANAGEMENT}),
-    "control": frozenset(
-        {Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC, Network.STORAGE}
-    ),
+    "control": frozenset({Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC, Network.STORAGE}),
     "compute": frozenset({Network.MANAGEMENT, Network.INTERNAL, Network.DATA, Network.STORAGE}),
     "storage": frozenset({Network.MANAGEMENT, Network.STORAGE, Network.STORAGE_CLUSTER}),
 }

@@ -116,9 +116,7 @@ class MachinePlan(_Frozen):
     def denied_interfaces(self) -> tuple[str, ...]:
         """NICs only in denied domains (a NIC also carrying an allowed domain stays usable)."""
         allowed = {i for d in self.allowed_domains for i in d.interfaces}
-        return tuple(
-            sorted({i for d in self.denied_domains for i in d.interfaces} - allowed)
-        )
+        return tuple(sorted({i for d in self.denied_domains for i in d.interfaces} - allowed))
 
     def domain_of(self, network: Network) -> Domain:
         """The domain carrying a network."""
@@ -207,7 +205,9 @@ def _missing_networks(
     return problems
 
 
-def _summary(roles: tuple[str, ...], allowed: int, isolation: Isolation, config: CharmConfig) -> str:
+def _summary(
+    roles: tuple[str, ...], allowed: int, isolation: Isolation, config: CharmConfig
+) -> str:
     mode = {"enforce": "", "audit": " (audit only)", "off": " (enforcement off)"}
     return (
         f"{'+'.join(roles)}: {allowed}/{len(NETWORKS)} networks allowed,"

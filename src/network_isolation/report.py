@@ -62,7 +62,10 @@ def machine_text(plan: MachinePlan) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"{plan.machine} ({', '.join(plan.roles) or 'no role'})"]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines += [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.append(f"  => {plan.status}: {plan.message}")
     lines += [f"     - {p}" for p in plan.problems[1:]]
     return "\n".join(lines)

@@ -7,7 +7,6 @@ charm builds from Juju's `network-get`, so both share one planner.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -171,7 +170,9 @@ def load_topology(path: Path) -> Topology:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise TopologyError(source, where, f"not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise TopologyError(
+            source, where, f"not valid YAML ({getattr(e, 'problem', e)})"
+        ) from None
     if not isinstance(raw, dict):
         raise TopologyError(source, "", "expected a mapping with spaces, bindings and machines")
     try:
