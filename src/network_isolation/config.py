@@ -94,6 +94,13 @@ class CharmConfig(BaseModel):
     strict_ports: bool = False
     extra_ports: dict[Network, tuple[tuple[str, int, int], ...]] = {}
     manage_routing: bool = True
+    peer_min_prefix_v4: int = pydantic.Field(default=16, ge=1, le=32)
+    peer_min_prefix_v6: int = pydantic.Field(default=48, ge=1, le=128)
+
+    @property
+    def peer_min_prefix(self) -> dict[int, int]:
+        """The narrowest-allowed prefix of subnets learnt from peers, per IP version."""
+        return {4: self.peer_min_prefix_v4, 6: self.peer_min_prefix_v6}
 
     @field_validator("roles", mode="before")
     @classmethod
