@@ -65,11 +65,12 @@ class NetworkIsolationCharm(ops.CharmBase):
 
     def _reconcile(self, _: ops.EventBase) -> None:
         """Record and publish what this unit brings, so every unit plans the same machine."""
-        self.registry.record(self.unit.name, self._related_roles())
         try:
             config = self._config()
         except ConfigError:
+            self.registry.record(self.unit.name, self._related_roles())
             return  # reported by collect-status; nothing is changed
+        self.registry.record(self.unit.name, self._related_roles() | config.roles)
         self._cluster(config).publish(
             MachineRecord(
                 machine=self._machine_name(),
