@@ -91,9 +91,9 @@ class CharmConfig(BaseModel):
     network_cidrs: dict[Network, tuple[IPNetwork, ...]] = {}
     client_cidrs: tuple[IPNetwork, ...] = ()
     enforcement: Enforcement = "enforce"
-    strict_ports: bool = False
+    strict_ports: pydantic.StrictBool = False
     extra_ports: dict[Network, tuple[tuple[str, int, int], ...]] = {}
-    manage_routing: bool = True
+    manage_routing: pydantic.StrictBool = True
     peer_min_prefix_v4: int = pydantic.Field(default=16, ge=1, le=32)
     peer_min_prefix_v6: int = pydantic.Field(default=48, ge=1, le=128)
 

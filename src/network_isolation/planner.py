@@ -131,17 +131,26 @@ def _sorted_unique(items: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
 def known_subnets(
     networks: Mapping[Network, NetworkView], config: CharmConfig
 ) -> dict[Network, tuple[IPNetwork, ...]]:
-    """Each network's subnets: what the binding or space shows, plus `network-cidrs`."""
-    return {
-        net: _sorted_unique(
+    """Each network's subnets: what the binding or space shows, plus `network-cidrs`.
+
+    Extra subnets belong to the space: a subnet added to one network is added to every network
+    that shares its space, so networks bound together stay one domain.
+    """
+    base = {
+        net: frozenset(
             [
                 *networks.get(net, NetworkView()).subnets,
                 *(i.address.network for i in networks.get(net, NetworkView()).interfaces),
-                *config.network_cidrs.get(net, ()),
             ]
         )
         for net in NETWORKS
     }
+    result: dict[Network, tuple[IPNetwork, ...]] = {}
+    for net in NETWORKS:
+        space_mates = [m for m in NETWORKS if m == net or (base[net] and base[m] == base[net])]
+        extra = [c for mate in space_mates for c in config.network_cidrs.get(mate, ())]
+        result[net] = _sorted_unique([*base[net], *extra])
+    return result
 
 
 def group_domains(

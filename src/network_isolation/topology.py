@@ -160,6 +160,11 @@ class Topology(_Strict):
         )
 
 
+def _is_place(part: str | int) -> bool:
+    """Keys and indexes of the file, not pydantic's names for union members and validators."""
+    return isinstance(part, int) or not any(c in part for c in "[](")
+
+
 def load_topology(path: Path) -> Topology:
     """Read and check a topology file; every problem is a TopologyError naming the place."""
     source = str(path)
@@ -179,7 +184,7 @@ def load_topology(path: Path) -> Topology:
         topology = Topology.model_validate(raw)
     except pydantic.ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = ".".join(str(p) for p in first["loc"] if _is_place(p))
         problem = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             problem = "unknown key"

@@ -1,0 +1,124 @@
+"""Shared fixtures of the unit tests.
+
+The expectations come from Canonical's "Network traffic isolation with MAAS" page (the seed
+document), written out here by hand: the tests never take expected values from the code under
+test.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+from ops import testing
+
+# The seed's "Cloud networks" table: the six network names.
+SEED_NETWORKS: tuple[str, ...] = (
+    "data",
+    "internal",
+    "management",
+    "public",
+    "storage",
+    "storage-cluster",
+)
+
+# The seed's "Node roles" table: role -> cloud network access.
+SEED_ROLE_NETWORKS: dict[str, frozenset[str]] = {
+    "juju-controller": frozenset({"management"}),
+    "control": frozenset({"management", "internal", "public", "storage"}),
+    "compute": frozenset({"management", "internal", "data", "storage"}),
+    "storage": frozenset({"management", "storage", "storage-cluster"}),
+}
+
+# One subnet per network, all disjoint: the seed's "maximum isolation" layout.
+DISJOINT_SUBNETS: dict[str, str] = {
+    "management": "10.10.0.0/24",
+    "internal": "10.20.0.0/24",
+    "public": "10.30.0.0/24",
+    "data": "10.40.0.0/24",
+    "storage": "10.50.0.0/24",
+    "storage-cluster": "10.60.0.0/24",
+}
+
+# Where a network has an address on the test machine: (interface, subnet), or None for none.
+Layout = Mapping[str, tuple[str, str] | None]
+NetworksFactory = Callable[[Layout], list[testing.Network]]
+
+
+@pytest.fixture(autouse=True)
+def state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Keep the charm's per-machine registry in a fresh directory of each test."""
+    directory = tmp_path / "state"
+    monkeypatch.setenv("NETWORK_ISOLATION_STATE_DIR", str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def seed_table() -> dict[str, frozenset[str]]:
+    """The seed's role -> networks table."""
+    return dict(SEED_ROLE_NETWORKS)
+
+
+@pytest.fixture(scope="session")
+def seed_networks() -> tuple[str, ...]:
+    """The seed's six cloud networks."""
+    return SEED_NETWORKS
+
+
+@pytest.fixture(scope="session")
+def disjoint_subnets() -> dict[str, str]:
+    """One distinct subnet per network."""
+    return dict(DISJOINT_SUBNETS)
+
+
+def _binding(name: str, place: tuple[str, str] | None, host: int = 5) -> testing.Network:
+    if place is None:
+        # Declared, but the machine has no address in the network's space.
+        return testing.Network(name, bind_addresses=[], ingress_addresses=[], egress_subnets=[])
+    interface, cidr = place
+    subnet = ipaddress.ip_network(cidr)
+    address = str(subnet[host])
+    return testing.Network(
+        name,
+        bind_addresses=[
+            testing.BindAddress([testing.Address(address, cidr=cidr)], interface_name=interface)
+        ],
+        ingress_addresses=[address],
+        egress_subnets=[cidr],
+    )
+
+
+@pytest.fixture(scope="session")
+def make_networks() -> NetworksFactory:
+    """Bindings for all six networks, as `network-get` would give them on one machine.
+
+    Every network must be named: an undeclared binding would get ops.testing's fake address.
+    """
+
+    def make(layout: Layout) -> list[testing.Network]:
+        assert set(layout) == set(SEED_NETWORKS), "declare every one of the six bindings"
+        return [_binding(name, layout[name]) for name in SEED_NETWORKS]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def distinct_layout() -> dict[str, tuple[str, str] | None]:
+    """A machine with one NIC per network, each network on its own subnet."""
+    nics = {
+        "management": "enp1s0",
+        "internal": "enp2s0",
+        "public": "enp3s0",
+        "storage": "enp4s0",
+        "data": "enp5s0",
+        "storage-cluster": "enp6s0",
+    }
+    return {net: (nics[net], DISJOINT_SUBNETS[net]) for net in SEED_NETWORKS}
+
+
+@pytest.fixture(scope="session")
+def shared_layout() -> dict[str, tuple[str, str] | None]:
+    """A machine on a single subnet: every network in one space, on one NIC."""
+    return dict.fromkeys(SEED_NETWORKS, ("enp1s0", "10.0.0.0/24"))

@@ -1,0 +1,310 @@
+"""The charm under ops.testing: roles, bindings, config, co-located units and show-plan.
+
+Every test declares all six bindings: ops.testing gives an undeclared binding a fake address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ops
+import pytest
+from ops import testing
+
+from charm import NetworkIsolationCharm
+from network_isolation.host import MachineRegistry
+
+SEED_ROLES = ("juju-controller", "control", "compute", "storage")
+NO_ROLE_TEXT = "relate to a control, compute, storage or juju-controller principal, or set roles"
+MACHINE = "7"
+
+Layout = Mapping[str, tuple[str, str] | None]
+MakeNetworks = Callable[[Layout], list[testing.Network]]
+
+
+def context(unit_id: int = 0) -> testing.Context[NetworkIsolationCharm]:
+    return testing.Context(NetworkIsolationCharm, unit_id=unit_id, machine_id=MACHINE)
+
+
+def principal(role: str, app: str | None = None) -> testing.SubordinateRelation:
+    return testing.SubordinateRelation(f"{role}-node", remote_app_name=app or f"{role}-app")
+
+
+def state(
+    networks: list[testing.Network],
+    relations: Iterable[testing.RelationBase] = (),
+    config: Mapping[str, str | int | bool] | None = None,
+) -> testing.State:
+    return testing.State(networks=networks, relations=relations, config=dict(config or {}))
+
+
+def show_plan(ctx: testing.Context[NetworkIsolationCharm], st: testing.State, fmt: str) -> str:
+    ctx.run(ctx.on.action("show-plan", params={"format": fmt}), st)
+    assert ctx.action_results is not None
+    return ctx.action_results["plan"]
+
+
+def plan_of(ctx: testing.Context[NetworkIsolationCharm], st: testing.State) -> dict[str, Any]:
+    return json.loads(show_plan(ctx, st, "json"))
+
+
+def access(plan: Mapping[str, Any]) -> set[str]:
+    return {net for net, item in plan["networks"].items() if item["access"]}
+
+
+def first_quoted(message: str) -> str:
+    match = re.search(r"'([^']+)'", message)
+    assert match, message
+    return match.group(1)
+
+
+@pytest.mark.parametrize("role", SEED_ROLES)
+def test_role_from_its_endpoint(
+    role: str,
+    make_networks: MakeNetworks,
+    distinct_layout: Layout,
+    seed_table: dict[str, frozenset[str]],
+    state_dir: Path,
+):
+    ctx = context()
+    st = state(make_networks(distinct_layout), [principal(role)])
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    assert "maximum" in out.unit_status.message
+    plan = plan_of(ctx, st)
+    assert plan["roles"] == [role]
+    assert access(plan) == seed_table[role]
+    assert plan["status"] == "active"
+    # The unit told the machine's registry which role it brings.
+    assert MachineRegistry(state_dir / "units").entries() == {
+        "network-isolation/0": frozenset({role})
+    }
+
+
+@pytest.mark.parametrize("role", SEED_ROLES)
+def test_role_from_config(
+    role: str,
+    make_networks: MakeNetworks,
+    distinct_layout: Layout,
+    seed_table: dict[str, frozenset[str]],
+):
+    ctx = context()
+    st = state(make_networks(distinct_layout), config={"roles": role})
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    plan = plan_of(ctx, st)
+    assert plan["roles"] == [role]
+    assert access(plan) == seed_table[role]
+
+
+def test_related_and_configured_roles_combine(
+    make_networks: MakeNetworks, distinct_layout: Layout, seed_table: dict[str, frozenset[str]]
+):
+    ctx = context()
+    st = state(
+        make_networks(distinct_layout),
+        [principal("compute"), principal("storage")],
+        {"roles": "juju-controller"},
+    )
+    assert isinstance(ctx.run(ctx.on.config_changed(), st).unit_status, ops.ActiveStatus)
+    plan = plan_of(ctx, st)
+    assert sorted(plan["roles"]) == ["compute", "juju-controller", "storage"]
+    assert access(plan) == seed_table["compute"] | seed_table["storage"]
+
+
+def test_custom_role_from_config(make_networks: MakeNetworks, distinct_layout: Layout):
+    ctx = context()
+    config = {"role-networks": "network=management,internal,data", "roles": "network"}
+    st = state(make_networks(distinct_layout), config=config)
+    assert isinstance(ctx.run(ctx.on.config_changed(), st).unit_status, ops.ActiveStatus)
+    assert access(plan_of(ctx, st)) == {"management", "internal", "data"}
+
+
+def test_bindings_reach_the_plan(make_networks: MakeNetworks, distinct_layout: Layout):
+    ctx = context()
+    st = state(make_networks(distinct_layout), [principal("compute")])
+    plan = plan_of(ctx, st)
+    for net, place in distinct_layout.items():
+        assert place is not None
+        nic, cidr = place
+        subnet = ipaddress.ip_network(cidr)
+        assert plan["networks"][net]["interfaces"] == [nic]
+        assert plan["networks"][net]["subnets"] == [cidr]
+        assert plan["networks"][net]["addresses"] == [f"{subnet[5]}/{subnet.prefixlen}"]
+
+
+def test_shared_subnet_gives_no_isolation_and_keeps_the_roles_rows(
+    make_networks: MakeNetworks, shared_layout: Layout, seed_table: dict[str, frozenset[str]]
+):
+    ctx = context()
+    st = state(make_networks(shared_layout), [principal("compute")])
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    assert "none" in out.unit_status.message
+    plan = plan_of(ctx, st)
+    assert access(plan) == seed_table["compute"]
+    assert {tuple(item["interfaces"]) for item in plan["networks"].values()} == {("enp1s0",)}
+    assert {tuple(item["subnets"]) for item in plan["networks"].values()} == {("10.0.0.0/24",)}
+
+
+def test_two_networks_on_one_subnet_give_partial_isolation(
+    make_networks: MakeNetworks, distinct_layout: Layout
+):
+    layout = dict(distinct_layout, **{"storage-cluster": distinct_layout["storage"]})
+    ctx = context()
+    out = ctx.run(ctx.on.config_changed(), state(make_networks(layout), [principal("storage")]))
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    assert "partial" in out.unit_status.message
+
+
+def test_missing_address_for_a_needed_network_is_blocked(
+    make_networks: MakeNetworks, distinct_layout: Layout
+):
+    layout = dict(distinct_layout, data=None)
+    ctx = context()
+    out = ctx.run(ctx.on.config_changed(), state(make_networks(layout), [principal("compute")]))
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert out.unit_status.message.startswith(
+        "compute needs 'data': no address in its space on this machine"
+    )
+
+
+def test_missing_address_for_a_denied_network_is_fine(
+    make_networks: MakeNetworks, distinct_layout: Layout
+):
+    layout = dict(distinct_layout, data=None, public=None)
+    ctx = context()
+    out = ctx.run(ctx.on.config_changed(), state(make_networks(layout), [principal("storage")]))
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+
+
+def test_no_role_is_blocked(make_networks: MakeNetworks, distinct_layout: Layout):
+    ctx = context()
+    out = ctx.run(ctx.on.config_changed(), state(make_networks(distinct_layout)))
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert NO_ROLE_TEXT in out.unit_status.message
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("roles", "boss"),
+        ("role-networks", "control=management,bogus"),
+        ("network-cidrs", "internal=10.20.0.1/24"),
+        ("client-cidrs", "0.0.0.0/0"),
+        ("enforcement", "block"),
+        ("extra-ports", "internal=tcp:70000"),
+        ("peer-min-prefix-v4", 0),
+        ("peer-min-prefix-v6", 129),
+    ],
+)
+def test_invalid_config_is_blocked_naming_the_option(
+    option: str, value: str | int, make_networks: MakeNetworks, distinct_layout: Layout
+):
+    ctx = context()
+    st = state(make_networks(distinct_layout), [principal("compute")], {option: value})
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert first_quoted(out.unit_status.message) == option
+    with pytest.raises(testing.ActionFailed) as caught:
+        ctx.run(ctx.on.action("show-plan"), st)
+    assert first_quoted(caught.value.message) == option
+
+
+def test_show_plan_text(
+    make_networks: MakeNetworks, distinct_layout: Layout, seed_table: dict[str, frozenset[str]]
+):
+    ctx = context()
+    st = state(make_networks(distinct_layout), [principal("control")])
+    lines = show_plan(ctx, st, "text").splitlines()
+    assert MACHINE in lines[0] and "control" in lines[0]
+    assert lines[1].split() == ["network", "access", "space", "interface", "address"]
+    rows = {line.split()[0]: line.split()[1] for line in lines[2:8]}
+    assert rows == {
+        net: "allow" if net in seed_table["control"] else "deny" for net in distinct_layout
+    }
+    assert lines[8].strip().startswith("=> active:")
+
+
+def test_show_plan_defaults_to_text(make_networks: MakeNetworks, distinct_layout: Layout):
+    ctx = context()
+    st = state(make_networks(distinct_layout), [principal("control")])
+    ctx.run(ctx.on.action("show-plan"), st)
+    assert ctx.action_results is not None
+    assert ctx.action_results["plan"] == show_plan(ctx, st, "text")
+
+
+def test_show_plan_json_matches_the_status(make_networks: MakeNetworks, distinct_layout: Layout):
+    ctx = context()
+    st = state(make_networks(distinct_layout), [principal("storage")])
+    out = ctx.run(ctx.on.config_changed(), st)
+    plan = plan_of(ctx, st)
+    assert plan["status"] == out.unit_status.name
+    assert plan["message"] == out.unit_status.message
+    assert plan["enforcement"] == "enforce"
+    assert plan["problems"] == []
+
+
+def test_colocated_units_converge_on_one_plan(
+    make_networks: MakeNetworks,
+    distinct_layout: Layout,
+    seed_table: dict[str, frozenset[str]],
+    state_dir: Path,
+):
+    networks = make_networks(distinct_layout)
+    ctx0, ctx1 = context(0), context(1)
+    st0 = state(networks, [principal("compute", "nova")])
+    st1 = state(networks, [principal("storage", "ceph")])
+    ctx0.run(ctx0.on.config_changed(), st0)
+    ctx1.run(ctx1.on.config_changed(), st1)
+    ctx0.run(ctx0.on.update_status(), st0)
+
+    registry = MachineRegistry(state_dir / "units")
+    assert registry.entries() == {
+        "network-isolation/0": frozenset({"compute"}),
+        "network-isolation/1": frozenset({"storage"}),
+    }
+    for fmt in ("text", "json"):
+        assert show_plan(ctx0, st0, fmt) == show_plan(ctx1, st1, fmt)
+    plan = plan_of(ctx0, st0)
+    assert sorted(plan["roles"]) == ["compute", "storage"]
+    assert access(plan) == seed_table["compute"] | seed_table["storage"]
+    for ctx, st in ((ctx0, st0), (ctx1, st1)):
+        out = ctx.run(ctx.on.update_status(), st)
+        assert isinstance(out.unit_status, ops.ActiveStatus)
+        assert out.unit_status.message.startswith("compute+storage")
+
+    # The storage principal goes away: its unit of this charm is removed.
+    ctx1.run(ctx1.on.remove(), st1)
+    assert set(registry.entries()) == {"network-isolation/0"}
+    plan = plan_of(ctx0, st0)
+    assert plan["roles"] == ["compute"]
+    assert access(plan) == seed_table["compute"]
+
+
+def test_broken_relation_drops_its_role(make_networks: MakeNetworks, distinct_layout: Layout):
+    ctx = context()
+    relation = principal("compute")
+    st = state(make_networks(distinct_layout), [relation])
+    assert isinstance(ctx.run(ctx.on.config_changed(), st).unit_status, ops.ActiveStatus)
+    out = ctx.run(ctx.on.relation_broken(relation), st)
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert NO_ROLE_TEXT in out.unit_status.message
+
+
+@pytest.mark.parametrize("event", ["install", "upgrade_charm", "update_status", "leader_elected"])
+def test_lifecycle_events_record_the_roles(
+    event: str, make_networks: MakeNetworks, distinct_layout: Layout, state_dir: Path
+):
+    ctx = context()
+    ctx.run(
+        getattr(ctx.on, event)(), state(make_networks(distinct_layout), [principal("storage")])
+    )
+    assert MachineRegistry(state_dir / "units").entries() == {
+        "network-isolation/0": frozenset({"storage"})
+    }

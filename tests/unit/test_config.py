@@ -1,0 +1,250 @@
+"""The charm's options: every invalid value is refused by name, valid ones parse as documented."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from network_isolation.config import CharmConfig, ConfigError
+from network_isolation.model import Network
+
+# (option, value, a token the problem must quote so the operator can find the mistake)
+INVALID: list[tuple[str, Any, str]] = [
+    # roles
+    ("roles", "network", "network"),  # well-formed but not a role
+    ("roles", "Bad_Name", "Bad_Name"),
+    ("roles", "control,boss", "boss"),
+    # role-networks
+    ("role-networks", "control=management,bogus", "bogus"),
+    ("role-networks", "network=data network=internal", "network"),
+    ("role-networks", "control", "control"),
+    ("role-networks", "control=", "control="),
+    ("role-networks", "=management", "=management"),
+    ("role-networks", "Control=management", "Control"),
+    ("role-networks", "my_role=management", "my_role"),
+    # network-cidrs
+    ("network-cidrs", "bogus=10.0.0.0/24", "bogus"),
+    ("network-cidrs", "internal=10.20.0.1/24", "10.20.0.1/24"),
+    ("network-cidrs", "internal=fd00:20::1/64", "fd00:20::1/64"),
+    ("network-cidrs", "internal=0.0.0.0/0", "0.0.0.0/0"),
+    ("network-cidrs", "internal=::/0", "::/0"),
+    ("network-cidrs", "internal=garbage", "garbage"),
+    ("network-cidrs", "internal=10.20.0.0/24 internal=10.21.0.0/24", "internal"),
+    ("network-cidrs", "internal", "internal"),
+    # client-cidrs
+    ("client-cidrs", "garbage", "garbage"),
+    ("client-cidrs", "10.99.0.0/24,10.99.1.0/33", "10.99.1.0/33"),
+    ("client-cidrs", "0.0.0.0/0", "0.0.0.0/0"),
+    ("client-cidrs", "10.99.0.0/24 ::/0", "::/0"),
+    # enforcement
+    ("enforcement", "block", "enforce"),
+    ("enforcement", "ENFORCE", "enforce"),
+    ("enforcement", "", "enforce"),
+    # extra-ports
+    ("extra-ports", "internal=sctp:5672", "sctp:5672"),
+    ("extra-ports", "internal=tcp:0", "tcp:0"),
+    ("extra-ports", "internal=tcp:70000", "tcp:70000"),
+    ("extra-ports", "storage=tcp:7300-6800", "tcp:7300-6800"),
+    ("extra-ports", "internal=tcp:http", "tcp:http"),
+    ("extra-ports", "bogus=tcp:80", "bogus"),
+    ("extra-ports", "internal=tcp:80 internal=tcp:443", "internal"),
+    # booleans: Juju type-checks them, but the parser must not guess either
+    ("strict-ports", "maybe", ""),
+    ("strict-ports", [True], ""),
+    ("manage-routing", "sometimes", ""),
+    ("manage-routing", {"on": True}, ""),
+    # prefix bounds of subnets learnt from peers
+    ("peer-min-prefix-v4", 0, ""),
+    ("peer-min-prefix-v4", 33, ""),
+    ("peer-min-prefix-v4", "wide", ""),
+    ("peer-min-prefix-v6", 0, ""),
+    ("peer-min-prefix-v6", 129, ""),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "token"), INVALID)
+def test_invalid_value_is_refused_by_its_juju_name(option: str, value: Any, token: str):
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options({option: value})
+    assert caught.value.option == option
+    assert f"'{option}'" in str(caught.value)
+    assert token in caught.value.problem
+
+
+def test_invalid_value_is_named_among_valid_ones():
+    options = {
+        "roles": "control",
+        "client-cidrs": "10.99.0.0/24",
+        "extra-ports": "internal=tcp:99999",
+        "enforcement": "audit",
+    }
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options(options)
+    assert caught.value.option == "extra-ports"
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options({"no-such-option": "x"})
+    assert caught.value.option == "no-such-option"
+
+
+def test_empty_options_parse_to_nothing():
+    config = CharmConfig.from_options(
+        {
+            "roles": "",
+            "role-networks": "",
+            "network-cidrs": "",
+            "client-cidrs": "",
+            "extra-ports": "",
+        }
+    )
+    assert config.roles == frozenset()
+    assert config.role_networks == {}
+    assert config.network_cidrs == {}
+    assert config.client_cidrs == ()
+    assert config.extra_ports == {}
+
+
+@pytest.mark.parametrize(
+    "text", ["control,compute", "control compute", " compute , control ", "control,,compute"]
+)
+def test_roles_accept_commas_and_spaces(text: str):
+    assert CharmConfig.from_options({"roles": text}).roles == frozenset({"control", "compute"})
+
+
+@pytest.mark.parametrize("role", ["juju-controller", "control", "compute", "storage"])
+def test_every_seed_role_is_a_valid_role(role: str):
+    assert CharmConfig.from_options({"roles": role}).roles == frozenset({role})
+
+
+def test_role_networks_parse_into_a_table(seed_table: dict[str, frozenset[str]]):
+    config = CharmConfig.from_options(
+        {"role-networks": "control=management,internal,public,storage,data network=data,internal"}
+    )
+    assert config.role_networks == {
+        "control": frozenset(
+            {Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC, Network.STORAGE, Network.DATA}
+        ),
+        "network": frozenset({Network.DATA, Network.INTERNAL}),
+    }
+    table = {role: {n.value for n in nets} for role, nets in config.role_table.items()}
+    # The overridden row and the custom row, and every other seed row untouched.
+    assert table["control"] == seed_table["control"] | {"data"}
+    assert table["network"] == {"data", "internal"}
+    for role in set(seed_table) - {"control"}:
+        assert table[role] == seed_table[role]
+
+
+def test_role_table_without_overrides_is_the_seed_table(seed_table: dict[str, frozenset[str]]):
+    table = CharmConfig.from_options({}).role_table
+    assert {role: {n.value for n in nets} for role, nets in table.items()} == seed_table
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"role-networks": "network=management,internal,data", "roles": "network,compute"},
+        {"roles": "network,compute", "role-networks": "network=management,internal,data"},
+    ],
+    ids=["role-networks-first", "roles-first"],
+)
+def test_custom_role_defined_in_role_networks_can_be_used_in_roles(options: dict[str, str]):
+    config = CharmConfig.from_options(options)
+    assert config.roles == frozenset({"network", "compute"})
+    assert config.role_table["network"] == frozenset(
+        {Network.MANAGEMENT, Network.INTERNAL, Network.DATA}
+    )
+
+
+def test_custom_role_of_an_invalid_role_networks_reports_role_networks():
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options({"role-networks": "network=bogus", "roles": "network"})
+    assert caught.value.option == "role-networks"
+
+
+def test_network_cidrs_parse_per_network():
+    config = CharmConfig.from_options(
+        {"network-cidrs": "internal=10.20.1.0/24,10.20.2.0/24 storage=10.30.0.0/16,fd00:30::/48"}
+    )
+    assert config.network_cidrs == {
+        Network.INTERNAL: (
+            ipaddress.ip_network("10.20.1.0/24"),
+            ipaddress.ip_network("10.20.2.0/24"),
+        ),
+        Network.STORAGE: (
+            ipaddress.ip_network("10.30.0.0/16"),
+            ipaddress.ip_network("fd00:30::/48"),
+        ),
+    }
+
+
+@pytest.mark.parametrize("text", ["10.99.0.0/24,fd00:99::/64", "10.99.0.0/24 fd00:99::/64"])
+def test_client_cidrs_parse_in_order(text: str):
+    assert CharmConfig.from_options({"client-cidrs": text}).client_cidrs == (
+        ipaddress.ip_network("10.99.0.0/24"),
+        ipaddress.ip_network("fd00:99::/64"),
+    )
+
+
+@pytest.mark.parametrize("mode", ["enforce", "audit", "off"])
+def test_enforcement_modes(mode: str):
+    assert CharmConfig.from_options({"enforcement": mode}).enforcement == mode
+
+
+def test_extra_ports_parse_into_protocol_and_range():
+    config = CharmConfig.from_options(
+        {"extra-ports": "internal=tcp:5672,tcp:3306 storage=tcp:6800-7300 data=udp:6081"}
+    )
+    assert config.extra_ports == {
+        Network.INTERNAL: (("tcp", 5672, 5672), ("tcp", 3306, 3306)),
+        Network.STORAGE: (("tcp", 6800, 7300),),
+        Network.DATA: (("udp", 6081, 6081),),
+    }
+
+
+@pytest.mark.parametrize("text", ["tcp:1", "tcp:65535", "udp:1-65535", "tcp:80-80"])
+def test_extra_ports_bounds_are_inclusive(text: str):
+    config = CharmConfig.from_options({"extra-ports": f"public={text}"})
+    assert len(config.extra_ports[Network.PUBLIC]) == 1
+
+
+@given(
+    proto=st.sampled_from(["tcp", "udp"]),
+    first=st.integers(min_value=0, max_value=99999),
+    last=st.integers(min_value=0, max_value=99999),
+)
+def test_extra_port_range_is_accepted_exactly_within_1_to_65535(proto: str, first: int, last: int):
+    text = f"internal={proto}:{first}-{last}"
+    if 1 <= first <= last <= 65535:
+        parsed = CharmConfig.from_options({"extra-ports": text}).extra_ports
+        assert parsed == {Network.INTERNAL: ((proto, first, last),)}
+    else:
+        with pytest.raises(ConfigError) as caught:
+            CharmConfig.from_options({"extra-ports": text})
+        assert caught.value.option == "extra-ports"
+
+
+@pytest.mark.parametrize("option", ["strict-ports", "manage-routing"])
+@pytest.mark.parametrize("value", [True, False])
+def test_boolean_options(option: str, value: bool):
+    config = CharmConfig.from_options({option: value})
+    assert getattr(config, option.replace("-", "_")) is value
+
+
+def test_config_is_frozen():
+    config = CharmConfig.from_options({"roles": "control"})
+    with pytest.raises(ValueError, match="frozen"):
+        config.roles = frozenset({"compute"})  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("option", ["strict-ports", "manage-routing"])
+@pytest.mark.parametrize("text", ["yes", "on", "1", "true"])
+def test_booleans_must_be_real_booleans(option: str, text: str):
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options({option: text})
+    assert caught.value.option == option
