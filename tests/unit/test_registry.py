@@ -147,11 +147,6 @@ def test_malformed_entries_are_skipped(
     assert any("x-9.json" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="host.py MachineRegistry.entries: a string `roles` passes the per-item str check"
-    " (iterating a string yields strings) and becomes a set of its characters",
-)
 @pytest.mark.parametrize(
     "content",
     [
