@@ -1,18 +1,29 @@
 #!/usr/bin/env python3
-"""Juju glue: gather bindings, roles and config, hand them to the planner, report the result."""
+"""Juju glue: gather bindings, roles and config, plan and render in pure code, apply via Host."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import logging
+import os
 
 import ops
 import pydantic
 
 from cluster import Cluster
 from network_isolation.config import CharmConfig, ConfigError, config_error
-from network_isolation.host import MachineRegistry, state_dir
+from network_isolation.host import (
+    ApplyError,
+    Host,
+    HostError,
+    MachineRegistry,
+    ProbeTarget,
+    controller_targets,
+    fingerprint,
+    gateway_target,
+    state_dir,
+)
 from network_isolation.model import BUILTIN_ROLES, NETWORKS, Network
 from network_isolation.peers import CloudView, MachineRecord
 from network_isolation.planner import (
@@ -22,7 +33,9 @@ from network_isolation.planner import (
     PlanInput,
     plan_machine,
 )
+from network_isolation.render import Artefacts, RenderError, render
 from network_isolation.report import machine_dict, machine_text
+from network_isolation.rollout import UnitRoll, may_apply, waiting_message
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +49,14 @@ class NetworkIsolationCharm(ops.CharmBase):
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
         self.registry = MachineRegistry(state_dir() / "units")
+        self.host = Host(state=state_dir())
         self._views: dict[Network, NetworkView] | None = None
         self._warnings: list[str] = []
+        self._blocked: str | None = None
+        self._waiting: str | None = None
         reconcile_on = [
-            self.on.install,
             self.on.config_changed,
             self.on.upgrade_charm,
-            self.on.update_status,
             self.on.leader_elected,
             self.on.cluster_relation_joined,
             self.on.cluster_relation_changed,
@@ -57,34 +71,74 @@ class NetworkIsolationCharm(ops.CharmBase):
             ]
         for event in reconcile_on:
             framework.observe(event, self._reconcile)
+        framework.observe(self.on.install, self._on_install)
+        framework.observe(self.on.update_status, self._on_update_status)
         framework.observe(self.on.remove, self._on_remove)
         framework.observe(self.on.collect_unit_status, self._on_collect_status)
         framework.observe(self.on.show_plan_action, self._on_show_plan)
+        framework.observe(self.on.show_counters_action, self._on_show_counters)
+        framework.observe(self.on.reapply_action, self._on_reapply)
 
     # Events
 
-    def _reconcile(self, _: ops.EventBase) -> None:
-        """Record and publish what this unit brings, so every unit plans the same machine."""
+    def _on_install(self, event: ops.InstallEvent) -> None:
+        try:
+            self.host.install_prerequisites()
+        except HostError as e:
+            self._blocked = f"cannot install nftables: {e}"
+            return
+        self._reconcile(event)
+
+    def _on_update_status(self, event: ops.UpdateStatusEvent) -> None:
+        """Reconcile, then repair drift: our table changed or removed behind our back."""
+        self._reconcile(event)
+        if self._blocked or self._waiting:
+            return
+        try:
+            repaired = self.host.repair_drift(self._probe_targets())
+        except (ApplyError, HostError) as e:
+            self._blocked = f"drift repair failed: {e}"
+            return
+        if repaired:
+            self._warnings.append(f"drift repaired: {repaired}")
+
+    def _reconcile(self, _: ops.EventBase, *, force: bool = False) -> None:
+        """Plan this machine, render its artefacts and apply them when it is this unit's turn."""
         try:
             config = self._config()
         except ConfigError:
             self.registry.record(self.unit.name, self._related_roles())
-            return  # reported by collect-status; nothing is changed
+            return  # reported by collect-status; nothing on the host is changed
         self.registry.record(self.unit.name, self._related_roles() | config.roles)
-        self._cluster(config).publish(
-            MachineRecord(
-                machine=self._machine_name(),
-                roles=tuple(sorted(self._related_roles())),
-                subnets={
-                    net: tuple(sorted({i.address.network for i in view.interfaces}, key=str))
-                    for net, view in self._network_views(CloudView()).items()
-                    if view.interfaces
-                },
-            )
-        )
+        cluster = self._cluster(config)
+        plan = self._plan()
+        artefacts = self._render(plan) if plan.status == "active" else None
+        roll = self._roll_state(artefacts)
+        cluster.publish(self._machine_record(), roll)
+        if artefacts is None or (not force and self.host.is_applied(artefacts)):
+            return
+        turn = cluster.roll()
+        exempt = force or self.host.applied().nftables is None  # first apply on a new unit
+        if not exempt and turn is not None and not may_apply(self.unit.name, turn):
+            self._waiting = waiting_message(self.unit.name, turn)
+            return
+        try:
+            result = self.host.apply(artefacts, self._probe_targets(), force=force)
+        except (ApplyError, HostError) as e:
+            self._blocked = f"apply failed: {e}"
+        else:
+            logger.info("%s", result.message)
+        cluster.publish(self._machine_record(), self._roll_state(artefacts))
 
     def _on_remove(self, _: ops.RemoveEvent) -> None:
+        """Leave the host as it was when the last unit of this charm on it goes."""
         self.registry.forget(self.unit.name)
+        if self.registry.entries():
+            return
+        try:
+            self.host.remove()
+        except HostError as e:
+            logger.error("removal left something behind: %s", e)
 
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
         try:
@@ -92,9 +146,15 @@ class NetworkIsolationCharm(ops.CharmBase):
         except ConfigError as e:
             event.add_status(ops.BlockedStatus(str(e)))
             return
-        status = ops.ActiveStatus if plan.status == "active" else ops.BlockedStatus
         warning = f"; {self._warnings[0]}" if self._warnings else ""
-        event.add_status(status(plan.message + warning))
+        if plan.status == "blocked":
+            event.add_status(ops.BlockedStatus(plan.message + warning))
+        elif self._blocked:
+            event.add_status(ops.BlockedStatus(self._blocked))
+        elif self._waiting:
+            event.add_status(ops.WaitingStatus(self._waiting))
+        else:
+            event.add_status(ops.ActiveStatus(plan.message + warning))
 
     def _on_show_plan(self, event: ops.ActionEvent) -> None:
         try:
@@ -102,10 +162,35 @@ class NetworkIsolationCharm(ops.CharmBase):
         except ConfigError as e:
             event.fail(str(e))
             return
+        results: dict[str, str] = {}
         if event.params.get("format") == "json":
-            event.set_results({"plan": json.dumps(machine_dict(plan), sort_keys=True)})
+            results["plan"] = json.dumps(machine_dict(plan), sort_keys=True)
         else:
-            event.set_results({"plan": machine_text(plan)})
+            results["plan"] = machine_text(plan)
+        artefacts = self._render(plan) if plan.status == "active" else None
+        if artefacts is not None:
+            results["nftables"] = artefacts.nftables
+            results["netplan"] = artefacts.netplan or "(none: no policy routing to render)"
+            results["diff"] = self.host.diff(artefacts) or "(none: this plan is what is applied)"
+        event.set_results(results)
+
+    def _on_show_counters(self, event: ops.ActionEvent) -> None:
+        try:
+            counters = self.host.counters()
+        except HostError as e:
+            event.fail(f"cannot read the counters: {e}")
+            return
+        event.set_results({"counters": json.dumps(counters, sort_keys=True)})
+
+    def _on_reapply(self, event: ops.ActionEvent) -> None:
+        """Re-render and apply even if nothing changed (drift repair, rejected retry)."""
+        self._reconcile(event, force=True)
+        if self._blocked:
+            event.fail(self._blocked)
+        elif self._waiting:
+            event.fail(self._waiting)
+        else:
+            event.set_results({"result": "applied"})
 
     # Inputs
 
@@ -157,6 +242,25 @@ class NetworkIsolationCharm(ops.CharmBase):
             )
         )
 
+    def _machine_record(self) -> MachineRecord:
+        """What this unit tells its peers: its machine, roles and subnets per network."""
+        return MachineRecord(
+            machine=self._machine_name(),
+            roles=tuple(sorted(self._related_roles())),
+            subnets={
+                net: tuple(sorted({i.address.network for i in view.interfaces}, key=str))
+                for net, view in self._network_views(CloudView()).items()
+                if view.interfaces
+            },
+        )
+
+    def _probe_targets(self) -> list[ProbeTarget]:
+        """What must stay reachable after an apply: the Juju controllers and the gateways."""
+        targets = controller_targets(os.environ.get("JUJU_API_ADDRESSES"))
+        return targets + [gateway_target(g) for g in self.host.default_gateways()]
+
+    # Pure steps
+
     def _plan(self) -> MachinePlan:
         """The machine's plan: this unit's and co-located units' roles, bindings, config."""
         config = self._config()
@@ -168,6 +272,27 @@ class NetworkIsolationCharm(ops.CharmBase):
                 networks=self._network_views(self._cluster(config).view()),
                 config=config,
             )
+        )
+
+    def _render(self, plan: MachinePlan) -> Artefacts | None:
+        try:
+            return render(plan)
+        except RenderError as e:
+            self._blocked = f"cannot render: {e}"
+            return None
+
+    def _roll_state(self, artefacts: Artefacts | None) -> UnitRoll:
+        """This unit's part in the rolling apply: what it wants, has applied, has failed."""
+        if artefacts is None:
+            return UnitRoll()
+        wanted = fingerprint(artefacts)
+        rejected = self.host.rejected()
+        failed = rejected.fingerprint if rejected else None
+        return UnitRoll(
+            wants=wanted,
+            applied=wanted if self.host.is_applied(artefacts) else None,
+            failed=failed,
+            error=(rejected.reason[:200] if rejected else ""),
         )
 
 

@@ -194,6 +194,7 @@ class Tools:
     systemctl: str = "/usr/bin/systemctl"
     systemd_run: str = "/usr/bin/systemd-run"
     sh: str = "/bin/sh"
+    ip: str = "/sbin/ip"
 
 
 @dataclass(frozen=True)
@@ -532,6 +533,21 @@ class Host:
     def applied(self) -> Applied:
         """The confirmed ruleset and our netplan file, as they are on the host."""
         return Applied(_read(self.ruleset_file), _read(self.netplan_file))
+
+    def default_gateways(self) -> list[str]:
+        """The gateways of the host's default routes (IPv4 and IPv6), read-only."""
+        gateways: list[str] = []
+        for family in ("-4", "-6"):
+            result = self._run(self.tools.ip, "-j", family, "route", "show", "default")
+            try:
+                routes = json.loads(result.stdout) if result.returncode == 0 else []
+            except ValueError:
+                routes = []
+            for route in routes if isinstance(routes, list) else []:
+                gateway = route.get("gateway") if isinstance(route, dict) else None
+                if isinstance(gateway, str) and gateway not in gateways:
+                    gateways.append(gateway)
+        return gateways
 
     def is_applied(self, artefacts: ArtefactsLike) -> bool:
         """Whether these artefacts are what is applied (files only: runs no command)."""

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from fake_host import FakeHost
 from ops import testing
 
 # The seed's "Cloud networks" table: the six network names.
@@ -45,6 +46,16 @@ DISJOINT_SUBNETS: dict[str, str] = {
 # Where a network has an address on the test machine: (interface, subnet), or None for none.
 Layout = Mapping[str, tuple[str, str] | None]
 NetworksFactory = Callable[[Layout], list[testing.Network]]
+
+
+@pytest.fixture(autouse=True)
+def fake_host(monkeypatch: pytest.MonkeyPatch) -> type[FakeHost]:
+    """The charm never touches this machine: its Host is replaced at the boundary."""
+    import charm
+
+    FakeHost.reset()
+    monkeypatch.setattr(charm, "Host", FakeHost)
+    return FakeHost
 
 
 @pytest.fixture(autouse=True)

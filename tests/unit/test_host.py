@@ -1082,3 +1082,30 @@ def test_repair_drift_reloads_what_was_confirmed_not_a_rejected_change(
     assert machine.table == A.nftables
     assert host.drift() is None
     assert host.rejected() is not None  # B stays rejected
+
+
+class RouteRunner:
+    """Answers `ip -j route show default` per family, as iproute2 prints it."""
+
+    def __init__(self, v4: str, v6: str, v6_rc: int = 0):
+        self.answers = {"-4": Result(0, v4), "-6": Result(v6_rc, v6)}
+        self.calls: list[list[str]] = []
+
+    def run(self, argv: Sequence[str]) -> Result:
+        self.calls.append(list(argv))
+        return self.answers[argv[2]]
+
+
+def test_default_gateways_are_read_from_both_families(root: Path):
+    runner = RouteRunner(
+        '[{"dst":"default","gateway":"10.10.0.1","dev":"enp1s0"}]',
+        '[{"dst":"default","gateway":"fd00:10::1","dev":"enp1s0"},{"dst":"default","dev":"x"}]',
+    )
+    assert Host(root, runner).default_gateways() == ["10.10.0.1", "fd00:10::1"]
+    assert all(call[:3] == ["/sbin/ip", "-j", call[2]] for call in runner.calls)
+
+
+@pytest.mark.parametrize("garbage", ["not json", '{"gateway": 1}', '[{"gateway": 5}]', "[1]"])
+def test_default_gateways_ignore_what_they_cannot_read(root: Path, garbage: str):
+    runner = RouteRunner(garbage, "", v6_rc=1)
+    assert Host(root, runner).default_gateways() == []

@@ -1,0 +1,103 @@
+"""A stand-in for `Host` at the charm's boundary: the host's own network cannot be used here.
+
+It keeps what is "applied" in memory and records every call, so charm tests can assert what
+the charm asked of the host, and can make any step fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from network_isolation.host import (
+    Applied,
+    ApplyResult,
+    HostError,
+    ProbeTarget,
+    RejectedError,
+    RejectedRecord,
+    RolledBackError,
+    fingerprint,
+)
+
+
+class FakeHost:
+    """Shared by every charm instance of a test (one machine), like the real host."""
+
+    applied_state: ClassVar[Applied] = Applied(None, None)
+    rejected_state: ClassVar[RejectedRecord | None] = None
+    calls: ClassVar[list[tuple[str, Any]]] = []
+    fail_apply: ClassVar[str | None] = None  # probe failure message to inject
+    drift_reason: ClassVar[str | None] = None
+    counters_state: ClassVar[dict[str, dict[str, int]]] = {}
+    gateways: ClassVar[list[str]] = []
+    removed: ClassVar[bool] = False
+
+    def __init__(self, *_: Any, state: Path | None = None, **__: Any):
+        self.state = state
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.applied_state = Applied(None, None)
+        cls.rejected_state = None
+        cls.calls = []
+        cls.fail_apply = None
+        cls.drift_reason = None
+        cls.counters_state = {}
+        cls.gateways = []
+        cls.removed = False
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [name for name, _ in cls.calls]
+
+    def install_prerequisites(self) -> bool:
+        self.calls.append(("install_prerequisites", None))
+        return False
+
+    def applied(self) -> Applied:
+        return self.applied_state
+
+    def is_applied(self, artefacts: Any) -> bool:
+        current = self.applied_state
+        return (current.nftables, current.netplan) == (artefacts.nftables, artefacts.netplan)
+
+    def rejected(self) -> RejectedRecord | None:
+        return self.rejected_state
+
+    def apply(
+        self, artefacts: Any, targets: Sequence[ProbeTarget] = (), *, force: bool = False
+    ) -> ApplyResult:
+        self.calls.append(("apply", (artefacts, tuple(targets), force)))
+        rejected = self.rejected_state
+        if not force and rejected and rejected.fingerprint == fingerprint(artefacts):
+            raise RejectedError(f"not retrying: {rejected.reason}", stage="rejected")
+        if self.fail_apply is not None:
+            type(self).rejected_state = RejectedRecord(
+                fingerprint(artefacts), "probe", self.fail_apply
+            )
+            raise RolledBackError(f"{self.fail_apply}; previous state restored", stage="probe")
+        type(self).applied_state = Applied(artefacts.nftables, artefacts.netplan)
+        type(self).rejected_state = None
+        return ApplyResult(changed=True, message="applied ruleset")
+
+    def repair_drift(self, targets: Sequence[ProbeTarget] = ()) -> str | None:
+        self.calls.append(("repair_drift", tuple(targets)))
+        return self.drift_reason
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        if self.applied_state.nftables is None:
+            raise HostError("no table inet network_isolation")
+        return self.counters_state
+
+    def diff(self, artefacts: Any) -> str:
+        return "" if self.is_applied(artefacts) else "--- applied\n+++ planned\n"
+
+    def default_gateways(self) -> list[str]:
+        return list(self.gateways)
+
+    def remove(self) -> None:
+        self.calls.append(("remove", None))
+        type(self).removed = True
+        type(self).applied_state = Applied(None, None)

@@ -1,0 +1,253 @@
+"""The charm's apply path under ops.testing, with the host faked at its boundary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import ops
+import pytest
+from fake_host import FakeHost
+from ops import testing
+
+from charm import NetworkIsolationCharm
+from network_isolation.host import Applied, ProbeTarget, RejectedRecord, fingerprint
+from network_isolation.render import Artefacts
+from network_isolation.rollout import Roll, UnitRoll
+
+Ctx = testing.Context[NetworkIsolationCharm]
+
+
+def context(unit_id: int = 0) -> Ctx:
+    return testing.Context(NetworkIsolationCharm, unit_id=unit_id, machine_id="7")
+
+
+def compute(app: str = "openstack-hypervisor") -> testing.SubordinateRelation:
+    return testing.SubordinateRelation("compute-node", remote_app_name=app)
+
+
+@pytest.fixture
+def networks(make_networks, distinct_layout) -> list[testing.Network]:
+    return make_networks(distinct_layout)
+
+
+def state(
+    networks: list[testing.Network],
+    relations: Iterable[testing.RelationBase] | None = None,
+    config: dict[str, str | int | bool] | None = None,
+    leader: bool = False,
+) -> testing.State:
+    return testing.State(
+        networks=networks,
+        relations=[compute()] if relations is None else relations,
+        config=config or {},
+        leader=leader,
+    )
+
+
+def applies(fake_host: type[FakeHost]) -> list[tuple[Artefacts, tuple[ProbeTarget, ...], bool]]:
+    return [args for name, args in fake_host.calls if name == "apply"]
+
+
+def test_a_valid_plan_is_rendered_and_applied_once(networks, fake_host, monkeypatch):
+    monkeypatch.setenv("JUJU_API_ADDRESSES", "10.10.0.2:17070 10.10.0.3:17070")
+    fake_host.gateways = ["10.10.0.1"]
+    ctx = context()
+    out = ctx.run(ctx.on.config_changed(), state(networks))
+    assert isinstance(out.unit_status, ops.ActiveStatus), out.unit_status
+    [(artefacts, targets, force)] = applies(fake_host)
+    assert "table inet network_isolation" in artefacts.nftables
+    assert [str(t) for t in targets] == [
+        "juju controller 10.10.0.2:17070",
+        "juju controller 10.10.0.3:17070",
+        "gateway 10.10.0.1:22",
+    ]
+    assert force is False
+
+    # Every hook reconciles; unchanged inputs must not apply again.
+    ctx.run(ctx.on.update_status(), state(networks))
+    ctx.run(ctx.on.config_changed(), state(networks))
+    assert len(applies(fake_host)) == 1
+
+
+def test_a_config_change_applies_the_new_artefacts(networks, fake_host):
+    ctx = context()
+    ctx.run(ctx.on.config_changed(), state(networks))
+    before = fake_host.applied_state.nftables
+    ctx.run(ctx.on.config_changed(), state(networks, config={"enforcement": "audit"}))
+    assert len(applies(fake_host)) == 2
+    assert fake_host.applied_state.nftables != before
+    assert "log prefix" in (fake_host.applied_state.nftables or "")
+
+
+@pytest.mark.parametrize(
+    "config, relations",
+    [({"network-cidrs": "bogus"}, None), ({}, [])],
+    ids=["invalid-config", "no-role"],
+)
+def test_bad_input_blocks_and_leaves_what_is_applied(networks, fake_host, config, relations):
+    fake_host.applied_state = Applied("previous ruleset", None)
+    ctx = context()
+    out = ctx.run(ctx.on.config_changed(), state(networks, relations, config))
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert applies(fake_host) == []
+    assert fake_host.applied_state == Applied("previous ruleset", None)
+
+
+def test_a_rolled_back_apply_blocks_and_is_not_retried(networks, fake_host):
+    fake_host.fail_apply = "unreachable after applying: juju controller 10.10.0.2:17070"
+    ctx = context()
+    out = ctx.run(ctx.on.config_changed(), state(networks))
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert "17070" in out.unit_status.message
+    fake_host.fail_apply = None
+    out = ctx.run(ctx.on.update_status(), state(networks))
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert "not retrying" in out.unit_status.message
+    assert fake_host.applied_state.nftables is None
+
+
+def test_reapply_forces_an_apply_even_when_unchanged(networks, fake_host):
+    ctx = context()
+    ctx.run(ctx.on.config_changed(), state(networks))
+    ctx.run(ctx.on.action("reapply"), state(networks))
+    assert [force for _, _, force in applies(fake_host)] == [False, True]
+    assert ctx.action_results == {"result": "applied"}
+
+
+def test_update_status_repairs_drift_and_says_so(networks, fake_host):
+    ctx = context()
+    ctx.run(ctx.on.config_changed(), state(networks))
+    fake_host.drift_reason = "table inet network_isolation is missing"
+    out = ctx.run(ctx.on.update_status(), state(networks))
+    assert "repair_drift" in fake_host.names()
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    assert "drift repaired: table inet network_isolation is missing" in out.unit_status.message
+
+
+def test_show_plan_returns_both_artefacts_and_the_diff(networks, fake_host):
+    ctx = context()
+    ctx.run(ctx.on.action("show-plan"), state(networks))
+    results = ctx.action_results or {}
+    assert "table inet network_isolation" in results["nftables"]
+    assert "routing-policy" in results["netplan"]
+    assert results["diff"].startswith("---")
+    assert applies(fake_host) == []
+
+
+def test_show_counters(networks, fake_host):
+    fake_host.applied_state = Applied("ruleset", None)
+    fake_host.counters_state = {"drop_in_data": {"packets": 3, "bytes": 180}}
+    ctx = context()
+    ctx.run(ctx.on.action("show-counters"), state(networks))
+    results = ctx.action_results or {}
+    assert json.loads(results["counters"]) == fake_host.counters_state
+
+
+def test_show_counters_fails_cleanly_without_a_table(networks, fake_host):
+    ctx = context()
+    with pytest.raises(testing.ActionFailed) as caught:
+        ctx.run(ctx.on.action("show-counters"), state(networks))
+    assert "counters" in caught.value.message
+
+
+def test_the_last_unit_on_the_machine_removes_everything(networks, fake_host, state_dir):
+    first, second = context(0), context(1)
+    first.run(first.on.config_changed(), state(networks))
+    second.run(second.on.config_changed(), state(networks))
+    second.run(second.on.remove(), state(networks))
+    assert not fake_host.removed, "another unit of the charm still runs on this machine"
+    first.run(first.on.remove(), state(networks))
+    assert fake_host.removed
+    assert fake_host.applied_state == Applied(None, None)
+
+
+# Rolling apply
+
+
+def roll_of(out: testing.State, relation: testing.PeerRelation) -> Roll:
+    return Roll.model_validate_json(out.get_relation(relation.id).local_app_data["roll"])
+
+
+def unit_roll(out: testing.State, relation: testing.PeerRelation) -> UnitRoll:
+    return UnitRoll.model_validate_json(out.get_relation(relation.id).local_unit_data["roll"])
+
+
+def test_a_change_waits_for_its_turn(networks, fake_host):
+    fake_host.applied_state = Applied("an older ruleset", None)  # not a first apply
+    peers = testing.PeerRelation(
+        "cluster",
+        local_app_data={
+            "roll": Roll(
+                turn="network-isolation/1", queue=("network-isolation/0",)
+            ).model_dump_json()
+        },
+    )
+    ctx = context(0)
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    assert out.unit_status == testing.WaitingStatus("waiting for apply turn 2/2")
+    assert applies(fake_host) == []
+    assert unit_roll(out, peers).pending
+
+
+def test_the_leader_takes_the_first_turn_and_applies(networks, fake_host):
+    fake_host.applied_state = Applied("an older ruleset", None)
+    fingerprint_ = "b" * 64
+    peers = testing.PeerRelation(
+        "cluster", peers_data={1: {"roll": UnitRoll(wants=fingerprint_).model_dump_json()}}
+    )
+    ctx = context(0)
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
+    assert len(applies(fake_host)) == 1
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    mine = unit_roll(out, peers)
+    assert mine.applied == mine.wants
+    # Having applied, the leader passes the turn to the next pending unit in the same hook.
+    assert roll_of(out, peers).turn == "network-isolation/1"
+
+
+def test_a_failed_machine_halts_the_roll(networks, fake_host):
+    fake_host.applied_state = Applied("an older ruleset", None)
+    bad = UnitRoll(wants="c" * 64, failed="c" * 64, error="unreachable: 10.10.0.2:17070")
+    peers = testing.PeerRelation("cluster", peers_data={1: {"roll": bad.model_dump_json()}})
+    ctx = context(0)
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
+    assert applies(fake_host) == []
+    assert roll_of(out, peers).halted.startswith("network-isolation/1")
+    assert isinstance(out.unit_status, ops.WaitingStatus)
+    assert "halted" in out.unit_status.message
+
+
+def test_the_first_apply_of_a_new_unit_is_not_held_back(networks, fake_host):
+    peers = testing.PeerRelation(
+        "cluster",
+        local_app_data={"roll": Roll(turn="network-isolation/1").model_dump_json()},
+    )
+    ctx = context(0)
+    ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    assert len(applies(fake_host)) == 1
+
+
+def test_unreadable_roll_data_from_peers_is_ignored(networks, fake_host):
+    fake_host.applied_state = Applied("an older ruleset", None)
+    peers = testing.PeerRelation(
+        "cluster", peers_data={1: {"roll": "{not json"}, 2: {"roll": '{"wants": "; rm -rf /"}'}}
+    )
+    ctx = context(0)
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
+    assert len(applies(fake_host)) == 1
+    assert roll_of(out, peers).halted == ""
+
+
+def test_rejected_artefacts_are_reported_to_the_roll(networks, fake_host):
+    ctx = context(0)
+    ctx.run(ctx.on.action("show-plan"), state(networks))
+    nftables = (ctx.action_results or {})["nftables"]
+    netplan = (ctx.action_results or {})["netplan"]
+    wanted = fingerprint(Applied(nftables, netplan))  # type: ignore[arg-type]
+    fake_host.rejected_state = RejectedRecord(wanted, "probe", "gateway unreachable")
+    peers = testing.PeerRelation("cluster")
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    mine = unit_roll(out, peers)
+    assert mine.has_failed
+    assert mine.error == "gateway unreachable"
