@@ -1,4 +1,9 @@
-"""`plan`: show what the charm would enforce on every machine of a cloud, offline."""
+"""`plan`: show what the charm would enforce on every machine of a cloud, offline.
+
+With `--render-dir DIR` it also writes each machine's artefacts, at fixed paths that other
+tools load: `DIR/<machine>/nftables.conf` and, when the machine has policy routing,
+`DIR/<machine>/netplan.yaml` (both mode 0600).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .planner import plan_machine
+from .host import write_atomically
+from .planner import MachinePlan, plan_machine
+from .render import Artefacts, RenderError, render
 from .report import cloud_dict, cloud_text
 from .topology import TopologyError, load_topology
 
@@ -28,7 +35,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("topology", type=Path, help="topology file (YAML)")
     parser.add_argument("--machine", help="only this machine")
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--render-dir",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/<machine>/nftables.conf and DIR/<machine>/netplan.yaml",
+    )
     return parser
+
+
+NFTABLES_FILE = "nftables.conf"
+NETPLAN_FILE = "netplan.yaml"
+
+
+def write_artefacts(directory: Path, artefacts: Artefacts) -> None:
+    """Write one machine's artefacts (mode 0600); drop a netplan file it no longer has."""
+    write_atomically(directory / NFTABLES_FILE, artefacts.nftables, mode=0o600)
+    if artefacts.netplan is None:
+        (directory / NETPLAN_FILE).unlink(missing_ok=True)
+    else:
+        write_atomically(directory / NETPLAN_FILE, artefacts.netplan, mode=0o600)
+
+
+def _render_all(
+    parser: argparse.ArgumentParser, directory: Path, plans: dict[str, MachinePlan]
+) -> None:
+    rendered: dict[str, Artefacts] = {}
+    for name, plan in plans.items():
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            parser.error(f"machine name '{name}' cannot be a directory name")
+        try:
+            rendered[name] = render(plan)
+        except RenderError as e:
+            parser.error(f"cannot render machine '{name}': {e}")
+    for name, artefacts in rendered.items():
+        try:
+            write_artefacts(directory / name, artefacts)
+        except OSError as e:
+            parser.error(f"cannot write {directory / name}: {e.strerror or e}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{args.topology}: no machine '{args.machine}'")
         names = [args.machine]
     plans = {name: plan_machine(topology.plan_input(name)) for name in names}
+    if args.render_dir is not None:
+        _render_all(parser, args.render_dir, plans)
     isolation = topology.isolation()
     if args.format == "json":
         sys.stdout.write(json.dumps(cloud_dict(isolation, plans), indent=2) + "\n")

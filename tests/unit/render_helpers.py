@@ -1,0 +1,482 @@
+"""Helpers of the render tests: golden cases, the real tools in throwaway namespaces, MAAS files.
+
+Everything that runs `nft` does so in a fresh network namespace (`unshare -n` as root, else
+`unshare -rn`): this machine's own ruleset and network are never touched. `netplan
+generate` only ever runs with `--root-dir` on a temporary copy.
+
+`python tools/regen_dumps.py` rewrites the golden files from `golden_files()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from network_isolation.model import NETWORKS, Network
+from network_isolation.planner import MachinePlan, PlanInput, plan_machine
+from network_isolation.render import (
+    NETPLAN_FILE_NAME,
+    TABLE_FAMILY,
+    TABLE_NAME,
+    FirewallView,
+    render,
+)
+from network_isolation.topology import Topology, load_topology
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+DUMPS = Path(__file__).resolve().parent / "dumps"
+REGEN_COMMAND = "python tools/regen_dumps.py"
+NFTABLES_FILE = "nftables.conf"
+NETPLAN_FILE = "netplan.yaml"
+
+# command -> the Debian package that provides it
+TOOL_PACKAGES = {"nft": "nftables", "netplan": "netplan.io", "unshare": "util-linux"}
+SBIN = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
+
+
+# ---------------------------------------------------------------------------------------------
+# The real tools
+
+
+def find_tool(command: str) -> str | None:
+    """The tool's path; sbin directories count even when they are not on PATH."""
+    for directory in SBIN:
+        path = Path(directory, command)
+        if path.exists():
+            return str(path)
+    return shutil.which(command)
+
+
+def missing_tool(command: str) -> None:
+    """Skip (or fail under CI=true) naming the Debian package that provides the tool."""
+    message = (
+        f"'{command}' is not installed: install the Debian package"
+        f" '{TOOL_PACKAGES.get(command, command)}' (apt-get install"
+        f" {TOOL_PACKAGES.get(command, command)})"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_tool(command: str) -> str:
+    """The tool's path, or skip/fail the test."""
+    path = find_tool(command)
+    if path is None:
+        missing_tool(command)
+        raise AssertionError("unreachable")  # pragma: no cover
+    return path
+
+
+@functools.cache
+def _netns_prefix() -> tuple[str, ...] | None:
+    unshare = find_tool("unshare")
+    if unshare is None:
+        return None
+    # As root, a plain new network namespace: nft can then size its netlink socket for big
+    # batches (in a user namespace, sets of ~10,000 subnets fail with "Message too long").
+    candidates = [(unshare, "-n"), (unshare, "-rn")] if os.geteuid() == 0 else [(unshare, "-rn")]
+    for prefix in candidates:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return prefix
+    return None
+
+
+def netns_prefix() -> tuple[str, ...]:
+    """How to run a command in a new, empty network namespace (or skip/fail)."""
+    require_tool("unshare")
+    require_tool("nft")
+    prefix = _netns_prefix()
+    if prefix is None:
+        message = "cannot create a network namespace here (`unshare -rn` and `unshare -n` fail)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return prefix
+
+
+def run_in_netns(script: str) -> subprocess.CompletedProcess[str]:
+    """Run a shell script in a fresh network namespace that disappears with it."""
+    return subprocess.run(
+        [*netns_prefix(), "sh", "-euc", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def nft_exercise(ruleset: str, off: str | None = None, interfaces: Iterable[str] = ()) -> None:
+    """Check and load a ruleset for real in a fresh namespace, where another table exists.
+
+    `nft -c -f`, then `nft -f` twice (the second load replaces an existing table), then the
+    `off` ruleset removes our table and only ours; loading `off` again works without it.
+    """
+    nft = require_tool("nft")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "nftables.conf")
+        path.write_text(ruleset)
+        lines = [
+            f"{nft} add table inet other",
+            f"{nft} 'add chain inet other input {{ type filter hook input priority 0; }}'",
+        ]
+        for n, name in enumerate(sorted(set(interfaces))):
+            lines.append(f"ip link add '{name}' type veth peer name nip{n}")
+        lines += [f"{nft} -c -f {path}", f"{nft} -f {path}", f"{nft} -f {path}"]
+        if f"table {TABLE_FAMILY} {TABLE_NAME} {{" in ruleset:
+            lines.append(f"{nft} list table {TABLE_FAMILY} {TABLE_NAME} >/dev/null")
+        else:  # the `off` ruleset: nothing of ours remains
+            lines.append(f"! {nft} list table {TABLE_FAMILY} {TABLE_NAME} 2>/dev/null")
+        if off is not None:
+            off_path = Path(tmp, "off.conf")
+            off_path.write_text(off)
+            lines += [
+                f"{nft} -f {off_path}",
+                f"! {nft} list table {TABLE_FAMILY} {TABLE_NAME} 2>/dev/null",
+                f"{nft} -f {off_path}",
+            ]
+        lines.append(f"{nft} list table inet other >/dev/null")
+        result = run_in_netns("\n".join(lines))
+    assert result.returncode == 0, f"nft refused the ruleset:\n{result.stderr}\n{ruleset}"
+
+
+def nft_rule_count(ruleset: str) -> int:
+    """The number of rules the kernel holds in our table after loading the ruleset."""
+    nft = require_tool("nft")
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
+        f.write(ruleset)
+        f.flush()
+        result = run_in_netns(
+            f"{nft} -f {f.name}\n{nft} -j list table {TABLE_FAMILY} {TABLE_NAME}"
+        )
+    if "Message too long" in result.stderr and "-rn" in netns_prefix():
+        message = (
+            "nft cannot size its netlink socket for this batch in a user namespace"
+            " (`unshare -rn`): run the tests as root"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    assert result.returncode == 0, result.stderr
+    return sum(1 for item in json.loads(result.stdout)["nftables"] if "rule" in item)
+
+
+def netplan_generate(maas: str, ours: str | None) -> dict[str, str]:
+    """`netplan generate --root-dir` over MAAS's file and ours; the networkd files it wrote."""
+    netplan = require_tool("netplan")
+    with tempfile.TemporaryDirectory() as tmp:
+        etc = Path(tmp, "etc", "netplan")
+        etc.mkdir(parents=True)
+        files = {"50-cloud-init.yaml": maas}
+        if ours is not None:
+            files[NETPLAN_FILE_NAME] = ours
+        for name, text in files.items():
+            path = etc / name
+            path.write_text(text)
+            path.chmod(0o600)
+        env = {k: v for k, v in os.environ.items() if k != "SNAP"}
+        result = subprocess.run(
+            [netplan, "generate", "--root-dir", tmp],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+            timeout=60,
+        )
+        assert result.returncode == 0, f"netplan refused:\n{result.stderr}\n{ours}"
+        assert not result.stderr.strip(), f"netplan warned:\n{result.stderr}"
+        out = Path(tmp, "run", "systemd", "network")
+        return {p.name: p.read_text() for p in sorted(out.glob("*"))} if out.exists() else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# MAAS-style netplan
+
+
+def maas_netplan(plan_input: PlanInput) -> str:
+    """What MAAS (cloud-init) would write for the machine: addresses, default routes.
+
+    Interface keys and types are the machine's own, so our file must merge into it.
+    """
+    addresses: dict[str, list[str]] = {}
+    for net in NETWORKS:
+        for item in plan_input.networks[net].interfaces:
+            listed = addresses.setdefault(item.name, [])
+            if str(item.address) not in listed:
+                listed.append(str(item.address))
+    sections: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, listed in addresses.items():
+        kind = plan_input.interface_kinds.get(name, "ethernets")
+        sections.setdefault(kind, {})[name] = _maas_entry(plan_input, name, kind, sections)
+        sections[kind][name]["addresses"] = listed
+    # MAAS puts the default gateway (one per family) on the management interface.
+    management = plan_input.networks[Network.MANAGEMENT]
+    families: set[int] = set()
+    for item in management.interfaces:
+        for subnet, gateway in sorted(management.gateways.items(), key=str):
+            if item.address.ip in subnet and gateway.version not in families:
+                families.add(gateway.version)
+                kind = plan_input.interface_kinds.get(item.name, "ethernets")
+                routes = sections[kind][item.name].setdefault("routes", [])
+                routes.append({"to": "default", "via": str(gateway)})
+    return yaml.safe_dump({"network": {"version": 2, **sections}}, sort_keys=False)
+
+
+def _maas_entry(
+    plan_input: PlanInput, name: str, kind: str, sections: dict[str, dict[str, dict[str, Any]]]
+) -> dict[str, Any]:
+    """The device part of an interface's definition: VLAN id and link, bond/bridge members."""
+    if kind == "vlans":
+        parent, _, vid = name.rpartition(".")
+        if not parent or not vid.isdigit():
+            parent, vid = "nivlanlink", "100"
+        if parent not in plan_input.interface_kinds:
+            sections.setdefault("ethernets", {}).setdefault(parent, {})
+        return {"id": int(vid), "link": parent}
+    if kind in ("bonds", "bridges"):
+        return {"interfaces": []}
+    return {}
+
+
+def net_within(inner: Net, outer: Net) -> bool:
+    """Whether a subnet lies inside another (never across families)."""
+    return (
+        inner.version == outer.version
+        and int(outer.network_address) <= int(inner.network_address)
+        and int(inner.broadcast_address) <= int(outer.broadcast_address)
+    )
+
+
+def net_overlap(first: Net, second: Net) -> bool:
+    """Whether two subnets share an address (never across families)."""
+    return (
+        first.version == second.version
+        and int(first.network_address) <= int(second.broadcast_address)
+        and int(second.network_address) <= int(first.broadcast_address)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A first-match reading of the firewall view, for checks against the issue's semantics
+
+
+def _extra_matches(extra: str | None, interface: str, port: int | None) -> bool:
+    if extra is None:
+        return True
+    if extra in ('iifname "lo"', 'oifname "lo"'):
+        return interface == "lo"
+    if extra.startswith(("icmp type", "icmpv6 type")) or "ct " in extra:
+        return False  # the first packet of a new TCP connection: no ct state, not a reply
+    match = re.fullmatch(r"tcp dport (\d+)", extra)
+    if match:
+        return port == int(match.group(1))
+    raise AssertionError(f"unknown match '{extra}'")
+
+
+def verdict(
+    view: FirewallView,
+    chain: str,
+    interface: str,
+    address: str,
+    port: int | None = None,
+) -> str:
+    """What the chain decides for a new TCP connection (the base policy is accept)."""
+    base = view.chain(chain)
+    if base is None:
+        return "accept"
+    ip = ipaddress.ip_address(address)
+    for rule in base.rules:
+        if rule.interfaces and interface not in view.set(rule.interfaces).elements:
+            continue
+        if rule.addresses and not any(ip in n for n in view.set(rule.addresses).networks()):
+            continue
+        if not _extra_matches(rule.extra, interface, port):
+            continue
+        return rule.verdict
+    return "accept"
+
+
+def address_conflicts(view: FirewallView, interfaces: Iterable[str]) -> list[str]:
+    """Subnets both accepted and dropped by address rules for the same input interface."""
+    chain = view.chain("input")
+    if chain is None:
+        return []
+    problems: list[str] = []
+    for interface in [*interfaces, "ni-unknown0"]:
+        decided: dict[str, list[Net]] = {
+            "accept": [],
+            "drop": [],
+        }
+        for rule in chain.rules:
+            if rule.addresses is None or rule.extra is not None:
+                continue  # catch-all rules and port rules are not about subnets
+            if rule.interfaces and interface not in view.set(rule.interfaces).elements:
+                continue
+            decided[rule.verdict] += view.set(rule.addresses).networks()
+        problems += [
+            f"{interface}: {a} accepted, {d} dropped"
+            for a in decided["accept"]
+            for d in decided["drop"]
+            if net_overlap(a, d)
+        ]
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden cases
+
+SEED_ROLES = ("juju-controller", "control", "compute", "storage")
+
+# A partly isolated cloud on VLANs, bonds and bridges: storage and storage-cluster share one
+# space, internal and public another; the tenant space has a second rack without a gateway.
+PARTIAL = """
+spaces:
+  oam:
+    subnets: [10.1.0.0/24, 'fd00:1::/64']
+    gateway: {10.1.0.0/24: 10.1.0.1, 'fd00:1::/64': 'fd00:1::1'}
+  api:
+    subnets: [10.2.0.0/24, 'fd00:2::/64']
+    gateway: {10.2.0.0/24: 10.2.0.1}
+  tenant:
+    subnets: [10.4.0.0/24, 10.4.1.0/24]
+  ceph:
+    subnets: [10.5.0.0/24, 10.5.1.0/24]
+    gateway: {10.5.0.0/24: 10.5.0.1, 10.5.1.0/24: 10.5.1.1}
+bindings:
+  management: oam
+  internal: api
+  public: api
+  data: tenant
+  storage: ceph
+  storage-cluster: ceph
+config:
+  client-cidrs: "192.0.2.0/24 10.1.0.128/25 2001:db8::/64"
+machines:
+  control-1:
+    roles: [control]
+    interfaces:
+      bond0: {type: bonds, addresses: [10.1.0.11/24, 'fd00:1::11/64']}
+      bond0.20: {type: vlans, addresses: [10.2.0.11/24, 'fd00:2::11/64']}
+      bond0.50: {type: vlans, addresses: [10.5.0.11/24]}
+  compute-1:
+    roles: [compute]
+    interfaces:
+      enp1s0: [10.1.0.21/24]
+      br-tenant: {type: bridges, addresses: [10.4.1.21/24]}
+      enp1s0.50: {type: vlans, addresses: [10.5.1.21/24]}
+  storage-1:
+    roles: [storage]
+    interfaces:
+      enp1s0: [10.1.0.31/24]
+      enp2s0: [10.5.0.31/24]
+      enp3s0: [10.4.0.31/24]
+  storage-2:
+    roles: [storage]
+    interfaces:
+      enp1s0: [10.1.0.32/24]
+      enp2s0: [10.5.0.32/24]
+      enp3s0: [10.5.1.32/24]
+  edge-1:
+    roles: [control]
+    interfaces:
+      enp1s0: [10.1.0.51/24, 10.2.0.51/24]
+      enp2s0: [10.5.0.51/24]
+  juju-1:
+    roles: [juju-controller]
+    interfaces:
+      enp1s0: [10.1.0.41/24, 10.2.0.41/24]
+"""
+
+VARIANT_MACHINES = ("juju-1", "control-1", "storage-3", "hyper-1")
+
+
+def _variant(topology: Topology, **config: str | bool) -> Topology:
+    return topology.model_copy(
+        update={
+            "config": {**topology.config, **config},
+            "machines": {m: topology.machines[m] for m in VARIANT_MACHINES},
+        }
+    )
+
+
+def role_combination_name(roles: Iterable[str]) -> str:
+    """`control+storage`, or `no-role`."""
+    return "+".join(roles) or "no-role"
+
+
+def _roles_topology(base: Topology) -> Topology:
+    """One machine per combination of the seed's roles, with a NIC on every network."""
+    nics = base.machines["hyper-1"].interfaces
+    machines = {}
+    for n in range(len(SEED_ROLES) + 1):
+        for roles in combinations(SEED_ROLES, n):
+            machines[role_combination_name(roles)] = base.machines["hyper-1"].model_copy(
+                update={"roles": roles, "interfaces": nics}
+            )
+    return base.model_copy(update={"machines": machines})
+
+
+def partial_topology() -> Topology:
+    """The partly isolated cloud of PARTIAL."""
+    return Topology.model_validate(yaml.safe_load(PARTIAL))
+
+
+@functools.cache
+def golden_topologies() -> Mapping[str, Topology]:
+    """Every golden case: a directory of dumps/ per topology, one per machine inside."""
+    maas = load_topology(EXAMPLES / "microstack-maas.yaml")
+    return {
+        "microstack-maas": maas,
+        "single-space": load_topology(EXAMPLES / "single-space.yaml"),
+        "roles": _roles_topology(maas),
+        "partial": partial_topology(),
+        "audit": _variant(maas, enforcement="audit"),
+        "off": _variant(maas, enforcement="off"),
+        "no-routing": _variant(maas, **{"manage-routing": False}),
+    }
+
+
+def golden_plans() -> dict[str, tuple[Topology, str, MachinePlan]]:
+    """`case/machine` -> (topology, machine, plan)."""
+    return {
+        f"{case}/{machine}": (topology, machine, plan_machine(topology.plan_input(machine)))
+        for case, topology in golden_topologies().items()
+        for machine in topology.machines
+    }
+
+
+def golden_files() -> dict[str, str]:
+    """Relative path under dumps/ -> expected content, exactly as the CLI writes it."""
+    files: dict[str, str] = {}
+    for key, (_, _, plan) in golden_plans().items():
+        artefacts = render(plan)
+        files[f"{key}/{NFTABLES_FILE}"] = artefacts.nftables
+        if artefacts.netplan is not None:
+            files[f"{key}/{NETPLAN_FILE}"] = artefacts.netplan
+    return files
+
+
+def stored_files() -> dict[str, str]:
+    """The golden files as stored under dumps/."""
+    return {
+        str(p.relative_to(DUMPS)): p.read_text()
+        for p in sorted(DUMPS.rglob("*"))
+        if p.is_file() and p.name != "README.md"
+    }
