@@ -10,9 +10,10 @@ import os
 
 import ops
 import pydantic
+from network_isolation_interface import NetworkIsolationRequirer
 
 from cluster import Cluster
-from network_isolation.config import CharmConfig, ConfigError, config_error
+from network_isolation.config import CharmConfig, ConfigError, config_error, parse_port_range
 from network_isolation.host import (
     ApplyError,
     Host,
@@ -33,6 +34,7 @@ from network_isolation.planner import (
     PlanInput,
     plan_machine,
 )
+from network_isolation.ports import PortRange, declared_ports
 from network_isolation.render import Artefacts, RenderError, render
 from network_isolation.report import machine_dict, machine_text
 from network_isolation.rollout import UnitRoll, may_apply, waiting_message
@@ -50,10 +52,12 @@ class NetworkIsolationCharm(ops.CharmBase):
         super().__init__(framework)
         self.registry = MachineRegistry(state_dir() / "units")
         self.host = Host(state=state_dir())
+        self.service_ports = NetworkIsolationRequirer(self, endpoint="service-ports")
         self._views: dict[Network, NetworkView] | None = None
         self._warnings: list[str] = []
         self._blocked: str | None = None
         self._waiting: str | None = None
+        self._own_ports: dict[str, list[str]] | None = None
         reconcile_on = [
             self.on.config_changed,
             self.on.upgrade_charm,
@@ -69,6 +73,7 @@ class NetworkIsolationCharm(ops.CharmBase):
                 self.on[endpoint].relation_departed,
                 self.on[endpoint].relation_broken,
             ]
+        reconcile_on.append(self.service_ports.on.ports_changed)
         for event in reconcile_on:
             framework.observe(event, self._reconcile)
         framework.observe(self.on.install, self._on_install)
@@ -109,7 +114,9 @@ class NetworkIsolationCharm(ops.CharmBase):
         except ConfigError:
             self.registry.record(self.unit.name, self._related_roles())
             return  # reported by collect-status; nothing on the host is changed
-        self.registry.record(self.unit.name, self._related_roles() | config.roles)
+        self.registry.record(
+            self.unit.name, self._related_roles() | config.roles, self._own_declared_ports()
+        )
         cluster = self._cluster(config)
         plan = self._plan()
         artefacts = self._render(plan) if plan.status == "active" else None
@@ -254,6 +261,33 @@ class NetworkIsolationCharm(ops.CharmBase):
             },
         )
 
+    def _own_declared_ports(self) -> dict[str, list[str]]:
+        """Ports the principal on this unit declared (untrusted: problems become warnings)."""
+        if self._own_ports is None:
+            declarations = self.service_ports.declarations()
+            self._warnings.extend(declarations.problems)
+            self._own_ports = {
+                network: [str(PortRange.of(triple)) for triple in triples]
+                for network, triples in declarations.by_network().items()
+            }
+        return self._own_ports
+
+    def _declared_ports(self) -> dict[Network, tuple[PortRange, ...]]:
+        """Ports declared by the principals of every unit of this charm on the machine."""
+        merged: dict[str, set[str]] = {}
+        for network, ports in self._own_declared_ports().items():
+            merged.setdefault(network, set()).update(ports)
+        for network, ports in self.registry.ports_except(self.unit.name).items():
+            merged.setdefault(network, set()).update(ports)
+        triples: dict[str, list[tuple[str, int, int]]] = {}
+        for network, ports in merged.items():
+            for text in ports:
+                try:
+                    triples.setdefault(network, []).append(parse_port_range(text))
+                except ValueError:
+                    logger.warning("ignored unreadable registry port %r", text)
+        return declared_ports(triples)
+
     def _probe_targets(self) -> list[ProbeTarget]:
         """What must stay reachable after an apply: the Juju controllers and the gateways."""
         targets = controller_targets(os.environ.get("JUJU_API_ADDRESSES"))
@@ -271,6 +305,7 @@ class NetworkIsolationCharm(ops.CharmBase):
                 roles=roles,
                 networks=self._network_views(self._cluster(config).view()),
                 config=config,
+                interface_kinds=self.host.interface_kinds(),
             )
         )
 

@@ -30,10 +30,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, get_args
 
 import yaml
+from pydantic import BaseModel, ConfigDict
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_fixed
+
+from .planner import InterfaceKind
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/network-isolation")
 # test checks it): the host module must not depend on the renderer to remove what it applied.
 TABLE_FAMILY, TABLE_NAME = "inet", "network_isolation"
 NETPLAN_FILE_NAME = "90-network-isolation.yaml"
+NETPLAN_DIRS = ("lib/netplan", "etc/netplan", "run/netplan")
 # Replaces our table with nothing, whether or not it exists (nft 1.0.6 has no `destroy`).
 REMOVAL_RULESET = f"table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n"
 UNIT_NAME = "network-isolation.service"
@@ -72,11 +76,23 @@ def write_atomically(path: Path, content: str | bytes, mode: int = 0o644) -> Non
         raise
 
 
+class UnitEntry(BaseModel):
+    """What one unit of this charm brings to its machine: roles and declared ports."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    unit: str
+    roles: tuple[str, ...]
+    # network -> ports as "tcp:5672" or "udp:6800-7300", as principals declared them
+    ports: dict[str, tuple[str, ...]] = {}
+
+
 class MachineRegistry:
-    """One small file per unit of this charm on the machine, naming the roles it brings.
+    """One small file per unit of this charm on the machine, naming what it brings.
 
     A subordinate related to several principals on one machine has one unit per principal;
-    the registry lets each of them compute the plan for the union of all their roles.
+    the registry lets each of them compute the plan for the union of all their roles and
+    declared ports.
     """
 
     def __init__(self, directory: Path):
@@ -85,9 +101,14 @@ class MachineRegistry:
     def _path(self, unit: str) -> Path:
         return self.directory / (re.sub(r"[^A-Za-z0-9-]", "-", unit) + ".json")
 
-    def record(self, unit: str, roles: frozenset[str]) -> None:
-        """Register a unit's roles; a no-op when they are already recorded."""
-        content = json.dumps({"unit": unit, "roles": sorted(roles)}, sort_keys=True) + "\n"
+    def record(
+        self, unit: str, roles: frozenset[str], ports: Mapping[str, Iterable[str]] | None = None
+    ) -> None:
+        """Register a unit's roles and ports; a no-op when they are already recorded."""
+        entry = {"unit": unit, "roles": sorted(roles)}
+        if ports:
+            entry["ports"] = {net: sorted(set(p)) for net, p in sorted(ports.items()) if p}
+        content = json.dumps(entry, sort_keys=True) + "\n"
         path = self._path(unit)
         try:
             if path.read_text() == content:
@@ -100,28 +121,31 @@ class MachineRegistry:
         """Drop a departing unit's entry."""
         self._path(unit).unlink(missing_ok=True)
 
-    def entries(self) -> dict[str, frozenset[str]]:
-        """Every registered unit and its roles; an unreadable entry is skipped and logged."""
-        entries: dict[str, frozenset[str]] = {}
+    def _entries(self) -> list[UnitEntry]:
+        entries: list[UnitEntry] = []
         for path in sorted(self.directory.glob("*.json")):
             try:
-                data = json.loads(path.read_text())
-                unit, roles = data["unit"], data["roles"]
-                if not (
-                    isinstance(unit, str)
-                    and isinstance(roles, list)
-                    and all(isinstance(r, str) for r in roles)
-                ):
-                    raise TypeError("unit must be a string and roles a list of strings")
-            except (OSError, ValueError, KeyError, TypeError) as e:
+                entries.append(UnitEntry.model_validate_json(path.read_text()))
+            except (OSError, ValueError) as e:
                 logger.warning("ignoring unreadable registry entry %s: %s", path, e)
-                continue
-            entries[unit] = frozenset(roles)
         return entries
+
+    def entries(self) -> dict[str, frozenset[str]]:
+        """Every registered unit and its roles; an unreadable entry is skipped and logged."""
+        return {entry.unit: frozenset(entry.roles) for entry in self._entries()}
 
     def roles_except(self, unit: str) -> frozenset[str]:
         """The union of the roles of the other units on this machine."""
         return frozenset().union(*(r for u, r in self.entries().items() if u != unit))
+
+    def ports_except(self, unit: str) -> dict[str, frozenset[str]]:
+        """The ports the other units' principals declared, per network."""
+        merged: dict[str, set[str]] = {}
+        for entry in self._entries():
+            if entry.unit != unit:
+                for network, ports in entry.ports.items():
+                    merged.setdefault(network, set()).update(ports)
+        return {network: frozenset(ports) for network, ports in merged.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,14 +711,43 @@ class Host:
                 why = first_error(result.stderr + result.stdout, strip=[tmp])
                 raise InvalidArtefactsError(f"netplan rejected: {why}", stage="validate-netplan")
 
-    def _stage_netplan(self, tmp: Path, netplan: str) -> None:
-        """The host's netplan files (lib, etc, run) under tmp, with ours replaced by `netplan`."""
-        for directory in ("lib/netplan", "etc/netplan", "run/netplan"):
+    def _foreign_netplan_files(self) -> list[Path]:
+        """The host's netplan files (lib, etc, run) other than ours, in netplan's order."""
+        found: list[Path] = []
+        for directory in NETPLAN_DIRS:
             source = self.root / directory
-            (tmp / directory).mkdir(parents=True, exist_ok=True)
             for path in sorted(source.glob("*.yaml")) if source.is_dir() else []:
                 if path.is_file() and path != self.netplan_file:
-                    shutil.copy2(path, tmp / directory / path.name)
+                    found.append(path)
+        return found
+
+    def interface_kinds(self) -> dict[str, InterfaceKind]:
+        """Which netplan section (ethernets, vlans, bonds, bridges) defines each interface.
+
+        Our netplan file must name each interface in the section MAAS used, else netplan
+        refuses it ("changes device type"). Unreadable files are skipped: netplan's own
+        validation of our file will then say what is wrong.
+        """
+        kinds: dict[str, InterfaceKind] = {}
+        for path in self._foreign_netplan_files():
+            try:
+                network = (yaml.safe_load(path.read_text()) or {}).get("network") or {}
+            except (OSError, yaml.YAMLError, AttributeError) as e:
+                logger.warning("cannot read %s: %s", path, e)
+                continue
+            for kind in get_args(InterfaceKind):
+                section = network.get(kind) if isinstance(network, dict) else None
+                for name in section if isinstance(section, dict) else ():
+                    if isinstance(name, str):
+                        kinds[name] = kind
+        return kinds
+
+    def _stage_netplan(self, tmp: Path, netplan: str) -> None:
+        """The host's netplan files (lib, etc, run) under tmp, with ours replaced by `netplan`."""
+        for directory in NETPLAN_DIRS:
+            (tmp / directory).mkdir(parents=True, exist_ok=True)
+        for path in self._foreign_netplan_files():
+            shutil.copy2(path, tmp / path.relative_to(self.root))
         ours = tmp / "etc/netplan" / NETPLAN_FILE_NAME
         ours.write_text(netplan)
         ours.chmod(0o600)

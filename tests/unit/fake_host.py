@@ -32,6 +32,7 @@ class FakeHost:
     drift_reason: ClassVar[str | None] = None
     counters_state: ClassVar[dict[str, dict[str, int]]] = {}
     gateways: ClassVar[list[str]] = []
+    kinds: ClassVar[dict[str, str]] = {}
     removed: ClassVar[bool] = False
 
     def __init__(self, *_: Any, state: Path | None = None, **__: Any):
@@ -46,6 +47,7 @@ class FakeHost:
         cls.drift_reason = None
         cls.counters_state = {}
         cls.gateways = []
+        cls.kinds = {}
         cls.removed = False
 
     @classmethod
@@ -96,6 +98,9 @@ class FakeHost:
 
     def default_gateways(self) -> list[str]:
         return list(self.gateways)
+
+    def interface_kinds(self) -> dict[str, str]:
+        return dict(self.kinds)
 
     def remove(self) -> None:
         self.calls.append(("remove", None))

@@ -11,7 +11,13 @@ from fake_host import FakeHost
 from ops import testing
 
 from charm import NetworkIsolationCharm
-from network_isolation.host import Applied, ProbeTarget, RejectedRecord, fingerprint
+from network_isolation.host import (
+    Applied,
+    MachineRegistry,
+    ProbeTarget,
+    RejectedRecord,
+    fingerprint,
+)
 from network_isolation.render import Artefacts
 from network_isolation.rollout import Roll, UnitRoll
 
@@ -251,3 +257,33 @@ def test_rejected_artefacts_are_reported_to_the_roll(networks, fake_host):
     mine = unit_roll(out, peers)
     assert mine.has_failed
     assert mine.error == "gateway unreachable"
+
+
+def test_the_hosts_netplan_sections_reach_the_rendered_file(networks, fake_host):
+    fake_host.kinds = {"enp2s0": "vlans"}
+    ctx = context()
+    ctx.run(ctx.on.action("show-plan"), state(networks))
+    netplan = (ctx.action_results or {})["netplan"]
+    vlans = netplan.split("vlans:", 1)
+    assert len(vlans) == 2 and "enp2s0" in vlans[1]
+
+
+def test_declared_ports_of_co_located_principals_are_shared(networks, fake_host, state_dir):
+    declaration = {
+        "version": "1",
+        "ports": json.dumps([{"network": "internal", "protocol": "tcp", "port": 5672}]),
+    }
+    service_ports = testing.SubordinateRelation(
+        "service-ports", remote_app_name="rabbitmq", remote_unit_data=declaration
+    )
+    first = context(0)
+    first.run(first.on.config_changed(), state(networks, [compute(), service_ports]))
+    other = MachineRegistry(state_dir / "units").ports_except("network-isolation/1")
+    assert other == {"internal": frozenset({"tcp:5672"})}
+
+    bad = testing.SubordinateRelation(
+        "service-ports", remote_app_name="evil", remote_unit_data={"version": "1", "ports": "x"}
+    )
+    out = first.run(first.on.config_changed(), state(networks, [compute(), bad]))
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    assert "evil/0" in out.unit_status.message

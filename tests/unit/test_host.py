@@ -1109,3 +1109,17 @@ def test_default_gateways_are_read_from_both_families(root: Path):
 def test_default_gateways_ignore_what_they_cannot_read(root: Path, garbage: str):
     runner = RouteRunner(garbage, "", v6_rc=1)
     assert Host(root, runner).default_gateways() == []
+
+
+def test_interface_kinds_come_from_the_hosts_netplan_files(root: Path):
+    (root / "etc/netplan/50-cloud-init.yaml").write_text(
+        "network:\n  version: 2\n  ethernets: {enp1s0: {}, enp2s0: {}}\n"
+        "  bonds: {bond0: {interfaces: [enp1s0, enp2s0]}}\n"
+        "  vlans: {bond0.20: {id: 20, link: bond0}}\n"
+    )
+    (root / "run/netplan").mkdir(parents=True, exist_ok=True)
+    (root / "run/netplan/99-broken.yaml").write_text("network: [not, a, mapping\n")
+    kinds = Host(root, RouteRunner("[]", "[]")).interface_kinds()
+    assert kinds["bond0"] == "bonds"
+    assert kinds["bond0.20"] == "vlans"
+    assert kinds["enp1s0"] == "ethernets"
