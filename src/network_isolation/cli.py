@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(json.dumps(cloud_dict(isolation, plans), indent=2) + "\n")
     else:
         sys.stdout.write(cloud_text(isolation, plans))
-    return 0
+    return 1 if any(plan.status == "blocked" for plan in plans.values()) else 0
 
 
 if __name__ == "__main__":

@@ -127,6 +127,11 @@ class CharmConfig(BaseModel):
             if not ROLE_NAME.match(role):
                 raise ValueError(f"'{role}' is not a valid role name")
             table[role] = frozenset(_network(n, f"{role}={','.join(names)}") for n in names)
+            if Network.MANAGEMENT not in table[role]:
+                raise ValueError(
+                    f"role '{role}' must include management: Juju and operators reach every"
+                    " machine over it"
+                )
         return table
 
     @field_validator("network_cidrs", mode="before")

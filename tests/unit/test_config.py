@@ -124,18 +124,18 @@ def test_every_seed_role_is_a_valid_role(role: str):
 
 def test_role_networks_parse_into_a_table(seed_table: dict[str, frozenset[str]]):
     config = CharmConfig.from_options(
-        {"role-networks": "control=management,internal,public,storage,data network=data,internal"}
+        {"role-networks": "control=management,internal,public,storage,data network=management,data,internal"}
     )
     assert config.role_networks == {
         "control": frozenset(
             {Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC, Network.STORAGE, Network.DATA}
         ),
-        "network": frozenset({Network.DATA, Network.INTERNAL}),
+        "network": frozenset({Network.MANAGEMENT, Network.DATA, Network.INTERNAL}),
     }
     table = {role: {n.value for n in nets} for role, nets in config.role_table.items()}
     # The overridden row and the custom row, and every other seed row untouched.
     assert table["control"] == seed_table["control"] | {"data"}
-    assert table["network"] == {"data", "internal"}
+    assert table["network"] == {"management", "data", "internal"}
     for role in set(seed_table) - {"control"}:
         assert table[role] == seed_table[role]
 
@@ -248,3 +248,10 @@ def test_booleans_must_be_real_booleans(option: str, text: str):
     with pytest.raises(ConfigError) as caught:
         CharmConfig.from_options({option: text})
     assert caught.value.option == option
+
+
+def test_a_role_without_management_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options({"role-networks": "compute=internal,data,storage"})
+    assert caught.value.option == "role-networks"
+    assert "must include management" in caught.value.problem
