@@ -1,0 +1,252 @@
+"""The connectivity matrix: which flows to probe, probing them, and the table of results.
+
+Laid out like Calico's connectivity checker: one line per flow with source, destination,
+protocol/port, expected and actual verdict, mismatches marked, then a summary.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .oracle import FAILSAFE_PORT, Expectation, Flow, Oracle
+from .testbed import Bed, Cloud, IPAddress, ProbeResult, space_of
+
+TCP_PORT = 7000
+UDP_PORT = 6081
+DROP_TIMEOUT = 0.75  # seconds a probe waits: a pass takes milliseconds
+CONFIRM_TIMEOUT = 3.0  # an unexpected drop is probed again, with this patience
+SEEN_WAIT = 0.5  # how long one-way (spoofed) probes get to arrive
+
+# Every matrix checked in this session, for the summary at the end of the run.
+SUMMARIES: list[str] = []
+
+
+def management_addresses(cloud: Cloud, machine: str) -> set[IPAddress]:
+    """A machine's addresses in its management space."""
+    space = cloud.management_space()
+    return {
+        a.ip for i in cloud.machines[machine].ifaces if i.segment == space for a in i.addresses
+    }
+
+
+def flows_between(
+    cloud: Cloud,
+    machines: Sequence[str],
+    tcp_port: int = TCP_PORT,
+    udp_port: int = UDP_PORT,
+    externals: bool = True,
+) -> list[Flow]:
+    """The flows of the matrix.
+
+    Between every two machines (every source address, bound explicitly, to every destination
+    address of the same IP version) one TCP and one UDP flow; tcp/22 from every management
+    address and from one other address per sender and version; and from the client and the
+    outsider to every address, on all three ports.
+    """
+    flows: list[Flow] = []
+    senders = [*machines, *(cloud.externals if externals else ())]
+    for src in senders:
+        src_host = cloud.hosts[src]
+        external = src in cloud.externals
+        mgmt = management_addresses(cloud, src) if not external else set()
+        ssh_from: set[IPAddress] = (
+            set(mgmt) if not external else {a.ip for a in src_host.addresses}
+        )
+        for version in (4, 6):
+            other = [a.ip for a in src_host.addresses if a.version == version and a.ip not in mgmt]
+            if not external and other:
+                ssh_from.add(other[0])
+        for dst in machines:
+            if dst == src:
+                continue
+            for a in src_host.addresses:
+                for b in cloud.machines[dst].addresses:
+                    if a.version != b.version:
+                        continue
+                    flows.append(Flow(src, a.ip, dst, b.ip, "tcp", tcp_port))
+                    flows.append(Flow(src, a.ip, dst, b.ip, "udp", udp_port))
+                    if a.ip in ssh_from:
+                        flows.append(Flow(src, a.ip, dst, b.ip, "tcp", FAILSAFE_PORT))
+    return flows
+
+
+def spoofed_flows(
+    cloud: Cloud,
+    sender: str,
+    sources: Iterable[IPAddress],
+    targets: Sequence[str],
+    port: int = UDP_PORT,
+) -> list[Flow]:
+    """UDP from `sender` with source addresses it does not own, to every address of targets."""
+    flows = []
+    for spoof in sources:
+        for dst in targets:
+            for b in cloud.machines[dst].addresses:
+                if dst != sender and b.version == spoof.version:
+                    flows.append(Flow(sender, spoof, dst, b.ip, "udp", port, spoofed=True))
+    return flows
+
+
+def spare_address(cloud: Cloud, network: str) -> list[IPAddress]:
+    """Per IP version, an address of the network's first subnet that nobody in the bed uses."""
+    topology = cloud.topology
+    space = space_of(topology, network)
+    used = {a.ip for h in cloud.machines.values() for a in h.addresses}
+    used |= {r for s in cloud.segments.values() for r in s.router.values()}
+    spare = []
+    for version in (4, 6):
+        subnet = next(s for s in topology.spaces[space].subnets if s.version == version)
+        last = subnet.broadcast_address - (1 if version == 4 else 0)
+        candidate = next(a for a in (last - k for k in range(16)) if a not in used)
+        spare.append(ipaddress.ip_address(candidate))
+    return spare
+
+
+@dataclass
+class Row:
+    """One flow, what the oracle expected and what the probe got."""
+
+    flow: Flow
+    expected: Expectation
+    got: ProbeResult
+
+    @property
+    def ok(self) -> bool:
+        """The probe saw what the oracle predicted."""
+        return self.expected.verdict == self.got.got
+
+
+@dataclass
+class Matrix:
+    """The checked flows of one scenario."""
+
+    title: str
+    rows: list[Row]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mismatches(self) -> list[Row]:
+        """Rows where the probe and the oracle disagree."""
+        return [r for r in self.rows if not r.ok]
+
+    def counts(self) -> Counter[str]:
+        """Flows by expected verdict."""
+        return Counter(r.expected.verdict for r in self.rows)
+
+    def summary(self) -> str:
+        """One line: how many flows, by verdict, how many wrong, how long."""
+        by = Counter((r.flow.proto, r.expected.verdict) for r in self.rows)
+        counts = self.counts()
+        detail = ", ".join(f"{p} {v} {n}" for (p, v), n in sorted(by.items()))
+        verdicts = ", ".join(f"{counts[v]} {v}" for v in ("pass", "drop", "no-reply") if counts[v])
+        return (
+            f"{self.title}: {len(self.rows)} flows checked: {verdicts or 'none'} ({detail});"
+            f" {len(self.mismatches)} mismatches; {self.seconds:.1f}s"
+        )
+
+    def table(self, only_mismatches: bool = False) -> str:
+        """The matrix as text; mismatches marked `<-- MISMATCH`."""
+        rows = self.mismatches if only_mismatches else self.rows
+        header = ("SOURCE", "DESTINATION", "PROTO/PORT", "EXPECTED", "GOT", "REASON")
+        lines = [
+            (
+                f"{r.flow.src} {r.flow.src_addr}",
+                f"{r.flow.dst} {r.flow.dst_addr}",
+                r.flow.label,
+                r.expected.verdict,
+                r.got.got,
+                ("<-- MISMATCH " if not r.ok else "")
+                + r.expected.reason
+                + (f" [got: {r.got.detail}]" if r.got.detail and not r.ok else ""),
+            )
+            for r in rows
+        ]
+        widths = [max(len(x[i]) for x in [header, *lines]) for i in range(5)]
+        out = [f"=== connectivity matrix: {self.title}"]
+        for line in [header, *lines]:
+            out.append(
+                "  ".join(c.ljust(w) for c, w in zip(line[:5], widths, strict=True))
+                + "  "
+                + line[5]
+            )
+        out += [*self.notes, self.summary()]
+        return "\n".join(out)
+
+
+def check(
+    bed: Bed, oracle: Oracle, flows: Sequence[Flow], title: str, timeout: float = DROP_TIMEOUT
+) -> Matrix:
+    """Probe every flow; re-probe unexpected drops with more patience before calling them."""
+    start = time.monotonic()
+    bed.forget_neighbours()
+    expected = [oracle.expect(f) for f in flows]
+    normal = [i for i, f in enumerate(flows) if not f.spoofed]
+    spoofed = [i for i, f in enumerate(flows) if f.spoofed]
+    results: list[ProbeResult | None] = [None] * len(flows)
+    first = _delivered(bed, flows, normal, bed.probe([_wire(flows[i], timeout) for i in normal]))
+    for i, result in zip(normal, first, strict=True):
+        results[i] = result
+    retry = [
+        i
+        for i, r in zip(normal, first, strict=True)
+        if r.got != "pass" and expected[i].verdict == "pass"
+    ]
+    if retry:
+        again = bed.probe([_wire(flows[i], CONFIRM_TIMEOUT) for i in retry])
+        for i, result in zip(retry, _delivered(bed, flows, retry, again), strict=True):
+            results[i] = result
+    if spoofed:
+        sent = bed.probe([_wire(flows[i], timeout, oneway=True) for i in spoofed])
+        time.sleep(SEEN_WAIT)
+        seen = bed.seen([r.token for r in sent])
+        for i, r in zip(spoofed, sent, strict=True):
+            if r.got == "sent":
+                got = "pass" if r.token in seen else "drop"
+                results[i] = ProbeResult(
+                    got, "received" if got == "pass" else "not received", r.token
+                )
+            else:
+                results[i] = r
+    rows = [
+        Row(f, e, r) for f, e, r in zip(flows, expected, results, strict=True) if r is not None
+    ]
+    matrix = Matrix(title, rows, time.monotonic() - start)
+    if retry:
+        matrix.notes.append(f"({len(retry)} unexpected drops re-probed with {CONFIRM_TIMEOUT}s)")
+    return matrix
+
+
+def _delivered(
+    bed: Bed, flows: Sequence[Flow], indexes: Sequence[int], results: list[ProbeResult]
+) -> list[ProbeResult]:
+    """A UDP probe without a reply whose request reached its server is `no-reply`."""
+    lost = [
+        r.token
+        for i, r in zip(indexes, results, strict=True)
+        if flows[i].proto == "udp" and r.got == "drop"
+    ]
+    seen = bed.seen(lost) if lost else set()
+    return [
+        ProbeResult("no-reply", "the server got it; the reply was lost", r.token, r.ms)
+        if r.token in seen
+        else r
+        for r in results
+    ]
+
+
+def _wire(flow: Flow, timeout: float, oneway: bool = False) -> dict[str, object]:
+    return {
+        "host": flow.src,
+        "src": str(flow.src_addr),
+        "dst": str(flow.dst_addr),
+        "proto": flow.proto,
+        "port": flow.port,
+        "timeout": timeout,
+        "transparent": flow.spoofed,
+        "oneway": oneway,
+    }

@@ -1,0 +1,307 @@
+"""The expected verdict of every probe, worked out without looking at the ruleset under test.
+
+Two sources only:
+
+- the seed document's "Node roles" table (Canonical's "Network traffic isolation with MAAS"),
+  written out below by hand, not imported from the charm;
+- the firewall rules of issue 3, restated below and encoded step by step.
+
+Issue 3, as encoded here. A *domain* is a set of networks that resolve to the same subnets
+(one space); it is *allowed* on a machine when any of its networks is allowed for the
+machine's roles, else *denied*. A NIC is *denied* when every domain it carries is denied.
+
+Input, first match wins:
+  1. ct state established,related: accept (replies);
+  2. essential ICMP/ICMPv6 (neighbour discovery among them): accept;
+  3. tcp/22 from the management domain's subnets or client-cidrs: accept (failsafe);
+  4. from a denied domain's subnets, on any interface: drop;
+  5. on a denied NIC: drop;
+  6. on an allowed domain's NIC: from its own subnets accept; from another cloud domain's
+     subnets drop; from any other source: accept on public, accept from client-cidrs on
+     management, drop elsewhere;
+  7. anything else (NICs of no cloud network): not decided here (accept).
+Output: to a denied domain's subnets, or out of a denied NIC: drop; nothing else.
+Audit: the same, but a drop only counts; the packet goes on. Off: no table.
+The failsafe's replies are let out too (it is "always accepted").
+
+Consequences the bed makes visible (the kernel's, not a choice of ours):
+- IPv6 needs neighbour discovery: a host answers a neighbour solicitation with an
+  advertisement sent out of the NIC that holds the address. Out of a denied NIC that
+  advertisement is dropped, so nothing reaches an IPv6 address on a denied NIC, not even
+  the failsafe. (ARP is not IP: nftables' inet family never sees it, so IPv4 is unaffected.)
+- Replies (ct established) pass input; on the way out they meet the output rules like any
+  packet, so a reply towards a denied domain would be dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from network_isolation.topology import Topology
+
+from .testbed import Cloud, Host, IPAddress, IPNetwork
+
+# The seed's "Node roles" table: node role -> cloud networks it needs.
+SEED_ROLE_TABLE: dict[str, frozenset[str]] = {
+    "juju-controller": frozenset({"management"}),
+    "control": frozenset({"management", "internal", "public", "storage"}),
+    "compute": frozenset({"management", "internal", "data", "storage"}),
+    "storage": frozenset({"management", "storage", "storage-cluster"}),
+}
+CLOUD_NETWORKS = ("data", "internal", "management", "public", "storage", "storage-cluster")
+FAILSAFE_PORT = 22
+Mode = str  # "enforce" | "audit" | "off"
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One probe: from an address of a host to an address of another, one protocol/port."""
+
+    src: str  # host name (a machine, "client" or "outsider")
+    src_addr: IPAddress
+    dst: str
+    dst_addr: IPAddress
+    proto: str  # "tcp" | "udp"
+    port: int
+    spoofed: bool = False  # src_addr is not the sender's: one-way, seen at the server
+
+    @property
+    def label(self) -> str:
+        """proto/port, for the matrix."""
+        return f"{self.proto}/{self.port}" + (" spoofed" if self.spoofed else "")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A drop rule that the flow meets, on a machine, in one direction."""
+
+    machine: str
+    direction: str  # "in" | "out"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The predicted verdict, why, and every drop rule met (for audit counters)."""
+
+    verdict: str  # "pass" | "drop" | "no-reply"
+    reason: str
+    hits: tuple[Hit, ...] = ()
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Networks bound to the same subnets."""
+
+    networks: frozenset[str]
+    subnets: tuple[IPNetwork, ...]
+
+    @property
+    def name(self) -> str:
+        """The networks, in a fixed order."""
+        return "+".join(n for n in CLOUD_NETWORKS if n in self.networks)
+
+    def has(self, address: IPAddress) -> bool:
+        """Whether an address is in one of the domain's subnets."""
+        return any(address in s for s in self.subnets)
+
+
+@dataclass
+class Policy:
+    """The cloud-wide inputs of the rules: domains, role table, client-cidrs."""
+
+    domains: tuple[Domain, ...]
+    role_table: Mapping[str, frozenset[str]]
+    client_cidrs: tuple[IPNetwork, ...]
+    roles: Mapping[str, tuple[str, ...]]
+    enforcement: Mode
+    unmodelled: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_topology(cls, topology: Topology) -> Policy:
+        """Read the topology's raw fields; the charm's parsers are not used."""
+        config = {k: str(v) for k, v in topology.config.items()}
+        bindings = {str(k): v for k, v in topology.bindings.items()}
+        subnets: dict[str, set[IPNetwork]] = {}
+        for network in CLOUD_NETWORKS:
+            space = bindings.get(network, topology.default_space)
+            assert space is not None, f"{network} is not bound"
+            subnets[network] = set(topology.spaces[space].subnets)
+        for key, values in _entries(config.get("network-cidrs", "")):
+            subnets[key] |= {ipaddress.ip_network(v) for v in values}
+        groups: dict[frozenset[IPNetwork], set[str]] = {}
+        for network in CLOUD_NETWORKS:
+            groups.setdefault(frozenset(subnets[network]), set()).add(network)
+        domains = tuple(
+            Domain(frozenset(nets), tuple(sorted(key, key=_net_key)))
+            for key, nets in groups.items()
+        )
+        table = dict(SEED_ROLE_TABLE)
+        for role, networks in _entries(config.get("role-networks", "")):
+            table[role] = frozenset(networks)
+        clients = tuple(
+            ipaddress.ip_network(c)
+            for c in config.get("client-cidrs", "").replace(",", " ").split()
+        )
+        unmodelled = tuple(
+            k
+            for k in ("strict-ports", "extra-ports")
+            if config.get(k, "false").lower() not in ("false", "")
+        )
+        return cls(
+            domains=domains,
+            role_table=table,
+            client_cidrs=clients,
+            roles={name: tuple(m.roles) for name, m in topology.machines.items()},
+            enforcement=config.get("enforcement", "enforce"),
+            unmodelled=unmodelled,
+        )
+
+    def domain_with(self, network: str) -> Domain:
+        """The domain that carries a network."""
+        return next(d for d in self.domains if network in d.networks)
+
+    def domain_of(self, address: IPAddress) -> Domain | None:
+        """The cloud domain an address belongs to, if any."""
+        return next((d for d in self.domains if d.has(address)), None)
+
+    def allowed(self, machine: str) -> frozenset[str]:
+        """The networks a machine's roles need (the union of the roles' rows)."""
+        return frozenset(n for role in self.roles[machine] for n in self.role_table[role])
+
+    def is_allowed(self, machine: str, domain: Domain) -> bool:
+        """A domain is allowed when any of its networks is."""
+        return bool(domain.networks & self.allowed(machine))
+
+    def in_clients(self, address: IPAddress) -> bool:
+        """Whether an address is in client-cidrs."""
+        return any(address in c for c in self.client_cidrs)
+
+
+def _net_key(net: IPNetwork) -> tuple[int, int, int]:
+    return net.version, int(net.network_address), net.prefixlen
+
+
+def _entries(text: str) -> Iterable[tuple[str, list[str]]]:
+    for entry in text.split():
+        key, _, values = entry.partition("=")
+        yield key, [v for v in values.split(",") if v]
+
+
+class Oracle:
+    """Predicts each flow's verdict from the policy and the bed's routing."""
+
+    def __init__(self, cloud: Cloud, modes: Mapping[str, Mode] | None = None):
+        self.cloud = cloud
+        self.policy = Policy.from_topology(cloud.topology)
+        if self.policy.unmodelled:
+            raise NotImplementedError(f"the oracle does not model {self.policy.unmodelled}")
+        default = self.policy.enforcement
+        self.modes = {m: (modes or {}).get(m, default) for m in cloud.machines}
+
+    # -- per machine ---------------------------------------------------------------------------
+
+    def _nic_domains(self, host: Host, nic: str) -> list[Domain]:
+        iface = next(i for i in host.ifaces if i.name == nic)
+        found = {self.policy.domain_of(a.ip) for a in iface.addresses}
+        return [d for d in self.policy.domains if d in found]
+
+    def denied_nic(self, machine: str, nic: str) -> bool:
+        """A NIC whose every cloud domain is denied to the machine."""
+        domains = self._nic_domains(self.cloud.machines[machine], nic)
+        return bool(domains) and not any(self.policy.is_allowed(machine, d) for d in domains)
+
+    def _output(self, machine: str, dst: IPAddress) -> str | None:
+        """The output rule a packet from this machine to dst meets, if any."""
+        host = self.cloud.machines[machine]
+        domain = self.policy.domain_of(dst)
+        if domain is not None and not self.policy.is_allowed(machine, domain):
+            return f"to denied {domain.name}"
+        egress = host.egress(dst)
+        if egress is not None and self.denied_nic(machine, egress.name):
+            return f"out of denied NIC {egress.name}"
+        return None
+
+    def _neighbour(self, machine: str, address: IPAddress) -> str | None:
+        """IPv6 only: the advertisement for an address on a denied NIC is dropped."""
+        if address.version != 6:
+            return None
+        nic = self.cloud.machines[machine].iface_of(address).name
+        if self.denied_nic(machine, nic):
+            return f"IPv6 neighbour advertisement out of denied NIC {nic}"
+        return None
+
+    def _input(self, machine: str, flow: Flow) -> tuple[str, str]:
+        """Rules 3-7 for a new packet: (accept|drop, why)."""
+        p, src = self.policy, flow.src_addr
+        src_domain = p.domain_of(src)
+        management = p.domain_with("management")
+        if flow.proto == "tcp" and flow.port == FAILSAFE_PORT:
+            if management.has(src) or p.in_clients(src):
+                return "accept", "failsafe tcp/22"
+        if src_domain is not None and not p.is_allowed(machine, src_domain):
+            return "drop", f"from denied {src_domain.name}"
+        nic = self.cloud.machines[machine].iface_of(flow.dst_addr).name
+        domains = self._nic_domains(self.cloud.machines[machine], nic)
+        allowed = [d for d in domains if p.is_allowed(machine, d)]
+        if domains and not allowed:
+            return "drop", f"on denied NIC {nic}"
+        if not allowed:
+            return "accept", f"{nic} is on no cloud network"
+        names = "+".join(d.name for d in allowed)
+        if src_domain in allowed:
+            return "accept", f"own network {names}"
+        if src_domain is not None:
+            return "drop", f"{src_domain.name} source on {names} NIC"
+        if any("public" in d.networks for d in allowed):
+            return "accept", f"non-cloud source on public ({names})"
+        if any("management" in d.networks for d in allowed) and p.in_clients(src):
+            return "accept", f"client on management ({names})"
+        return "drop", f"non-cloud source on {names} NIC"
+
+    # -- per flow ------------------------------------------------------------------------------
+
+    def expect(self, flow: Flow) -> Expectation:
+        """The verdict of the whole round trip (one way for spoofed flows).
+
+        `pass`: the reply came back; `drop`: the request never reached the server;
+        `no-reply` (UDP only): the server got the request but its reply was dropped. A TCP
+        connection whose SYN-ACK is dropped is simply `drop`: the server never sees it.
+        """
+        hits: list[Hit] = []
+        first_drop: Hit | None = None
+
+        def meet(machine: str, direction: str, reason: str | None) -> None:
+            nonlocal first_drop
+            if reason is None or self.modes.get(machine, "off") == "off":
+                return
+            hit = Hit(machine, direction, reason)
+            hits.append(hit)
+            if first_drop is None and self.modes[machine] == "enforce":
+                first_drop = hit
+
+        if flow.src in self.cloud.machines:
+            meet(flow.src, "out", self._output(flow.src, flow.dst_addr))
+        meet(flow.dst, "out", self._neighbour(flow.dst, flow.dst_addr))
+        verdict, why = self._input(flow.dst, flow)
+        meet(flow.dst, "in", why if verdict == "drop" else None)
+        request_dropped = first_drop is not None
+        if not flow.spoofed and not request_dropped:
+            # The reply: out of the destination (output rules; the failsafe's replies are
+            # always let out), then into the source (established: accepted).
+            if why != "failsafe tcp/22":
+                meet(flow.dst, "out", self._output(flow.dst, flow.src_addr))
+            if flow.src in self.cloud.machines:
+                meet(flow.src, "out", self._neighbour(flow.src, flow.src_addr))
+        if first_drop is not None:
+            drop: Hit = first_drop
+            lost = "drop" if request_dropped or flow.proto == "tcp" else "no-reply"
+            return Expectation(
+                lost, f"{drop.machine} {drop.direction}: {drop.reason}", tuple(hits)
+            )
+        if hits:
+            where = "; ".join(f"{h.machine} {h.direction}: {h.reason}" for h in hits)
+            return Expectation("pass", f"audit only ({where})", tuple(hits))
+        return Expectation("pass", why if self.modes.get(flow.dst) != "off" else "no ruleset")

@@ -1,0 +1,382 @@
+"""Real packets through the rendered rulesets, checked against the oracle.
+
+Each machine's `nftables.conf` comes from `plan TOPOLOGY --render-dir DIR`, the code path of
+the charm, and is loaded into that machine's namespace. Probes: TCP and UDP from every
+address of every sender (bound explicitly) to every address of every other machine, IPv4 and
+IPv6, the failsafe tcp/22, the client, an outsider (internet user) and spoofed sources.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from network_isolation.topology import load_topology
+
+from .conftest import MAAS, SINGLE
+from .matrix import (
+    TCP_PORT,
+    UDP_PORT,
+    Matrix,
+    Row,
+    check,
+    flows_between,
+    spare_address,
+    spoofed_flows,
+)
+from .oracle import FAILSAFE_PORT, Oracle
+from .testbed import Bed, Cloud, cloud_of, running_bed
+
+ip = ipaddress.ip_address
+SWEEP_TIMEOUT = 0.3  # unexpected drops are re-probed with patience anyway
+Report = Callable[[Matrix], None]
+Renders = Callable[..., Path]
+
+DENIED_NIC_TOPOLOGY = """
+# A compute node that MAAS also gave a NIC on the storage-cluster space, which its role
+# does not allow, and a provider-network NIC (br-ex) that is on no cloud network; storage
+# nodes in two racks and a control node beside it.
+spaces:
+  oam: [10.1.0.0/24, 'fd01:1::/64']
+  internal: [10.2.0.0/24, 'fd01:2::/64']
+  public: [10.3.0.0/24, 'fd01:3::/64']
+  tenant: [10.4.0.0/24, 'fd01:4::/64']
+  ceph: [10.5.0.0/24, 'fd01:5::/64']
+  repl: [10.6.0.0/24, 'fd01:6::/64', 10.6.1.0/24, 'fd01:61::/64']
+bindings:
+  management: oam
+  internal: internal
+  public: public
+  data: tenant
+  storage: ceph
+  storage-cluster: repl
+config:
+  client-cidrs: "10.99.0.0/24,fd00:99::/64"
+machines:
+  compute-x:
+    roles: [compute]
+    interfaces:
+      eth0: [10.1.0.21/24, 'fd01:1::21/64']
+      eth1: [10.2.0.21/24, 'fd01:2::21/64']
+      eth2: [10.4.0.21/24, 'fd01:4::21/64']
+      eth3: [10.5.0.21/24, 'fd01:5::21/64']
+      eth4: [10.6.0.21/24, 'fd01:6::21/64']
+      br-ex: [192.168.50.21/24, 'fd01:50::21/64']
+  storage-1:
+    roles: [storage]
+    interfaces:
+      eth0: [10.1.0.31/24, 'fd01:1::31/64']
+      eth3: [10.5.0.31/24, 'fd01:5::31/64']
+      eth4: [10.6.0.31/24, 'fd01:6::31/64']
+  storage-2:
+    roles: [storage]
+    interfaces:
+      eth0: [10.1.0.32/24, 'fd01:1::32/64']
+      eth3: [10.5.0.32/24, 'fd01:5::32/64']
+      eth4: [10.6.1.32/24, 'fd01:61::32/64']
+  control-1:
+    roles: [control]
+    interfaces:
+      eth0: [10.1.0.11/24, 'fd01:1::11/64']
+      eth1: [10.2.0.11/24, 'fd01:2::11/64']
+      eth5: [10.3.0.11/24, 'fd01:3::11/64']
+      eth3: [10.5.0.11/24, 'fd01:5::11/64']
+"""
+
+
+@dataclass
+class Scene:
+    """A built bed of a topology and the machines probed in it."""
+
+    bed: Bed
+    cloud: Cloud
+    machines: list[str]
+    topology: Path
+
+
+@contextmanager
+def scene(topology: Path) -> Iterator[Scene]:
+    """Build a topology's bed, with echo servers on the probed machines."""
+    cloud = cloud_of(load_topology(topology))
+    machines = cloud.representatives()
+    with running_bed(cloud) as bed:
+        bed.listen(machines, tcp=[FAILSAFE_PORT, TCP_PORT], udp=[UDP_PORT])
+        yield Scene(bed, cloud, machines, topology)
+
+
+@pytest.fixture(scope="module")
+def maas(prerequisites: None) -> Iterator[Scene]:
+    """examples/microstack-maas.yaml: every machine, six probed (one of each kind)."""
+    with scene(MAAS) as built:
+        yield built
+
+
+def assert_matches(matrix: Matrix) -> None:
+    """No flow may differ from the oracle's prediction."""
+    assert not matrix.mismatches, (
+        f"{len(matrix.mismatches)} flows differ from the oracle:\n"
+        + matrix.table(only_mismatches=True)
+    )
+
+
+def counters(bed: Bed, machine: str) -> dict[str, int]:
+    """Packets per named counter of our table (`nft -j list table inet network_isolation`)."""
+    data = json.loads(bed.nft(machine, "-j", "list", "table", "inet", "network_isolation"))
+    return {
+        item["counter"]["name"]: item["counter"]["packets"]
+        for item in data["nftables"]
+        if "counter" in item
+    }
+
+
+def row(matrix: Matrix, src: str, dst: str, proto: str = "udp", port: int = UDP_PORT) -> Row:
+    """The row of one flow, by addresses."""
+    return next(
+        r
+        for r in matrix.rows
+        if (r.flow.src_addr, r.flow.dst_addr, r.flow.proto, r.flow.port)
+        == (ip(src), ip(dst), proto, port)
+    )
+
+
+def test_microstack_maas(maas: Scene, renders: Renders, report: Report) -> None:
+    """The example cloud with maximum isolation: every flow as the seed and issue 3 say."""
+    maas.bed.load_dir(renders(MAAS))
+    flows = flows_between(maas.cloud, maas.machines)
+    matrix = check(maas.bed, Oracle(maas.cloud), flows, "microstack-maas.yaml (enforce)")
+    report(matrix)
+    assert_matches(matrix)
+    counts = matrix.counts()
+    assert counts["pass"] and counts["drop"]
+    # A few flows by hand, whatever the oracle says.
+    assert row(matrix, "10.40.0.21", "10.60.0.31").got.got == "drop"  # compute -> storage-cluster
+    assert row(matrix, "10.60.0.31", "10.60.1.33").got.got == "pass"  # replication, two racks
+    assert row(matrix, "10.99.0.2", "10.20.0.11").got.got == "drop"  # client -> internal
+    assert row(matrix, "10.99.0.2", "10.20.0.11", "tcp", 22).got.got == "pass"  # failsafe
+
+
+def test_single_space_drops_nothing(renders: Renders, report: Report, prerequisites: None) -> None:
+    """One space for everything: no isolation possible, and nothing may break."""
+    with scene(SINGLE) as single:
+        single.bed.load_dir(renders(SINGLE))
+        flows = flows_between(single.cloud, single.machines)
+        matrix = check(single.bed, Oracle(single.cloud), flows, "single-space.yaml (enforce)")
+    report(matrix)
+    assert matrix.counts()["drop"] == 0
+    assert {r.got.got for r in matrix.rows} == {"pass"}
+    assert_matches(matrix)
+
+
+def test_audit_drops_nothing_and_counts(maas: Scene, renders: Renders, report: Report) -> None:
+    """enforcement=audit: every flow passes; counters show what enforce would have dropped."""
+    maas.bed.load_dir(renders(MAAS, enforcement="audit"))
+    audit = Oracle(maas.cloud, modes=dict.fromkeys(maas.cloud.machines, "audit"))
+    flows = flows_between(maas.cloud, maas.machines)
+    matrix = check(maas.bed, audit, flows, "microstack-maas.yaml (enforcement=audit)")
+    report(matrix)
+    assert {r.got.got for r in matrix.rows} == {"pass"}
+    assert_matches(matrix)
+    would_drop = {h.machine for r in matrix.rows for h in r.expected.hits}
+    enforce = Oracle(maas.cloud)
+    assert sum(enforce.expect(r.flow).verdict == "drop" for r in matrix.rows) > 0
+    for machine in maas.machines:
+        packets = sum(counters(maas.bed, machine).values())
+        assert (packets > 0) == (machine in would_drop), (machine, counters(maas.bed, machine))
+
+
+def test_spoofed_source(maas: Scene, renders: Renders, report: Report) -> None:
+    """A storage-cluster host sends UDP with internal-subnet sources it does not own."""
+    maas.bed.load_dir(renders(MAAS))
+    spoofs = spare_address(maas.cloud, "internal")
+    flows = spoofed_flows(maas.cloud, "storage-1", spoofs, maas.machines)
+    matrix = check(maas.bed, Oracle(maas.cloud), flows, "microstack-maas.yaml spoofed sources")
+    report(matrix)
+    assert_matches(matrix)
+    # storage-1 may not send to internal at all; every other NIC refuses an internal source.
+    assert matrix.counts()["pass"] == 0
+
+    # The same host with its own table gone (root on it can do that): the receivers still
+    # drop what arrives on NICs of other networks. On an internal NIC an internal source
+    # is plausible and is accepted: only the routers can stop such a spoof.
+    maas.bed.nft("storage-1", "delete", "table", "inet", "network_isolation")
+    try:
+        oracle = Oracle(maas.cloud, modes={"storage-1": "off"})
+        title = "microstack-maas.yaml spoofed sources, sender's table removed"
+        bare = check(maas.bed, oracle, flows, title)
+    finally:
+        maas.bed.load_dir(renders(MAAS), ["storage-1"])
+    report(bare)
+    assert_matches(bare)
+    internal = maas.cloud.topology.spaces["internal"].subnets
+    on_internal = {f.dst_addr for f in flows if any(f.dst_addr in s for s in internal)}
+    assert {r.flow.dst_addr for r in bare.rows if r.got.got == "pass"} == on_internal
+
+
+def test_denied_nic(tmp_path: Path, renders: Renders, report: Report, prerequisites: None) -> None:
+    """A compute node with a NIC on storage-cluster: nothing in or out there but SSH.
+
+    Its provider-network NIC (br-ex) is on no cloud network: left alone, except for
+    sources in denied networks, which are dropped on any NIC.
+
+    The failsafe reaches the denied NIC's IPv4 address only: for IPv6 the node would have
+    to send a neighbour advertisement out of the denied NIC, which the output chain drops.
+    """
+    topology = tmp_path / "denied-nic.yaml"
+    topology.write_text(DENIED_NIC_TOPOLOGY)
+    with scene(topology) as denied:
+        assert denied.machines == ["compute-x", "storage-1", "storage-2", "control-1"]
+        denied.bed.load_dir(renders(topology))
+        flows = flows_between(denied.cloud, denied.machines)
+        matrix = check(denied.bed, Oracle(denied.cloud), flows, "denied NIC (compute-x eth4)")
+    report(matrix)
+    assert_matches(matrix)
+    assert row(matrix, "10.6.0.31", "10.6.0.21").got.got == "drop"  # into the denied NIC
+    assert row(matrix, "10.6.0.21", "10.6.0.31").got.got == "drop"  # out of it
+    assert row(matrix, "10.1.0.31", "10.6.0.21", "tcp", 22).got.got == "pass"  # failsafe v4
+    assert row(matrix, "10.5.0.21", "10.5.0.31").got.got == "pass"  # its storage NIC works
+    assert row(matrix, "10.3.0.11", "192.168.50.21").got.got == "drop"  # public: denied
+    assert row(matrix, "10.1.0.11", "192.168.50.21").got.got == "pass"  # br-ex: not ours
+
+
+def test_broken_ruleset_is_caught(maas: Scene, renders: Renders, report: Report) -> None:
+    """Remove one drop rule from a rendered ruleset: the matrix must show the hole."""
+    render = renders(MAAS)
+    original = (render / "control-1" / "nftables.conf").read_text()
+    broken, removed = remove_first_source_drop(original)
+    maas.bed.load_dir(render)
+    maas.bed.load("control-1", broken)
+    try:
+        flows = [
+            f for f in flows_between(maas.cloud, maas.machines) if "control-1" in (f.src, f.dst)
+        ]
+        title = "broken ruleset on control-1 (mismatches wanted)"
+        matrix = check(maas.bed, Oracle(maas.cloud), flows, title)
+    finally:
+        maas.bed.load("control-1", original)
+    matrix.notes.append(f"removed from control-1's ruleset: {removed}")
+    report(matrix)
+    assert matrix.mismatches, f"removing `{removed}` went unnoticed"
+    # The hole shows as requests that reach the server (the reply may still be stopped on
+    # the way out: a one-way UDP flow gets through all the same).
+    assert {(r.expected.verdict, r.got.got) for r in matrix.mismatches} <= {
+        ("drop", "pass"),
+        ("drop", "no-reply"),
+    }
+
+
+def test_every_drop_rule_of_control_1_is_needed(
+    maas: Scene, renders: Renders, report: Report
+) -> None:
+    """Mutation test: the matrix notices the removal of any one drop rule of control-1."""
+    assert_every_drop_rule_needed(
+        maas, "control-1", renders(MAAS), renders(MAAS, enforcement="off"), report
+    )
+
+
+def test_every_drop_rule_of_a_denied_nic_machine_is_needed(
+    tmp_path: Path, renders: Renders, report: Report, prerequisites: None
+) -> None:
+    """The same for compute-x and its denied NIC (rule 5 and the output's NIC rule)."""
+    topology = tmp_path / "denied-nic.yaml"
+    topology.write_text(DENIED_NIC_TOPOLOGY)
+    with scene(topology) as denied:
+        enforce, off = renders(topology), renders(topology, enforcement="off")
+        assert_every_drop_rule_needed(denied, "compute-x", enforce, off, report)
+
+
+def assert_every_drop_rule_needed(
+    scene: Scene, machine: str, enforce: Path, off: Path, report: Report
+) -> None:
+    """Each drop rule's removal shows in the matrix, unless a later catch-all shadows it."""
+    found, baseline = sweep(scene, machine, enforce, off)
+    report(baseline)
+    assert_matches(baseline)
+    ruleset = (enforce / machine / "nftables.conf").read_text().splitlines()
+    print("\n".join(f"{n:4} mismatches without: {ruleset[i].strip()}" for i, n in found.items()))
+    unnoticed = [
+        ruleset[i].strip() for i, n in found.items() if not n and not shadowed(ruleset, i)
+    ]
+    assert found and not unnoticed, f"drop rules whose removal no probe noticed: {unnoticed}"
+
+
+def shadowed(ruleset: list[str], index: int) -> bool:
+    """Whether a later rule of the chain drops everything else on the same interfaces.
+
+    Removing such a rule changes nothing but which counter counts the packet.
+    """
+    match = re.match(r"^iifname (@\S+) .*drop$", ruleset[index].strip())
+    if not match:
+        return False
+    catch_all = re.compile(rf'^iifname {match.group(1)} (counter name "\S+" )?drop$')
+    for line in ruleset[index + 1 :]:
+        if line.strip() == "}":
+            return False
+        if catch_all.match(line.strip()):
+            return True
+    return False
+
+
+def remove_first_source_drop(ruleset: str) -> tuple[str, str]:
+    """The ruleset without its first input rule that drops by source subnet alone."""
+    lines = ruleset.splitlines(keepends=True)
+    in_input = False
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith("chain "):
+            in_input = text.startswith("chain input")
+        if in_input and re.match(r"^ip6? saddr @\S+ .*\bdrop$", text) and "iifname" not in text:
+            return "".join(lines[:i] + lines[i + 1 :]), text
+    raise AssertionError("no input rule drops by source subnet: nothing to remove")
+
+
+def drop_rules(ruleset: str) -> list[int]:
+    """Line numbers of the input and output chains' drop rules.
+
+    `ct state invalid` is left out: no probe makes an invalid packet.
+    """
+    found = []
+    chain = ""
+    for i, line in enumerate(ruleset.splitlines()):
+        text = line.strip()
+        if text.startswith("chain "):
+            chain = text.split()[1]
+        rule = not text.startswith("#") and "ct state" not in text
+        if chain in ("input", "output") and rule and text.endswith(" drop"):
+            found.append(i)
+    return found
+
+
+def sweep(scene: Scene, machine: str, enforce: Path, off: Path) -> tuple[dict[int, int], Matrix]:
+    """Remove each drop rule of one machine's ruleset in turn; count the mismatches each makes.
+
+    Only that machine enforces (the others load the enforcement=off render), so no other
+    host's rules hide a hole. Probes: every UDP flow and the tcp/22 flows to or from it.
+    """
+    cloud, bed = scene.cloud, scene.bed
+    bed.load_dir(off)
+    original = (enforce / machine / "nftables.conf").read_text()
+    lines = original.splitlines(keepends=True)
+    oracle = Oracle(cloud, modes={m: "enforce" if m == machine else "off" for m in cloud.machines})
+    flows = [
+        f
+        for f in flows_between(cloud, scene.machines)
+        if machine in (f.src, f.dst) and (f.proto == "udp" or f.port == FAILSAFE_PORT)
+    ]
+    found: dict[int, int] = {}
+    try:
+        bed.load(machine, original)
+        baseline = check(bed, oracle, flows, f"only {machine} enforces", timeout=SWEEP_TIMEOUT)
+        for i in drop_rules(original):
+            bed.load(machine, "".join(lines[:i] + lines[i + 1 :]))
+            mutant = check(bed, oracle, flows, f"without line {i + 1}", timeout=SWEEP_TIMEOUT)
+            found[i] = len(mutant.mismatches)
+    finally:
+        bed.load_dir(enforce)
+    return found, baseline
