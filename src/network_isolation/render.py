@@ -2,12 +2,13 @@
 
 - An nftables ruleset (`nft -f`): one table of our own, `inet network_isolation`, replaced
   atomically as a whole; no other table is touched.
-- A netplan file (`/etc/netplan/90-network-isolation.yaml`): per allowed network, a routing
-  table and policy rules so replies leave by the interface the request came in on.
+- A netplan file (`/etc/netplan/90-network-isolation.yaml`): per allowed network and interface,
+  a routing table and policy rules so replies leave by the interface the request came in on.
 
 All decisions are taken here, in pure Python, into small "views" (sets, rules, counters,
-routes); the jinja2 templates in the repository's `templates/` directory only lay them out.
-Nothing here touches the host.
+routes); the jinja2 templates only lay them out. The templates are the charm's (or the
+repository's) top-level `templates/` directory, or, in an installed wheel, the copy packaged as
+`network_isolation/templates`. Nothing here touches the host.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import bisect
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from .config import IPNetwork
 from .model import NETWORKS, Network
 from .planner import Domain, InterfaceKind, IPAddress, IPInterface, MachinePlan
+from .ports import PROTOCOLS, PortRange, machine_ports, merge_ranges
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "network_isolation"
@@ -35,7 +37,12 @@ TABLE_NAME = "network_isolation"
 # names and appends sequences, so ours adds routes and rules after MAAS's definitions.
 NETPLAN_FILE_NAME = "90-network-isolation.yaml"
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+# Where the templates are: the charm's (or repository's) top-level `templates/` first, then the
+# copy an installed wheel carries inside the package (hatch `force-include`).
+TEMPLATE_DIRS: tuple[Path, ...] = (
+    Path(__file__).resolve().parents[2] / "templates",
+    Path(__file__).resolve().parent / "templates",
+)
 NFTABLES_TEMPLATE = "nftables.conf.j2"
 NETPLAN_TEMPLATE = "netplan.yaml.j2"
 
@@ -45,10 +52,15 @@ FAILSAFE_TCP_PORT = 22
 # Routing table of a domain: 100 + the index, in the fixed network order (data, internal,
 # management, public, storage, storage-cluster), of the domain's first network. So `data` is
 # 100, `management` 102 and `storage-cluster` 105, on every machine of the cloud.
+# A domain whose addresses are on several interfaces gets a table per interface (in the order
+# of their names): the first has the domain's table, the k-th (from 0) has it + 6 k, so
+# storage on two NICs uses 104 and 110. At most ROUTED_INTERFACES_MAX interfaces per domain
+# keep every table below the kernel's reserved ones (253-255).
 ROUTING_TABLE_BASE = 100
+ROUTED_INTERFACES_MAX = 16
 # Rule priorities: each domain has a block of its own, in the same order as its table
 # (data 1000-4999, internal 5000-8999, ... storage-cluster 21000-24999), all ahead of the
-# kernel's `main` (32766) and `default` (32767) rules.
+# kernel's `main` (32766) and `default` (32767) rules. A domain's tables share its block.
 RULE_PRIORITY_BASE = 1000
 RULE_PRIORITY_BLOCK = 4000
 # Tables the kernel reserves: unspec, default, main, local.
@@ -92,8 +104,10 @@ NETPLAN_KINDS: tuple[InterfaceKind, ...] = ("ethernets", "bonds", "bridges", "vl
 INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.@:+-]{1,15}$")
 
 Enforcement = Literal["enforce", "audit", "off"]
-SetType = Literal["ipv4_addr", "ipv6_addr", "ifname"]
+SetType = Literal["ipv4_addr", "ipv6_addr", "ifname", "inet_service"]
 Verdict = Literal["accept", "drop", "log"]
+# Ports per network, as `ports.machine_ports` gives them.
+PortMap = Mapping[Network, Iterable[PortRange]]
 
 
 class RenderError(ValueError):
@@ -125,7 +139,7 @@ class NftSet:
 
     @property
     def interval(self) -> bool:
-        """Subnets need `flags interval`; interface names are plain values."""
+        """Subnets and port ranges need `flags interval`; interface names are plain values."""
         return self.type != "ifname"
 
     @property
@@ -138,6 +152,14 @@ class NftSet:
     def networks(self) -> tuple[IPNetwork, ...]:
         """The elements of an address set as networks."""
         return tuple(ipaddress.ip_network(e) for e in self.elements)
+
+    def ports(self) -> tuple[tuple[int, int], ...]:
+        """The elements of a port set as inclusive (first, last) ranges."""
+        ranges = []
+        for element in self.elements:
+            first, _, last = element.partition("-")
+            ranges.append((int(first), int(last or first)))
+        return tuple(ranges)
 
 
 @dataclass(frozen=True)
@@ -330,6 +352,20 @@ class _FirewallBuilder:
         self._add_set(NftSet(name, "ifname", names))
         return name
 
+    def port_sets(self, name: str, ranges: Iterable[PortRange]) -> list[tuple[str, str]]:
+        """Declare `<name>_tcp` and `<name>_udp`, empty or not; return (protocol, set).
+
+        Both are always there, so the rules that use them do not depend on the ports.
+        """
+        merged = merge_ranges(ranges)
+        found: list[tuple[str, str]] = []
+        for protocol in PROTOCOLS:
+            set_name = f"{name}_{protocol}"
+            elements = tuple(r.nft for r in merged if r.protocol == protocol)
+            self._add_set(NftSet(set_name, "inet_service", elements))
+            found.append((protocol, set_name))
+        return found
+
     def _add_set(self, new: NftSet) -> None:
         old = self.sets.get(new.name)
         if old is not None and old != new:
@@ -461,8 +497,26 @@ def _header(plan: MachinePlan, what: str) -> list[str]:
     return [" ".join(line.split()) for line in lines]
 
 
-def firewall_view(plan: MachinePlan) -> FirewallView:
-    """The ruleset of a plan, as data: sets, counters, chains of rules."""
+def strict_ports(
+    plan: MachinePlan, ports: PortMap | None = None
+) -> dict[Network, tuple[PortRange, ...]] | None:
+    """The ports the firewall accepts per allowed network, or None without `strict-ports`.
+
+    `ports` is what the caller computed (`ports.machine_ports(plan, declared)`); without it,
+    the catalogue and `extra-ports` alone. Networks the machine may not use are left out.
+    """
+    if not plan.config.strict_ports:
+        return None
+    given = machine_ports(plan) if ports is None else ports
+    return {net: merge_ranges(given.get(net, ())) for net in NETWORKS if plan.networks[net].access}
+
+
+def firewall_view(plan: MachinePlan, ports: PortMap | None = None) -> FirewallView:
+    """The ruleset of a plan, as data: sets, counters, chains of rules.
+
+    With `strict-ports`, an allowed network accepts only its ports (`ports`, see
+    `strict_ports`); without it, `ports` is ignored.
+    """
     enforcement: Enforcement = plan.config.enforcement
     header = _header(plan, "nftables ruleset")
     header += [
@@ -473,9 +527,15 @@ def firewall_view(plan: MachinePlan) -> FirewallView:
     if enforcement == "off":
         header.append("enforcement is off: this file only removes our table.")
         return FirewallView(TABLE_FAMILY, TABLE_NAME, tuple(header), enforcement, (), (), (), ())
+    accepted = strict_ports(plan, ports)
+    if accepted is not None:
+        header += [
+            "strict-ports: on an allowed network's interfaces, only the ports in its sets",
+            "ports_<networks>_tcp and ports_<networks>_udp are accepted (and tcp/22, failsafe).",
+        ]
     build = _FirewallBuilder(enforcement)
     groups = interface_groups(plan)
-    input_chain = NftChain("input", "input", _input_sections(plan, build, groups))
+    input_chain = NftChain("input", "input", _input_sections(plan, build, groups, accepted))
     chains = [input_chain]
     output = _output_sections(plan, build)
     if output:
@@ -494,7 +554,10 @@ def firewall_view(plan: MachinePlan) -> FirewallView:
 
 
 def _input_sections(
-    plan: MachinePlan, build: _FirewallBuilder, groups: Sequence[InterfaceGroup]
+    plan: MachinePlan,
+    build: _FirewallBuilder,
+    groups: Sequence[InterfaceGroup],
+    ports: Mapping[Network, tuple[PortRange, ...]] | None,
 ) -> tuple[NftSection, ...]:
     sections: list[NftSection] = [
         NftSection(
@@ -549,14 +612,21 @@ def _input_sections(
     if on_denied:
         sections.append(NftSection("5. on a denied network's interfaces: drop", tuple(on_denied)))
     for group in groups:
-        sections.append(_group_section(plan, build, group))
+        sections.append(_group_section(plan, build, group, ports))
     return tuple(sections)
 
 
 def _group_section(
-    plan: MachinePlan, build: _FirewallBuilder, group: InterfaceGroup
+    plan: MachinePlan,
+    build: _FirewallBuilder,
+    group: InterfaceGroup,
+    ports: Mapping[Network, tuple[PortRange, ...]] | None,
 ) -> NftSection:
-    """Rule 6 for interfaces of allowed domains: own subnets in, other cloud subnets out."""
+    """Rule 6 for interfaces of allowed domains: own subnets in, other cloud subnets out.
+
+    With strict ports (`ports` given), every accept of the group also needs a tcp or udp port
+    of the group's sets, and the public group drops what its ports do not accept.
+    """
     nics = build.interface_set(f"if_{group.label}", group.interfaces)
     own = [s for i in group.domains for s in plan.domains[i].subnets]
     others = [
@@ -566,32 +636,46 @@ def _group_section(
         for s in d.subnets
     ]
     counter, what = f"drop_in_{group.label}", f"in {_names(group.networks)}"
-    rules: list[NftRule] = [
-        build.accept("in", interfaces=nics, addresses=a)
-        for a in build.address_sets(f"net_{group.label}", own)
-    ]
+    public = Network.PUBLIC in group.networks
+    strict = ports is not None
+    services: list[str | None] = [None]
+    if ports is not None:
+        listed = [p for n in group.networks for p in ports.get(n, ())]
+        services = [
+            f"{protocol} dport @{name}"
+            for protocol, name in build.port_sets(f"ports_{group.label}", listed)
+        ]
+    accept = ", listed ports: accept" if strict else ": accept"
+    rules: list[NftRule] = []
+    parts: list[str] = []
+    if not (public and strict):  # strict public: the any-source accepts below cover it
+        rules += [
+            build.accept("in", interfaces=nics, addresses=a, extra=service)
+            for a in build.address_sets(f"net_{group.label}", own)
+            for service in services
+        ]
+        parts.append(f"own subnets{accept}")
     rules += [
         build.drop("in", counter, what, interfaces=nics, addresses=a)
         for a in build.address_sets(f"cross_{group.label}", exclude(others, own))
     ]
-    public = Network.PUBLIC in group.networks
+    parts.append("other cloud subnets: drop")
     if public:
-        rest = "any other source: accept (public API users)"
-    else:
-        if Network.MANAGEMENT in group.networks:
-            cloud = [s for d in plan.domains for s in d.subnets]
-            clients = exclude(plan.config.client_cidrs, cloud)
-            rules += [
-                build.accept("in", interfaces=nics, addresses=a)
-                for a in build.address_sets("clients", clients)
-            ]
-            rest = "client-cidrs: accept; any other source: drop"
-        else:
-            rest = "any other source: drop"
+        rules += [build.accept("in", interfaces=nics, extra=s) for s in services if s]
+        parts.append(f"any other source{accept} (public API users)")
+    elif Network.MANAGEMENT in group.networks:
+        cloud = [s for d in plan.domains for s in d.subnets]
+        rules += [
+            build.accept("in", interfaces=nics, addresses=a, extra=service)
+            for a in build.address_sets("clients", exclude(plan.config.client_cidrs, cloud))
+            for service in services
+        ]
+        parts.append(f"client-cidrs{accept}")
+    if strict or not public:
         rules.append(build.drop("in", counter, what, interfaces=nics))
+        parts.append("any other packet: drop" if strict else "any other source: drop")
     return NftSection(
-        f"6. on {_names(group.networks)} ({', '.join(group.interfaces)}): own subnets:"
-        f" accept; other cloud subnets: drop; {rest}",
+        f"6. on {_names(group.networks)} ({', '.join(group.interfaces)}): {'; '.join(parts)}",
         tuple(rules),
     )
 
@@ -700,9 +784,9 @@ class RoutingView:
         return tuple(i for _, group in self.sections for i in group)
 
 
-def routing_table(domain: Domain) -> int:
-    """The routing table of a domain: 100 + the index of its first network."""
-    return ROUTING_TABLE_BASE + NETWORKS.index(domain.networks[0])
+def routing_table(domain: Domain, position: int = 0) -> int:
+    """The routing table of a domain's `position`-th interface: 100 + its index (+ 6 each)."""
+    return ROUTING_TABLE_BASE + NETWORKS.index(domain.networks[0]) + position * len(NETWORKS)
 
 
 def _connected(subnet: IPNetwork, addresses: Sequence[IPInterface]) -> bool:
@@ -720,11 +804,40 @@ def _gateway(domain: Domain, addresses: Sequence[IPInterface], version: int) -> 
     return None
 
 
-def _domain_routes(
-    domain: Domain, table: int, notes: list[str]
+def bound_addresses(domain: Domain) -> dict[str, tuple[IPInterface, ...]]:
+    """The domain's routable (not link-local) addresses per interface, by interface name."""
+    by_interface: dict[str, dict[IPInterface, None]] = {}
+    for item in domain.bound:
+        if not item.address.ip.is_link_local:
+            by_interface.setdefault(item.name, {})[item.address] = None
+    return {name: tuple(by_interface[name]) for name in sorted(by_interface)}
+
+
+@dataclass(frozen=True)
+class _TableOfInterface:
+    """One table of a domain: the interface it leaves by, its routes and rule selectors."""
+
+    interface: str
+    table: int
+    routes: tuple[Route, ...]
+    selectors: tuple[tuple[Literal["from", "to"], str], ...]
+
+
+def _interface_table(
+    domain: Domain,
+    name: str | None,
+    addresses: Sequence[IPInterface],
+    table: int,
+    siblings: Sequence[IPInterface],
+    notes: list[str],
 ) -> tuple[list[Route], list[IPNetwork]]:
-    """Routes of a domain's table, and the remote subnets that got one."""
-    addresses = [a for a in domain.addresses if not a.ip.is_link_local]
+    """Routes of one interface's table, and the subnets routed through its gateway.
+
+    Connected subnets: scope link. The domain's other subnets: via this interface's gateway,
+    or a note when it has none (unless another interface of the domain, among `siblings`,
+    is on the subnet: then the main table's connected route serves it). `name` is given
+    when the domain has several interfaces, for the notes.
+    """
     routes: list[Route] = []
     remote: list[IPNetwork] = []
     for subnet in domain.subnets:
@@ -734,12 +847,44 @@ def _domain_routes(
             routes.append(Route(to=str(subnet), table=table, scope="link"))
             continue
         gateway = _gateway(domain, addresses, subnet.version)
-        if gateway is None:
-            notes.append(f"no route to {subnet} ({domain.name}): no gateway on a local subnet")
-            continue
-        routes.append(Route(to=str(subnet), table=table, via=str(gateway)))
-        remote.append(subnet)
+        if gateway is not None:
+            routes.append(Route(to=str(subnet), table=table, via=str(gateway)))
+            remote.append(subnet)
+        elif not _connected(subnet, siblings):
+            where = f"{domain.name}, {name}" if name else domain.name
+            notes.append(f"no route to {subnet} ({where}): no gateway on a local subnet")
     return routes, remote
+
+
+def _domain_tables(domain: Domain, notes: list[str]) -> list[_TableOfInterface]:
+    """A table per interface holding the domain's addresses (usually one).
+
+    Each address's `from` rule goes to its own interface's table, so replies leave where the
+    request came in. A subnet no interface of the domain is on gets one `to` rule, into the
+    first table that routes it.
+    """
+    bound = bound_addresses(domain)
+    if len(bound) > ROUTED_INTERFACES_MAX:
+        raise RenderError(
+            f"{domain.name} has addresses on {len(bound)} interfaces; at most"
+            f" {ROUTED_INTERFACES_MAX} can have routing tables"
+        )
+    every = [a for addresses in bound.values() for a in addresses]
+    steered: set[IPNetwork] = set()
+    tables: list[_TableOfInterface] = []
+    for position, (name, addresses) in enumerate(bound.items()):
+        table = routing_table(domain, position)
+        check_interface_name(name)
+        label = name if len(bound) > 1 else None
+        routes, remote = _interface_table(domain, label, addresses, table, every, notes)
+        to = [s for s in remote if s not in steered and not _connected(s, every)]
+        steered.update(to)
+        selectors: list[tuple[Literal["from", "to"], str]] = [
+            *(("from", str(a.ip)) for a in addresses),
+            *(("to", str(s)) for s in to),
+        ]
+        tables.append(_TableOfInterface(name, table, tuple(routes), tuple(selectors)))
+    return tables
 
 
 def routing_view(plan: MachinePlan) -> RoutingView | None:
@@ -750,36 +895,25 @@ def routing_view(plan: MachinePlan) -> RoutingView | None:
     tables: list[RoutingTable] = []
     routed: dict[str, tuple[list[Route], list[PolicyRule]]] = {}
     for domain in plan.allowed_domains:
-        addresses = [a for a in domain.addresses if not a.ip.is_link_local]
-        if not addresses:
-            continue
-        if len(domain.interfaces) != 1:
-            notes.append(
-                f"{domain.name} is not routed: its addresses are on several interfaces"
-                f" ({', '.join(domain.interfaces)})"
-            )
-            continue
-        interface = check_interface_name(domain.interfaces[0])
-        table = routing_table(domain)
-        routes, remote = _domain_routes(domain, table, notes)
-        selectors: list[tuple[Literal["from", "to"], str]] = [
-            *(("from", str(a.ip)) for a in addresses),
-            *(("to", str(s)) for s in remote),
-        ]
-        base = RULE_PRIORITY_BASE + (table - ROUTING_TABLE_BASE) * RULE_PRIORITY_BLOCK
-        if len(selectors) > RULE_PRIORITY_BLOCK:
+        domain_tables = _domain_tables(domain, notes)
+        count = sum(len(t.selectors) for t in domain_tables)
+        if count > RULE_PRIORITY_BLOCK:
             raise RenderError(
-                f"{domain.name} needs {len(selectors)} routing-policy rules;"
+                f"{domain.name} needs {count} routing-policy rules;"
                 f" at most {RULE_PRIORITY_BLOCK} fit in its priority block"
             )
-        policy = [
-            PolicyRule(selector=sel, value=value, table=table, priority=base + k)
-            for k, (sel, value) in enumerate(selectors)
-        ]
-        tables.append(RoutingTable(table, domain.networks, interface))
-        entry = routed.setdefault(interface, ([], []))
-        entry[0].extend(routes)
-        entry[1].extend(policy)
+        priority = (
+            RULE_PRIORITY_BASE + (routing_table(domain) - ROUTING_TABLE_BASE) * RULE_PRIORITY_BLOCK
+        )
+        for item in domain_tables:
+            policy = []
+            for selector, value in item.selectors:
+                policy.append(PolicyRule(selector, value, item.table, priority))
+                priority += 1
+            tables.append(RoutingTable(item.table, domain.networks, item.interface))
+            entry = routed.setdefault(item.interface, ([], []))
+            entry[0].extend(item.routes)
+            entry[1].extend(policy)
     if not routed:
         return None
     sections = []
@@ -805,8 +939,12 @@ def routing_view(plan: MachinePlan) -> RoutingView | None:
 
 
 def check_policy_routing(view: RoutingView) -> None:
-    """What netplan does not check: every rule names a real table of ours, priorities differ."""
+    """What netplan does not check: every rule names a real table of ours, priorities differ.
+
+    And every destination (a default route included) at most once per table.
+    """
     seen: set[int] = set()
+    destinations: set[tuple[int, str]] = set()
     tables_with_routes = {r.table for i in view.interfaces for r in i.routes}
     for interface in view.interfaces:
         for rule in interface.policy:
@@ -817,6 +955,25 @@ def check_policy_routing(view: RoutingView) -> None:
                 raise RenderError(f"route to {route.to} on {interface.name} has no table of ours")
             if (route.via is None) == (route.scope is None):
                 raise RenderError(f"route to {route.to} needs either a gateway or scope link")
+            destination = _destination(route)
+            if (route.table, destination) in destinations:
+                raise RenderError(
+                    f"route to {route.to} on {interface.name}: table {route.table} already"
+                    " has a route there"
+                )
+            destinations.add((route.table, destination))
+
+
+def _destination(route: Route) -> str:
+    """A route's destination in one spelling: `default` is 0.0.0.0/0 or ::/0 (by its via)."""
+    if route.to == "default":
+        if route.via is None:
+            return "default"
+        return "::/0" if ipaddress.ip_address(route.via).version == 6 else "0.0.0.0/0"
+    try:
+        return str(ipaddress.ip_network(route.to, strict=False))
+    except ValueError:
+        return route.to
 
 
 def _check_rule(interface: str, rule: PolicyRule, tables: set[int], seen: set[int]) -> None:
@@ -837,10 +994,21 @@ def _check_rule(interface: str, rule: PolicyRule, tables: set[int], seen: set[in
 # Rendering
 
 
+def templates_dir() -> Path:
+    """The first of TEMPLATE_DIRS that holds our templates."""
+    for directory in TEMPLATE_DIRS:
+        if (directory / NFTABLES_TEMPLATE).is_file() and (directory / NETPLAN_TEMPLATE).is_file():
+            return directory
+    raise RenderError(
+        f"templates not found: none of {', '.join(str(d) for d in TEMPLATE_DIRS)} holds"
+        f" {NFTABLES_TEMPLATE} and {NETPLAN_TEMPLATE}"
+    )
+
+
 @cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        loader=jinja2.FileSystemLoader(templates_dir()),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         trim_blocks=True,
@@ -861,10 +1029,17 @@ def render_netplan(view: RoutingView) -> str:
     return _environment().get_template(NETPLAN_TEMPLATE).render(view=view)
 
 
-def render(plan: MachinePlan) -> Artefacts:
-    """Both artefacts of a plan."""
+def render(
+    plan: MachinePlan, ports: Mapping[Network, tuple[PortRange, ...]] | None = None
+) -> Artefacts:
+    """Both artefacts of a plan.
+
+    `ports` matters only with `strict-ports`: the ports each allowed network accepts, as
+    `ports.machine_ports(plan, declared)` gives them (the catalogue, `extra-ports` and what
+    the principals declared). Without it, `machine_ports(plan)`: no declarations.
+    """
     routing = routing_view(plan)
     return Artefacts(
-        nftables=render_nftables(firewall_view(plan)),
+        nftables=render_nftables(firewall_view(plan, ports)),
         netplan=render_netplan(routing) if routing else None,
     )

@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 from network_isolation.model import NETWORKS, Network
-from network_isolation.planner import MachinePlan, PlanInput, plan_machine
+from network_isolation.planner import Domain, MachinePlan, PlanInput, plan_machine
+from network_isolation.ports import PortRange, machine_ports
 from network_isolation.render import (
     NETPLAN_FILE_NAME,
     TABLE_FAMILY,
@@ -277,16 +278,25 @@ def net_overlap(first: Net, second: Net) -> bool:
 # A first-match reading of the firewall view, for checks against the issue's semantics
 
 
-def _extra_matches(extra: str | None, interface: str, port: int | None) -> bool:
+PORT_MATCH = re.compile(r"(tcp|udp) dport (?:(\d+)|@(\S+))")
+
+
+def _extra_matches(
+    view: FirewallView, extra: str | None, interface: str, protocol: str, port: int | None
+) -> bool:
     if extra is None:
         return True
     if extra in ('iifname "lo"', 'oifname "lo"'):
         return interface == "lo"
     if extra.startswith(("icmp type", "icmpv6 type")) or "ct " in extra:
-        return False  # the first packet of a new TCP connection: no ct state, not a reply
-    match = re.fullmatch(r"tcp dport (\d+)", extra)
+        return False  # the first packet of a new connection: no ct state, not a reply
+    match = PORT_MATCH.fullmatch(extra)
     if match:
-        return port == int(match.group(1))
+        if protocol != match.group(1) or port is None:
+            return False
+        if match.group(2):
+            return port == int(match.group(2))
+        return any(first <= port <= last for first, last in view.set(match.group(3)).ports())
     raise AssertionError(f"unknown match '{extra}'")
 
 
@@ -296,8 +306,9 @@ def verdict(
     interface: str,
     address: str,
     port: int | None = None,
+    protocol: str = "tcp",
 ) -> str:
-    """What the chain decides for a new TCP connection (the base policy is accept)."""
+    """What the chain decides for the first packet of a new connection (policy accept)."""
     base = view.chain(chain)
     if base is None:
         return "accept"
@@ -307,10 +318,86 @@ def verdict(
             continue
         if rule.addresses and not any(ip in n for n in view.set(rule.addresses).networks()):
             continue
-        if not _extra_matches(rule.extra, interface, port):
+        if not _extra_matches(view, rule.extra, interface, protocol, port):
             continue
         return rule.verdict
     return "accept"
+
+
+# ---------------------------------------------------------------------------------------------
+# The issue's rules restated from the plan, without reading the rendered rules
+
+
+def listed_ports(
+    plan: MachinePlan, interface: str, ports: Mapping[Network, Iterable[PortRange]] | None = None
+) -> list[PortRange] | None:
+    """strict-ports: the ranges an interface accepts (every allowed network it carries).
+
+    None without strict-ports. `ports` defaults to what the machine's roles and `extra-ports`
+    give (`machine_ports(plan)`); only networks the machine may use count.
+    """
+    if not plan.config.strict_ports:
+        return None
+    given = machine_ports(plan) if ports is None else ports
+    return [
+        r
+        for d in plan.domains
+        if d.allowed and interface in d.interfaces
+        for n in d.networks
+        if plan.networks[n].access
+        for r in given.get(n, ())
+    ]
+
+
+def _domain_of_source(plan: MachinePlan, address: str) -> Domain | None | bool:
+    """The domain whose subnets hold the address; None in none; False when ambiguous."""
+    ip = ipaddress.ip_address(address)
+    found = [d for d in plan.domains if any(ip in s for s in d.subnets)]
+    if len(found) > 1:
+        return False
+    return found[0] if found else None
+
+
+def expected_input(
+    plan: MachinePlan,
+    interface: str,
+    address: str,
+    protocol: str,
+    port: int,
+    ports: Mapping[Network, Iterable[PortRange]] | None = None,
+) -> str | None:
+    """Issue 3's input rules (and issue 6's strict-ports) for a new connection, or None.
+
+    None when the source is in subnets of several domains (the plan is blocked: ambiguous).
+    """
+    ip = ipaddress.ip_address(address)
+    if plan.config.enforcement == "off":
+        return "accept"
+    failsafe = [*plan.domain_of(Network.MANAGEMENT).subnets, *plan.config.client_cidrs]
+    if protocol == "tcp" and port == 22 and any(ip in s for s in failsafe):
+        return "accept"  # 3. failsafe
+    source = _domain_of_source(plan, address)
+    if source is False:
+        return None
+    if isinstance(source, Domain) and not source.allowed:
+        return "drop"  # 4. from a denied network, on any interface
+    if interface in plan.denied_interfaces:
+        return "drop"  # 5. on a denied network's interface
+    carried = [d for d in plan.domains if d.allowed and interface in d.interfaces]
+    if not carried:
+        return "accept"  # 7. an interface of no cloud network
+    networks = {n for d in carried for n in d.networks}
+    if isinstance(source, Domain):
+        accepted = source in carried  # 6. own subnets; another cloud network's: drop
+    elif Network.PUBLIC in networks:
+        accepted = True  # 6. public API users
+    else:
+        client = any(ip in c for c in plan.config.client_cidrs)
+        accepted = client and Network.MANAGEMENT in networks  # 6. client-cidrs on management
+    listed = listed_ports(plan, interface, ports)
+    if accepted and listed is not None:
+        accepted = any(r.protocol == protocol and r.first <= port <= r.last for r in listed)
+    return "accept" if accepted else "drop"
 
 
 def address_conflicts(view: FirewallView, interfaces: Iterable[str]) -> list[str]:
@@ -407,12 +494,18 @@ machines:
 VARIANT_MACHINES = ("juju-1", "control-1", "storage-3", "hyper-1")
 
 
+# extra-ports for the strict-ports variant: on networks the four machines use, and on some
+# they do not (not opened there).
+EXTRA_PORTS = "management=tcp:9100,udp:161 internal=tcp:8080-8089 public=tcp:8443 data=udp:4789"
+
+
+def _configured(topology: Topology, **config: str | bool) -> Topology:
+    return topology.model_copy(update={"config": {**topology.config, **config}})
+
+
 def _variant(topology: Topology, **config: str | bool) -> Topology:
-    return topology.model_copy(
-        update={
-            "config": {**topology.config, **config},
-            "machines": {m: topology.machines[m] for m in VARIANT_MACHINES},
-        }
+    return _configured(topology, **config).model_copy(
+        update={"machines": {m: topology.machines[m] for m in VARIANT_MACHINES}}
     )
 
 
@@ -442,14 +535,19 @@ def partial_topology() -> Topology:
 def golden_topologies() -> Mapping[str, Topology]:
     """Every golden case: a directory of dumps/ per topology, one per machine inside."""
     maas = load_topology(EXAMPLES / "microstack-maas.yaml")
+    single = load_topology(EXAMPLES / "single-space.yaml")
+    strict: dict[str, str | bool] = {"strict-ports": True}
     return {
         "microstack-maas": maas,
-        "single-space": load_topology(EXAMPLES / "single-space.yaml"),
+        "single-space": single,
         "roles": _roles_topology(maas),
         "partial": partial_topology(),
         "audit": _variant(maas, enforcement="audit"),
         "off": _variant(maas, enforcement="off"),
         "no-routing": _variant(maas, **{"manage-routing": False}),
+        "strict-microstack-maas": _configured(maas, **strict),
+        "strict-single-space": _configured(single, **strict),
+        "strict-extra-ports": _variant(maas, **strict, **{"extra-ports": EXTRA_PORTS}),
     }
 
 

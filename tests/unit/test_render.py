@@ -18,8 +18,10 @@ from render_helpers import (
     EXAMPLES,
     REGEN_COMMAND,
     address_conflicts,
+    expected_input,
     golden_files,
     golden_plans,
+    listed_ports,
     maas_netplan,
     missing_tool,
     netplan_generate,
@@ -32,6 +34,7 @@ from render_helpers import (
 )
 
 from network_isolation import cli
+from network_isolation import render as render_module
 from network_isolation.config import CharmConfig
 from network_isolation.model import Network
 from network_isolation.planner import (
@@ -41,11 +44,14 @@ from network_isolation.planner import (
     PlanInput,
     plan_machine,
 )
+from network_isolation.ports import PortRange, machine_ports
 from network_isolation.render import (
     NETPLAN_FILE_NAME,
+    NETPLAN_TEMPLATE,
+    NFTABLES_TEMPLATE,
     TABLE_FAMILY,
     TABLE_NAME,
-    TEMPLATES_DIR,
+    TEMPLATE_DIRS,
     Artefacts,
     PolicyRule,
     RenderError,
@@ -58,13 +64,30 @@ from network_isolation.render import (
     normalize,
     render,
     routing_view,
+    strict_ports,
+    templates_dir,
 )
 from network_isolation.topology import Topology, load_topology
 
 GOLDEN = golden_files()
 PLANS = golden_plans()
 NFT_CASES = sorted(k for k in GOLDEN if k.endswith("/nftables.conf"))
-NETPLAN_CASES = sorted(k for k in GOLDEN if k.endswith("/netplan.yaml"))
+
+
+def _unique_netplan_cases() -> list[str]:
+    """Netplan golden files, each (MAAS file, ours) pair once: variants share most of them."""
+    seen: set[tuple[str, str]] = set()
+    cases = []
+    for path in sorted(k for k in GOLDEN if k.endswith("/netplan.yaml")):
+        topology, machine, _ = PLANS[path.removesuffix("/netplan.yaml")]
+        key = (maas_netplan(topology.plan_input(machine)), GOLDEN[path])
+        if key not in seen:
+            seen.add(key)
+            cases.append(path)
+    return cases
+
+
+NETPLAN_CASES = _unique_netplan_cases()
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -98,10 +121,52 @@ def test_api_names():
     assert (TABLE_FAMILY, TABLE_NAME) == ("inet", "network_isolation")
     assert NETPLAN_FILE_NAME == "90-network-isolation.yaml"
     assert sorted(["50-cloud-init.yaml", NETPLAN_FILE_NAME])[-1] == NETPLAN_FILE_NAME
-    assert TEMPLATES_DIR == Path(__file__).resolve().parents[2] / "templates"
     artefacts = Artefacts(nftables="x", netplan=None)
     with pytest.raises(ValueError):
         artefacts.nftables = "y"  # type: ignore[misc]
+
+
+def test_templates_are_the_repository_ones_then_the_package_ones():
+    repo = Path(__file__).resolve().parents[2] / "templates"
+    package = Path(render_module.__file__).resolve().parent / "templates"
+    assert TEMPLATE_DIRS == (repo, package)
+    assert templates_dir() == repo
+
+
+@pytest.fixture
+def fresh_environment():
+    """Forget the cached jinja2 environment before and after the test."""
+    render_module._environment.cache_clear()
+    yield
+    render_module._environment.cache_clear()
+
+
+def test_templates_fall_back_to_the_package_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_environment: None, maas: Topology
+):
+    """An installed wheel has no top-level templates/: the package's copy is used."""
+    package = tmp_path / "site-packages" / "network_isolation" / "templates"
+    package.mkdir(parents=True)
+    for name in (NFTABLES_TEMPLATE, NETPLAN_TEMPLATE):
+        (package / name).write_text((TEMPLATE_DIRS[0] / name).read_text())
+    partial_copy = tmp_path / "charm" / "templates"  # exists, but without the templates
+    partial_copy.mkdir(parents=True)
+    (partial_copy / NFTABLES_TEMPLATE).write_text("not ours")
+    monkeypatch.setattr(
+        render_module, "TEMPLATE_DIRS", (tmp_path / "missing", partial_copy, package)
+    )
+    assert templates_dir() == package
+    artefacts = render(_plan(maas, "storage-3"))
+    assert artefacts.nftables == GOLDEN["microstack-maas/storage-3/nftables.conf"]
+    assert artefacts.netplan == GOLDEN["microstack-maas/storage-3/netplan.yaml"]
+
+
+def test_missing_templates_are_a_render_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_environment: None, maas: Topology
+):
+    monkeypatch.setattr(render_module, "TEMPLATE_DIRS", (tmp_path / "a", tmp_path / "b"))
+    with pytest.raises(RenderError, match="templates not found"):
+        render(_plan(maas, "juju-1"))
 
 
 @pytest.mark.parametrize("path", sorted(GOLDEN))
@@ -120,6 +185,7 @@ def test_no_stale_golden_files():
 def test_golden_cases_cover_examples_and_role_combinations():
     cases = {key.split("/")[0] for key in PLANS}
     assert {"microstack-maas", "single-space", "roles", "partial"} <= cases
+    assert {"strict-microstack-maas", "strict-single-space", "strict-extra-ports"} <= cases
     roles = {key.split("/")[1] for key in PLANS if key.startswith("roles/")}
     assert len(roles) == 16  # every subset of the seed's four roles, the empty one included
     for example in EXAMPLES.glob("*.yaml"):
@@ -434,6 +500,180 @@ def test_rule_count_does_not_grow_with_subnets():
 
 
 # ---------------------------------------------------------------------------------------------
+# strict-ports
+
+
+def _strict(plan: MachinePlan, **options: object) -> MachinePlan:
+    config = plan.config.model_copy(update={"strict_ports": True, **options})
+    return plan.model_copy(update={"config": config})
+
+
+def test_strict_rule_layout_of_a_control_node(maas: Topology):
+    text = render(_strict(_plan(maas, "control-1"))).nftables
+    lines = [line.strip() for line in text[text.index("chain input") :].splitlines()]
+    order = [
+        'iifname "lo" accept',
+        "ct state established,related accept",
+        'ct state invalid counter name "drop_in_invalid" drop',
+        "ip saddr @failsafe_v4 tcp dport 22 accept",
+        'ip saddr @net_data_v4 counter name "drop_in_data" drop',
+        "iifname @if_internal ip saddr @net_internal_v4 tcp dport @ports_internal_tcp accept",
+        "iifname @if_internal ip saddr @net_internal_v4 udp dport @ports_internal_udp accept",
+        "iifname @if_internal ip6 saddr @net_internal_v6 tcp dport @ports_internal_tcp accept",
+        'iifname @if_internal ip saddr @cross_internal_v4 counter name "drop_in_internal" drop',
+        'iifname @if_internal counter name "drop_in_internal" drop',
+        "iifname @if_management ip saddr @clients_v4 tcp dport @ports_management_tcp accept",
+        'iifname @if_management counter name "drop_in_management" drop',
+        'iifname @if_public ip saddr @cross_public_v4 counter name "drop_in_public" drop',
+        "iifname @if_public tcp dport @ports_public_tcp accept",
+        "iifname @if_public udp dport @ports_public_udp accept",
+        'iifname @if_public counter name "drop_in_public" drop',
+    ]
+    positions = [lines.index(line) for line in order]
+    assert positions == sorted(positions)
+    assert "\tset ports_public_tcp {\n\t\ttype inet_service\n\t\tflags interval\n" in text
+    view = firewall_view(_strict(_plan(maas, "control-1")))
+    assert view.set("ports_internal_tcp").elements == (
+        "80", "443", "4240", "5671-5672", "6400", "6443", "6641-6644", "9000", "10250"
+    )  # fmt: skip
+    assert view.set("ports_internal_udp").elements == ("8472",)
+    assert view.set("ports_storage_tcp").elements == ()  # a Ceph client only: nothing listens
+
+
+def test_strict_semantics_of_a_control_node(maas: Topology):
+    plan = _strict(_plan(maas, "control-1"))
+    view = firewall_view(plan)
+    cases = [
+        # own subnets: the network's ports only, per protocol
+        ("enp2s0", "10.20.0.99", "tcp", 5672, "accept"),
+        ("enp2s0", "fd00:20::99", "tcp", 6642, "accept"),
+        ("enp2s0", "10.20.0.99", "udp", 8472, "accept"),
+        ("enp2s0", "10.20.0.99", "tcp", 8472, "drop"),
+        ("enp2s0", "10.20.0.99", "tcp", 3306, "drop"),
+        ("enp4s0", "10.50.0.99", "tcp", 6789, "drop"),
+        # public: any source, public ports only
+        ("enp3s0", "203.0.113.9", "tcp", 443, "accept"),
+        ("enp3s0", "10.30.0.99", "tcp", 80, "accept"),
+        ("enp3s0", "203.0.113.9", "tcp", 8080, "drop"),
+        ("enp3s0", "203.0.113.9", "udp", 443, "drop"),
+        ("enp3s0", "10.20.0.99", "tcp", 443, "drop"),  # another cloud network's subnets
+        # management: own subnets and client-cidrs, management ports only
+        ("enp1s0", "10.99.0.9", "tcp", 6443, "accept"),
+        ("enp1s0", "10.10.0.9", "udp", 68, "accept"),
+        ("enp1s0", "10.99.0.9", "tcp", 17070, "drop"),  # not a controller
+        ("enp1s0", "203.0.113.9", "tcp", 6443, "drop"),
+        # the failsafe wins, and interfaces of no cloud network are not ours
+        ("enp4s0", "10.10.0.9", "tcp", 22, "accept"),
+        ("enp2s0", "fd00:99::9", "tcp", 22, "accept"),
+        ("br-ex", "198.51.100.7", "tcp", 8080, "accept"),
+        ("enp1s0", "10.40.0.7", "tcp", 6443, "drop"),  # a denied network, listed port or not
+    ]
+    for nic, source, protocol, port, expected in cases:
+        assert verdict(view, "input", nic, source, port, protocol) == expected, (nic, source, port)
+        assert expected_input(plan, nic, source, protocol, port) == expected, (nic, source, port)
+    assert address_conflicts(view, ["enp1s0", "enp2s0", "enp3s0", "enp4s0"]) == []
+
+
+def test_strict_without_ports_uses_the_catalogue_and_extra_ports(maas: Topology):
+    plan = _strict(_plan(maas, "compute-1"), extra_ports={Network.DATA: (("udp", 4789, 4789),)})
+    assert render(plan) == render(plan, machine_ports(plan))
+    view = firewall_view(plan)
+    assert view.set("ports_data_udp").elements == ("4789", "6081")
+    assert verdict(view, "input", "enp5s0", "10.40.0.9", 4789, "udp") == "accept"
+    assert strict_ports(plan) == {n: machine_ports(plan)[n] for n in machine_ports(plan)}
+
+
+def test_declared_ports_open_only_with_the_declaration(maas: Topology):
+    plan = _strict(_plan(maas, "compute-1"))
+    declared = {Network.INTERNAL: (PortRange.parse("tcp:7777"),)}
+    with_declared = firewall_view(plan, machine_ports(plan, declared))
+    without = firewall_view(plan)
+    assert verdict(with_declared, "input", "enp2s0", "10.20.0.9", 7777) == "accept"
+    assert verdict(without, "input", "enp2s0", "10.20.0.9", 7777) == "drop"
+    assert verdict(with_declared, "input", "enp2s0", "10.20.0.9", 8775) == "accept"
+    assert with_declared.rule_count == without.rule_count
+    assert expected_input(plan, "enp2s0", "10.20.0.9", "tcp", 7777, machine_ports(plan, declared))
+    assert listed_ports(plan, "enp2s0", machine_ports(plan, declared)) == [
+        PortRange.parse("tcp:7777"),
+        PortRange.parse("tcp:8775"),
+    ]
+
+
+def test_ports_of_networks_the_machine_may_not_use_are_never_opened(maas: Topology):
+    plan = _strict(_plan(maas, "storage-1"))  # no public, internal or data
+    ports = {Network.PUBLIC: (PortRange.parse("tcp:443"),)}
+    view = firewall_view(plan, ports)
+    assert all("public" not in s.name for s in view.sets if s.type == "inet_service")
+    assert verdict(view, "input", "enp1s0", "10.30.0.9", 443) == "drop"
+    assert strict_ports(plan, ports) == {
+        Network.MANAGEMENT: (),
+        Network.STORAGE: (),
+        Network.STORAGE_CLUSTER: (),
+    }
+
+
+def test_ports_are_ignored_without_strict_ports(maas: Topology):
+    plan = _plan(maas, "control-1")
+    ports = {Network.INTERNAL: (PortRange.parse("tcp:1-65535"),)}
+    assert render(plan, ports).nftables == GOLDEN["microstack-maas/control-1/nftables.conf"]
+    assert strict_ports(plan, ports) is None
+
+
+def test_strict_audit_logs_instead_of_dropping_on_public(maas: Topology):
+    plan = _strict(_plan(maas, "control-1"), enforcement="audit")
+    text = render(plan).nftables
+    assert all(re.search(r"(^|\s)drop(\s|$)", line) is None for line in _statements(text))
+    assert "iifname @if_public goto audit_drop_in_public" in text
+    view = firewall_view(plan)
+    assert verdict(view, "input", "enp3s0", "203.0.113.9", 8080) == "drop"  # would drop
+
+
+def test_strict_rule_count_constant_in_subnets_and_ports():
+    """1 subnet and no extra port, then 1,000 more subnets and 1,000 port ranges: same rules."""
+
+    def plan(count: int, strict: bool = True) -> MachinePlan:
+        spaces = {
+            name: [f"10.{n}0.0.0/24", f"fd00:{n}0::/64"]
+            for n, name in enumerate(("oam", "int", "pub", "ten", "cph", "rep"), start=1)
+        }
+        spaces["cph"] += [f"10.5.{k // 256}.{k % 256}/32" for k in range(count)]
+        ports = ",".join(f"tcp:{20000 + 3 * k}-{20001 + 3 * k}" for k in range(count))
+        config: dict[str, object] = {"client-cidrs": "192.0.2.0/24", "strict-ports": strict}
+        if count:
+            config["extra-ports"] = f"internal={ports} public={ports.replace('tcp', 'udp')}"
+        topology = Topology.model_validate(
+            {
+                "spaces": spaces,
+                "bindings": {
+                    "data": "ten",
+                    "internal": "int",
+                    "management": "oam",
+                    "public": "pub",
+                    "storage": "cph",
+                    "storage-cluster": "rep",
+                },
+                "config": config,
+                "machines": {
+                    "m": {
+                        "roles": ["control"],
+                        "interfaces": {f"enp{n}s0": [f"10.{n}0.0.5/24"] for n in range(1, 7)},
+                    }
+                },
+            }
+        )
+        return _plan(topology, "m")
+
+    small, large = plan(0), plan(1000)
+    views = [firewall_view(small), firewall_view(large)]
+    assert len(views[1].set("ports_internal_tcp").elements) > 1000
+    assert len(views[1].set("ports_public_udp").elements) == 1000
+    assert views[0].rule_count == views[1].rule_count
+    assert firewall_view(plan(0, strict=False)).rule_count < views[0].rule_count
+    kernel = [nft_rule_count(render(p).nftables) for p in (small, large)]
+    assert kernel == [views[0].rule_count] * 2
+
+
+# ---------------------------------------------------------------------------------------------
 # Policy routing
 
 
@@ -526,10 +766,105 @@ def test_link_local_addresses_and_subnets_are_not_routed():
     }
 
 
-def test_domain_on_several_interfaces_is_not_routed():
-    netplan = render(_plan(partial_topology(), "storage-2")).netplan or ""
-    assert "ceph is not routed: its addresses are on several interfaces" in netplan
-    assert "table: 104" not in netplan
+def test_domain_on_several_interfaces_gets_a_table_per_interface():
+    """Space ceph on enp2s0 (rack 1) and enp3s0 (rack 2): each address leaves by its NIC."""
+    view = routing_view(_plan(partial_topology(), "storage-2"))
+    assert view is not None
+    assert [(t.number, t.interface) for t in view.tables] == [
+        (102, "enp1s0"),
+        (104, "enp2s0"),
+        (110, "enp3s0"),
+    ]
+    doc = yaml.safe_load(render(_plan(partial_topology(), "storage-2")).netplan or "")
+    nics = doc["network"]["ethernets"]
+    assert nics["enp2s0"] == {
+        "routes": [
+            {"to": "10.5.0.0/24", "scope": "link", "table": 104},
+            {"to": "10.5.1.0/24", "via": "10.5.0.1", "table": 104},
+        ],
+        "routing-policy": [{"from": "10.5.0.32", "table": 104, "priority": 17000}],
+    }
+    assert nics["enp3s0"] == {
+        "routes": [
+            {"to": "10.5.0.0/24", "via": "10.5.1.1", "table": 110},
+            {"to": "10.5.1.0/24", "scope": "link", "table": 110},
+        ],
+        "routing-policy": [{"from": "10.5.1.32", "table": 110, "priority": 17001}],
+    }
+
+
+def _two_nic_storage(subnets: list[str], gateways: dict[str, str]) -> MachinePlan:
+    return plan_machine(
+        PlanInput(
+            machine="m",
+            roles=frozenset({"storage"}),
+            networks={
+                Network.MANAGEMENT: NetworkView(
+                    interfaces=(InterfaceAddress(name="enp1s0", address=_if("10.10.0.5/24")),),
+                ),
+                Network.STORAGE: NetworkView(
+                    interfaces=(
+                        InterfaceAddress(name="enp5s0", address=_if("10.50.1.5/24")),
+                        InterfaceAddress(name="enp4s0", address=_if("10.50.0.5/24")),
+                        InterfaceAddress(name="enp4s0", address=_if("fe80::5/64")),
+                    ),
+                    subnets=tuple(_net(s) for s in subnets),
+                    gateways={_net(k): ipaddress.ip_address(v) for k, v in gateways.items()},
+                ),
+            },
+            config=CharmConfig(),
+        )
+    )
+
+
+def test_remote_subnet_of_a_domain_on_several_interfaces_is_steered_once():
+    plan = _two_nic_storage(
+        ["10.50.0.0/24", "10.50.1.0/24", "10.50.2.0/24"],
+        {"10.50.0.0/24": "10.50.0.1", "10.50.1.0/24": "10.50.1.1"},
+    )
+    doc = yaml.safe_load(render(plan).netplan or "")["network"]["ethernets"]
+    # tables in the order of the interface names, not of the addresses
+    assert doc["enp4s0"]["routing-policy"] == [
+        {"from": "10.50.0.5", "table": 104, "priority": 17000},
+        {"to": "10.50.2.0/24", "table": 104, "priority": 17001},
+    ]
+    assert doc["enp5s0"]["routing-policy"] == [
+        {"from": "10.50.1.5", "table": 110, "priority": 17002},
+    ]
+    assert {"to": "10.50.2.0/24", "via": "10.50.1.1", "table": 110} in doc["enp5s0"]["routes"]
+    assert all("fe80" not in str(r) for r in doc["enp4s0"]["routing-policy"])
+
+
+def test_interface_without_gateway_notes_only_what_no_sibling_reaches():
+    plan = _two_nic_storage(
+        ["10.50.0.0/24", "10.50.1.0/24", "10.50.2.0/24"], {"10.50.0.0/24": "10.50.0.1"}
+    )
+    netplan = render(plan).netplan or ""
+    assert "# no route to 10.50.2.0/24 (storage, enp5s0): no gateway on a local subnet" in netplan
+    assert "no route to 10.50.0.0/24" not in netplan  # enp4s0 is on it
+    doc = yaml.safe_load(netplan)["network"]["ethernets"]
+    assert doc["enp5s0"]["routes"] == [{"to": "10.50.1.0/24", "scope": "link", "table": 110}]
+
+
+def test_too_many_interfaces_for_a_domain():
+    addresses = tuple(
+        InterfaceAddress(name=f"enp{k}s0", address=_if(f"10.50.{k}.5/24")) for k in range(17)
+    )
+    plan = plan_machine(
+        PlanInput(
+            machine="m",
+            roles=frozenset({"storage"}),
+            networks={
+                Network.MANAGEMENT: NetworkView(
+                    interfaces=(InterfaceAddress(name="eth0", address=_if("10.10.0.5/24")),),
+                ),
+                Network.STORAGE: NetworkView(interfaces=addresses),
+            },
+            config=CharmConfig(),
+        )
+    )
+    with pytest.raises(RenderError, match="17 interfaces"):
+        render(plan)
 
 
 def test_priorities_are_unique_and_tables_nonzero_everywhere():
@@ -571,11 +906,31 @@ def _routing(policy: list[PolicyRule], routes: list[Route] | None = None) -> Rou
         ([PolicyRule("from", "10.0.0.5", 102, 32766)], None, "outside"),
         ([], [Route("10.0.0.0/24", 0, scope="link")], "no table of ours"),
         ([], [Route("10.0.0.0/24", 102)], "either a gateway or scope link"),
+        (
+            [],
+            [Route("10.0.0.0/24", 102, scope="link"), Route("10.0.0.0/24", 102, via="10.0.0.1")],
+            "already has a route there",
+        ),
+        (
+            [],
+            [Route("default", 102, via="10.0.0.1"), Route("0.0.0.0/0", 102, via="10.0.0.2")],
+            "already has a route there",
+        ),
     ],
 )
 def test_policy_routing_checks(policy: list[PolicyRule], routes: list[Route] | None, problem: str):
     with pytest.raises(RenderError, match=problem):
         check_policy_routing(_routing(policy, routes))
+
+
+def test_a_default_route_per_family_per_table_is_fine():
+    routes = [
+        Route("10.0.0.0/24", 102, scope="link"),
+        Route("default", 102, via="10.0.0.1"),
+        Route("default", 102, via="fd00::1"),
+        Route("default", 103, via="10.0.0.1"),
+    ]
+    check_policy_routing(_routing([PolicyRule("from", "10.0.0.5", 102, 9000)], routes))
 
 
 def test_too_many_rules_for_a_priority_block():

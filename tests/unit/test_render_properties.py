@@ -1,7 +1,8 @@
 """Property tests of rendering over random clouds: real tools accept it, rules mean issue 3.
 
-The expectations below restate issue 3's rules from the plan's domains and the config, and are
-checked against a first-match reading of the rendered rules (`render_helpers.verdict`).
+The expectations restate issue 3's rules (and issue 6's strict-ports) from the plan's domains,
+the config and the ports (`render_helpers.expected_input`), and are checked against a
+first-match reading of the rendered rules (`render_helpers.verdict`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from render_helpers import (
     address_conflicts,
+    expected_input,
+    listed_ports,
     maas_netplan,
     net_overlap,
     net_within,
@@ -24,15 +27,20 @@ from render_helpers import (
 )
 
 from network_isolation.model import Network
-from network_isolation.planner import Domain, MachinePlan, plan_machine
+from network_isolation.planner import MachinePlan, plan_machine
+from network_isolation.ports import PROTOCOLS, PortRange, machine_ports
 from network_isolation.render import firewall_view, render, routing_view
-from network_isolation.topology import Topology
+from network_isolation.topology import Machine, Topology
 
 SEED_ROLES = ("juju-controller", "control", "compute", "storage")
 KINDS = ("ethernets", "ethernets", "vlans", "bonds", "bridges")
 NETWORK_NAMES = [n.value for n in Network]
 CLIENT_CHOICES = ("192.0.2.0/24", "2001:db8::/64", "10.0.0.128/25")
 NON_CLOUD = {4: "203.0.113.7", 6: "2001:db8:ffff::7"}
+# extra-ports choices, and ports a principal may declare (never tcp/22: that is the failsafe)
+EXTRA_PORTS = ("tcp:8080", "udp:5353-5354", "tcp:9000-9100", "udp:161")
+DECLARED = ("tcp:7777", "udp:6000-6010", "tcp:443")
+UNLISTED_CANDIDATES = (1, 9, 1234, 23456, 65000)
 OTHER_NIC = "ni-other0"  # an interface of no cloud network (OVS, br-ex, a tap)
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -85,7 +93,14 @@ def clouds(draw: st.DrawFn) -> tuple[Topology, MachinePlan]:
     config: dict[str, Any] = {
         "enforcement": draw(st.sampled_from(("enforce", "enforce", "audit", "off"))),
         "manage-routing": draw(st.booleans()),
+        "strict-ports": draw(st.booleans()),
     }
+    extra_ports = {
+        net: draw(st.lists(st.sampled_from(EXTRA_PORTS), unique=True, min_size=1, max_size=2))
+        for net in draw(st.lists(st.sampled_from(NETWORK_NAMES), unique=True, max_size=3))
+    }
+    if extra_ports:
+        config["extra-ports"] = " ".join(f"{n}={','.join(p)}" for n, p in extra_ports.items())
     clients = draw(st.lists(st.sampled_from(CLIENT_CHOICES), unique=True, max_size=3))
     if clients:
         config["client-cidrs"] = " ".join(clients)
@@ -109,6 +124,48 @@ def clouds(draw: st.DrawFn) -> tuple[Topology, MachinePlan]:
     return topology, plan_machine(topology.plan_input("m"))
 
 
+Ports = dict[Network, tuple[PortRange, ...]]
+
+
+@st.composite
+def declarations(draw: st.DrawFn, plan: MachinePlan) -> Ports | None:
+    """None (the charm passes nothing: render computes the ports), or ports with declarations."""
+    if not draw(st.booleans()):
+        return None
+    declared = {
+        Network(net): tuple(
+            PortRange.parse(p)
+            for p in draw(st.lists(st.sampled_from(DECLARED), unique=True, min_size=1))
+        )
+        for net in draw(st.lists(st.sampled_from(NETWORK_NAMES), unique=True, max_size=3))
+    }
+    return machine_ports(plan, declared)
+
+
+@st.composite
+def clouds_and_ports(draw: st.DrawFn) -> tuple[Topology, MachinePlan, Ports | None]:
+    """A random cloud and what the charm would pass as `ports`."""
+    topology, plan = draw(clouds())
+    return topology, plan, draw(declarations(plan))
+
+
+def _probes(plan: MachinePlan, nic: str, ports: Ports | None) -> list[tuple[str, int]]:
+    """tcp/80, and under strict-ports a listed and an unlisted port per protocol."""
+    probes = [("tcp", 80)]
+    listed = listed_ports(plan, nic, ports)
+    if listed is None:
+        return probes
+    for protocol in PROTOCOLS:
+        mine = [r for r in listed if r.protocol == protocol]
+        if mine:
+            probes.append((protocol, mine[-1].last))
+        free = next(
+            p for p in UNLISTED_CANDIDATES if not any(r.first <= p <= r.last for r in mine)
+        )
+        probes.append((protocol, free))
+    return probes
+
+
 def _host(net: Net) -> str:
     return str(net[1] if net.num_addresses > 2 else net.network_address)
 
@@ -122,10 +179,10 @@ def _overlaps(net: Net, others: list[Net]) -> bool:
 
 
 @TOOLS
-@given(clouds())
-def test_every_render_passes_nft_and_netplan(cloud: tuple[Topology, MachinePlan]):
-    topology, plan = cloud
-    artefacts = render(plan)
+@given(clouds_and_ports())
+def test_every_render_passes_nft_and_netplan(cloud: tuple[Topology, MachinePlan, Ports | None]):
+    topology, plan, ports = cloud
+    artefacts = render(plan, ports)
     off = plan.model_copy(update={"config": plan.config.model_copy(update={"enforcement": "off"})})
     nft_exercise(
         artefacts.nftables, off=render(off).nftables, interfaces=topology.machines["m"].interfaces
@@ -190,41 +247,11 @@ def test_audit_never_drops(cloud: tuple[Topology, MachinePlan]):
     assert all("goto audit_" in r.text for r in drops)
 
 
-def _carried(plan: MachinePlan, nic: str) -> list[Domain]:
-    """The allowed domains an interface carries."""
-    return [d for d in plan.domains if d.allowed and nic in d.interfaces]
-
-
-def _cloud_source_expected(plan: MachinePlan, source: Domain, nic: str) -> str | None:
-    """Rules 4 and 6 for a source in a cloud domain arriving on an interface."""
-    if not source.allowed:
-        return "drop"  # 4. from a denied network, on any interface
-    carried = _carried(plan, nic)
-    if source in carried:
-        return "accept"  # 6. own subnets on own interface
-    if carried:
-        return "drop"  # 6. another cloud network's subnets on an allowed interface
-    return None  # a denied NIC, or one of no network: rules 5 and 7, checked elsewhere
-
-
-def _other_source_expected(plan: MachinePlan, nic: str, client: bool) -> str:
-    """Rules 5, 6 and 7 for a source in no cloud subnet."""
-    carried = _carried(plan, nic)
-    networks = {n for d in carried for n in d.networks}
-    if nic in plan.denied_interfaces:
-        return "drop"  # 5.
-    if not carried or Network.PUBLIC in networks:
-        return "accept"  # 7. no cloud network; 6. public API users
-    if client and Network.MANAGEMENT in networks:
-        return "accept"  # 6. client-cidrs on management
-    return "drop"  # 6. anything else on an allowed interface
-
-
 @PURE
-@given(clouds())
-def test_cloud_sources_meet_rules_4_and_6(cloud: tuple[Topology, MachinePlan]):
-    topology, plan = cloud
-    view = firewall_view(plan)
+@given(clouds_and_ports())
+def test_cloud_sources_meet_rules_4_and_6(cloud: tuple[Topology, MachinePlan, Ports | None]):
+    topology, plan, ports = cloud
+    view = firewall_view(plan, ports)
     nics = [*topology.machines["m"].interfaces, OTHER_NIC]
     for index, domain in enumerate(plan.domains):
         others = [s for j, d in enumerate(plan.domains) if j != index for s in d.subnets]
@@ -233,20 +260,19 @@ def test_cloud_sources_meet_rules_4_and_6(cloud: tuple[Topology, MachinePlan]):
                 continue  # ambiguous (the plan is blocked): not a question of rules
             source = _host(subnet)
             for nic in nics:
-                expected = _cloud_source_expected(plan, domain, nic)
-                if plan.config.enforcement == "off":
-                    expected = "accept"
-                if expected is not None:
-                    assert verdict(view, "input", nic, source, 80) == expected, (nic, source)
+                for protocol, port in _probes(plan, nic, ports):
+                    expected = expected_input(plan, nic, source, protocol, port, ports)
+                    got = verdict(view, "input", nic, source, port, protocol)
+                    assert got == expected, (nic, source, protocol, port)
             out = "drop" if not domain.allowed and plan.config.enforcement != "off" else "accept"
             assert verdict(view, "output", OTHER_NIC, source) == out
 
 
 @PURE
-@given(clouds())
-def test_other_sources_meet_rules_5_6_and_7(cloud: tuple[Topology, MachinePlan]):
-    topology, plan = cloud
-    view = firewall_view(plan)
+@given(clouds_and_ports())
+def test_other_sources_meet_rules_5_6_and_7(cloud: tuple[Topology, MachinePlan, Ports | None]):
+    topology, plan, ports = cloud
+    view = firewall_view(plan, ports)
     cloud_subnets = [s for d in plan.domains for s in d.subnets]
     sources = dict.fromkeys(NON_CLOUD.values(), False)
     sources.update({_host(c): True for c in plan.config.client_cidrs})
@@ -257,10 +283,41 @@ def test_other_sources_meet_rules_5_6_and_7(cloud: tuple[Topology, MachinePlan])
         if not client and any(address in c for c in plan.config.client_cidrs):
             continue
         for nic in [*topology.machines["m"].interfaces, OTHER_NIC]:
-            expected = _other_source_expected(plan, nic, client)
-            if plan.config.enforcement == "off":
-                expected = "accept"
-            assert verdict(view, "input", nic, source, 80) == expected, (nic, source)
+            for protocol, port in _probes(plan, nic, ports):
+                expected = expected_input(plan, nic, source, protocol, port, ports)
+                got = verdict(view, "input", nic, source, port, protocol)
+                assert got == expected, (nic, source, protocol, port)
+
+
+@PURE
+@given(clouds_and_ports())
+def test_strict_ports_drop_unlisted_and_accept_listed_on_allowed_networks(
+    cloud: tuple[Topology, MachinePlan, Ports | None],
+):
+    """On an allowed network's NIC, from its own subnets: a listed port passes, others not."""
+    topology, plan, ports = cloud
+    strict = plan.model_copy(
+        update={
+            "config": plan.config.model_copy(
+                update={"strict_ports": True, "enforcement": "enforce"}
+            )
+        }
+    )
+    view = firewall_view(strict, ports)
+    for domain in strict.allowed_domains:
+        others = [s for d in strict.domains if d != domain for s in d.subnets]
+        subnets = [s for s in domain.subnets if not _overlaps(s, others)]
+        for nic in domain.interfaces:
+            if not subnets or nic in strict.denied_interfaces:
+                continue
+            listed = listed_ports(strict, nic, ports) or []
+            source = _host(subnets[0])
+            for protocol, port in _probes(strict, nic, ports)[1:]:
+                expected = any(
+                    r.protocol == protocol and r.first <= port <= r.last for r in listed
+                )
+                got = verdict(view, "input", nic, source, port, protocol)
+                assert got == ("accept" if expected else "drop"), (nic, protocol, port)
 
 
 @PURE
@@ -274,6 +331,39 @@ def test_failsafe_accepts_ssh_everywhere(cloud: tuple[Topology, MachinePlan]):
             assert verdict(view, "input", nic, _host(source), 22) == "accept"
 
 
+def _check_routed_interface(
+    machine: Machine, kind: str, name: str, interface: dict[str, Any]
+) -> tuple[list[int], list[tuple[int, str]], set[str]]:
+    """One interface of our netplan file: its priorities, (table, destination)s, `from`s."""
+    assert machine.interfaces[name].type == kind
+    assert set(interface) == {"routes", "routing-policy"}  # never addresses
+    addresses = machine.interfaces[name].addresses
+    tables = {r["table"] for r in interface["routes"]}
+    priorities, sources = [], set()
+    for rule in interface["routing-policy"]:
+        priorities.append(rule["priority"])
+        assert 100 <= rule["table"] < 253 and rule["table"] in tables
+        assert ("from" in rule) != ("to" in rule)
+        if "from" in rule:
+            assert rule["from"] in {str(a.ip) for a in addresses}  # on its own NIC
+            sources.add(rule["from"])
+        else:
+            route = next(
+                r
+                for r in interface["routes"]
+                if r["to"] == rule["to"] and r["table"] == rule["table"]
+            )
+            assert "via" in route
+    destinations = []
+    for route in interface["routes"]:
+        assert ("via" in route) != (route.get("scope") == "link")
+        destinations.append((route["table"], route["to"]))
+        if route.get("scope") == "link":  # a connected route: on the NIC of the subnet
+            subnet = ipaddress.ip_network(route["to"])
+            assert any(net_within(subnet, a.network) for a in addresses)
+    return priorities, destinations, sources
+
+
 @PURE
 @given(clouds())
 def test_policy_routing_is_well_formed(cloud: tuple[Topology, MachinePlan]):
@@ -285,25 +375,21 @@ def test_policy_routing_is_well_formed(cloud: tuple[Topology, MachinePlan]):
     assert (view is None) == (netplan is None)
     if netplan is None:
         return
-    machine = topology.machines["m"]
     doc = yaml.safe_load(netplan)["network"]
     assert doc.pop("version") == 2
     priorities: list[int] = []
-    local = {str(a.ip) for nic in machine.interfaces.values() for a in nic.addresses}
+    destinations: list[tuple[int, str]] = []
+    sources: set[str] = set()
     for kind, section in doc.items():
         for name, interface in section.items():
-            assert machine.interfaces[name].type == kind
-            assert set(interface) == {"routes", "routing-policy"}  # never addresses
-            tables = {r["table"] for r in interface["routes"]}
-            for rule in interface["routing-policy"]:
-                priorities.append(rule["priority"])
-                assert 100 <= rule["table"] <= 105 and rule["table"] in tables
-                assert ("from" in rule) != ("to" in rule)
-                if "from" in rule:
-                    assert rule["from"] in local
-                else:
-                    route = next(r for r in interface["routes"] if r["to"] == rule["to"])
-                    assert route["table"] == rule["table"] and "via" in route
-            for route in interface["routes"]:
-                assert ("via" in route) != (route.get("scope") == "link")
+            found = _check_routed_interface(topology.machines["m"], kind, name, interface)
+            priorities += found[0]
+            destinations += found[1]
+            sources |= found[2]
     assert len(priorities) == len(set(priorities))
+    assert len(destinations) == len(set(destinations))  # each destination once per table
+    # every routable address of an allowed domain has its rule, whatever NIC holds it
+    for domain in plan.allowed_domains:
+        for bound in domain.bound:
+            if not bound.address.ip.is_link_local:
+                assert str(bound.address.ip) in sources
