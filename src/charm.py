@@ -34,7 +34,7 @@ from network_isolation.planner import (
     PlanInput,
     plan_machine,
 )
-from network_isolation.ports import PortRange, declared_ports
+from network_isolation.ports import PortRange, declared_ports, machine_ports
 from network_isolation.render import Artefacts, RenderError, render
 from network_isolation.report import machine_dict, machine_text
 from network_isolation.rollout import UnitRoll, may_apply, waiting_message
@@ -310,8 +310,10 @@ class NetworkIsolationCharm(ops.CharmBase):
         )
 
     def _render(self, plan: MachinePlan) -> Artefacts | None:
+        """The machine's artefacts; with strict-ports, the principals' declared ports too."""
         try:
-            return render(plan)
+            declared = self._declared_ports() if plan.config.strict_ports else None
+            return render(plan, machine_ports(plan, declared) if declared is not None else None)
         except RenderError as e:
             self._blocked = f"cannot render: {e}"
             return None

@@ -287,3 +287,21 @@ def test_declared_ports_of_co_located_principals_are_shared(networks, fake_host,
     out = first.run(first.on.config_changed(), state(networks, [compute(), bad]))
     assert isinstance(out.unit_status, ops.ActiveStatus)
     assert "evil/0" in out.unit_status.message
+
+
+def test_strict_ports_open_what_the_principal_declared(networks, fake_host):
+    declaration = {
+        "version": "1",
+        "ports": json.dumps([{"network": "internal", "protocol": "tcp", "port": 15672}]),
+    }
+    service_ports = testing.SubordinateRelation(
+        "service-ports", remote_app_name="rabbitmq", remote_unit_data=declaration
+    )
+    ctx = context()
+    relations = [compute(), service_ports]
+    ctx.run(ctx.on.config_changed(), state(networks, relations, {"strict-ports": True}))
+    strict = fake_host.applied_state.nftables or ""
+    assert "15672" in strict
+    assert "ports_internal_tcp" in strict
+    ctx.run(ctx.on.config_changed(), state(networks, relations))
+    assert "15672" not in (fake_host.applied_state.nftables or "")
