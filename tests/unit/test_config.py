@@ -125,7 +125,8 @@ def test_every_seed_role_is_a_valid_role(role: str):
 def test_role_networks_parse_into_a_table(seed_table: dict[str, frozenset[str]]):
     config = CharmConfig.from_options(
         {
-            "role-networks": "control=management,internal,public,storage,data network=management,data,internal"
+            "role-networks": "control=management,internal,public,storage,data"
+            " network=management,data,internal"
         }
     )
     assert config.role_networks == {
