@@ -74,6 +74,30 @@ def flows_between(
     return flows
 
 
+def flows_on_ports(
+    cloud: Cloud,
+    machines: Sequence[str],
+    ports: Sequence[tuple[str, int]],
+    externals: bool = True,
+) -> list[Flow]:
+    """Every port from every address to every other host's addresses of the same IP version.
+
+    Senders: the machines and (with `externals`) the client and the outsider; destinations:
+    the machines. For strict-ports, where the verdict depends on the port as well.
+    """
+    senders = [*machines, *(cloud.externals if externals else ())]
+    return [
+        Flow(src, a.ip, dst, b.ip, proto, port)
+        for src in senders
+        for dst in machines
+        if dst != src
+        for a in cloud.hosts[src].addresses
+        for b in cloud.machines[dst].addresses
+        if a.version == b.version
+        for proto, port in ports
+    ]
+
+
 def spoofed_flows(
     cloud: Cloud,
     sender: str,
@@ -176,6 +200,16 @@ class Matrix:
             )
         out += [*self.notes, self.summary()]
         return "\n".join(out)
+
+
+def by_port(matrix: Matrix) -> list[str]:
+    """Flow counts per protocol/port and expected verdict, a line each (for the notes)."""
+    counts = Counter((r.flow.proto, r.flow.port, r.expected.verdict) for r in matrix.rows)
+    lines = []
+    for proto, port in sorted({(proto, port) for proto, port, _ in counts}):
+        verdicts = [(v, counts[proto, port, v]) for v in ("pass", "drop", "no-reply")]
+        lines.append(f"  {proto}/{port}: " + ", ".join(f"{n} {v}" for v, n in verdicts if n))
+    return lines
 
 
 def check(

@@ -1,10 +1,13 @@
 """The expected verdict of every probe, worked out without looking at the ruleset under test.
 
-Two sources only:
+Three sources only:
 
 - the seed document's "Node roles" table (Canonical's "Network traffic isolation with MAAS"),
   written out below by hand, not imported from the charm;
-- the firewall rules of issue 3, restated below and encoded step by step.
+- the firewall rules of issue 3, restated below and encoded step by step;
+- for `strict-ports` (issue 6, item 2), the port table of the project's reference notes
+  (FACTS.md, "Ports per cloud network"), also written out by hand below; the charm's own
+  catalogue (network_isolation.ports) is never read for expected values.
 
 Issue 3, as encoded here. A *domain* is a set of networks that resolve to the same subnets
 (one space); it is *allowed* on a machine when any of its networks is allowed for the
@@ -20,6 +23,11 @@ Input, first match wins:
      subnets drop; from any other source: accept on public, accept from client-cidrs on
      management, drop elsewhere;
   7. anything else (NICs of no cloud network): not decided here (accept).
+With strict-ports (issue 6), rule 6 accepts only the ports listed for the NIC: per network of
+its allowed domains that the machine's roles allow, the port table's ports of those roles,
+plus `extra-ports` for that network, plus what the machine's principals declared for it.
+Every other packet arriving on that NIC is dropped; rules 1-5 and 7 do not change (tcp/22
+from a source that is neither management nor a client is therefore dropped on such a NIC).
 Output: to a denied domain's subnets, or out of a denied NIC: drop; nothing else.
 Audit: the same, but a drop only counts; the packet goes on. Off: no table.
 The failsafe's replies are let out too (it is "always accepted").
@@ -39,6 +47,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from network_isolation.ports import PortRange  # parsing only: no expected values from it
 from network_isolation.topology import Topology
 
 from .testbed import Cloud, Host, IPAddress, IPNetwork
@@ -51,6 +60,54 @@ SEED_ROLE_TABLE: dict[str, frozenset[str]] = {
     "storage": frozenset({"management", "storage", "storage-cluster"}),
 }
 CLOUD_NETWORKS = ("data", "internal", "management", "public", "storage", "storage-cluster")
+
+# FACTS.md section 3, "Ports per cloud network" (issue 6, item 2): (role, network) -> the
+# inbound ports the role's services listen on there. tcp/22 is the failsafe's, not listed;
+# FACTS' outbound-only entries (DNS, DHCP, NTP, MAAS) are not inbound ports and are left out.
+# The charm's catalogue opens a little more than this table (udp/68 for DHCP offers on
+# management, tcp/6443 on control's internal, clusterd's tcp/7000 on juju-controller): no
+# probe of the bed uses those ports yet; probing one would (rightly) show up as a mismatch
+# to settle between FACTS and the catalogue, not be hidden by copying the catalogue here.
+SEED_PORT_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
+    # management: Juju controller API, SSH server and HA; Sunbeam clusterd on every node;
+    # Kubernetes API on control; MicroOVN cluster API on the OVN nodes; MicroCeph on storage.
+    ("juju-controller", "management"): ("tcp:17070", "tcp:17022", "tcp:37017", "tcp:17666"),
+    ("control", "management"): ("tcp:7000", "tcp:6443", "tcp:6686"),
+    ("compute", "management"): ("tcp:7000", "tcp:6686"),
+    ("storage", "management"): ("tcp:7000", "tcp:7443"),
+    # internal: Traefik VIP, RabbitMQ, OVN NB/SB/raft and SB relay, Kubernetes cluster traffic
+    # and its CNI tunnel on control; Nova metadata on compute.
+    ("control", "internal"): (
+        "tcp:80",
+        "tcp:443",
+        "tcp:5671",
+        "tcp:5672",
+        "tcp:6641-6644",
+        "tcp:6400",
+        "tcp:9000",
+        "tcp:10250",
+        "tcp:4240",
+        "udp:8472",
+    ),
+    ("compute", "internal"): ("tcp:8775",),
+    # public: the Traefik VIP on control.
+    ("control", "public"): ("tcp:80", "tcp:443"),
+    # data: Geneve on every chassis; live migration between compute nodes.
+    ("compute", "data"): ("udp:6081", "tcp:16509", "tcp:16514", "tcp:49152-49215", "tcp:10099"),
+    ("control", "data"): ("udp:6081",),
+    # storage: Ceph MON, OSD/MGR/MDS public side, RGW, mgr prometheus.
+    ("storage", "storage"): (
+        "tcp:3300",
+        "tcp:6789",
+        "tcp:6800-7300",
+        "tcp:80",
+        "tcp:443",
+        "tcp:7480",
+        "tcp:9283",
+    ),
+    # storage-cluster: OSD back side (replication, heartbeats).
+    ("storage", "storage-cluster"): ("tcp:6800-7300",),
+}
 FAILSAFE_PORT = 22
 Mode = str  # "enforce" | "audit" | "off"
 
@@ -117,7 +174,9 @@ class Policy:
     client_cidrs: tuple[IPNetwork, ...]
     roles: Mapping[str, tuple[str, ...]]
     enforcement: Mode
-    unmodelled: tuple[str, ...] = field(default=())
+    strict_ports: bool = False
+    port_table: Mapping[tuple[str, str], tuple[PortRange, ...]] = field(default_factory=dict)
+    extra_ports: Mapping[str, tuple[PortRange, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_topology(cls, topology: Topology) -> Policy:
@@ -145,18 +204,17 @@ class Policy:
             ipaddress.ip_network(c)
             for c in config.get("client-cidrs", "").replace(",", " ").split()
         )
-        unmodelled = tuple(
-            k
-            for k in ("strict-ports", "extra-ports")
-            if config.get(k, "false").lower() not in ("false", "")
-        )
         return cls(
             domains=domains,
             role_table=table,
             client_cidrs=clients,
             roles={name: tuple(m.roles) for name, m in topology.machines.items()},
             enforcement=config.get("enforcement", "enforce"),
-            unmodelled=unmodelled,
+            strict_ports=config.get("strict-ports", "false").lower() == "true",
+            port_table={k: _ports(v) for k, v in SEED_PORT_TABLE.items()},
+            extra_ports={
+                net: _ports(ports) for net, ports in _entries(config.get("extra-ports", ""))
+            },
         )
 
     def domain_with(self, network: str) -> Domain:
@@ -180,8 +238,16 @@ class Policy:
         return any(address in c for c in self.client_cidrs)
 
 
+def _covers(ports: PortRange, proto: str, port: int) -> bool:
+    return ports.protocol == proto and ports.first <= port <= ports.last
+
+
 def _net_key(net: IPNetwork) -> tuple[int, int, int]:
     return net.version, int(net.network_address), net.prefixlen
+
+
+def _ports(texts: Iterable[str]) -> tuple[PortRange, ...]:
+    return tuple(PortRange.parse(t) for t in texts)
 
 
 def _entries(text: str) -> Iterable[tuple[str, list[str]]]:
@@ -193,13 +259,42 @@ def _entries(text: str) -> Iterable[tuple[str, list[str]]]:
 class Oracle:
     """Predicts each flow's verdict from the policy and the bed's routing."""
 
-    def __init__(self, cloud: Cloud, modes: Mapping[str, Mode] | None = None):
+    def __init__(
+        self,
+        cloud: Cloud,
+        modes: Mapping[str, Mode] | None = None,
+        declared: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
+    ):
+        """The oracle of a built cloud.
+
+        `modes`: machine -> enforcement, where it differs from the topology's config.
+        `declared` (strict-ports only): machine -> network -> ports ("tcp:5672",
+        "udp:6800-7300") that the machine's principals declared over the interface library.
+        """
         self.cloud = cloud
         self.policy = Policy.from_topology(cloud.topology)
-        if self.policy.unmodelled:
-            raise NotImplementedError(f"the oracle does not model {self.policy.unmodelled}")
         default = self.policy.enforcement
         self.modes = {m: (modes or {}).get(m, default) for m in cloud.machines}
+        self.declared = {
+            machine: {net: _ports(ports) for net, ports in by_network.items()}
+            for machine, by_network in (declared or {}).items()
+        }
+
+    def listed(self, machine: str, domains: Iterable[Domain]) -> tuple[PortRange, ...]:
+        """strict-ports: the ports accepted on a NIC carrying these (allowed) domains.
+
+        Per network of the domains that the machine's roles allow: the port table's entries
+        of its roles, extra-ports and the declarations of its principals.
+        """
+        p = self.policy
+        networks = {n for d in domains for n in d.networks} & p.allowed(machine)
+        declared = self.declared.get(machine, {})
+        found: list[PortRange] = []
+        for network in sorted(networks):
+            for role in p.roles[machine]:
+                found += p.port_table.get((role, network), ())
+            found += [*p.extra_ports.get(network, ()), *declared.get(network, ())]
+        return tuple(found)
 
     # -- per machine ---------------------------------------------------------------------------
 
@@ -250,6 +345,20 @@ class Oracle:
             return "drop", f"on denied NIC {nic}"
         if not allowed:
             return "accept", f"{nic} is on no cloud network"
+        verdict, why = self._allowed_nic(flow, src_domain, allowed)
+        if verdict == "accept" and p.strict_ports:
+            listed = self.listed(machine, allowed)
+            if not any(_covers(r, flow.proto, flow.port) for r in listed):
+                names = "+".join(d.name for d in allowed)
+                return "drop", f"strict-ports: {flow.proto}/{flow.port} not listed on {names}"
+            why += f", {flow.proto}/{flow.port} listed"
+        return verdict, why
+
+    def _allowed_nic(
+        self, flow: Flow, src_domain: Domain | None, allowed: list[Domain]
+    ) -> tuple[str, str]:
+        """Rule 6, by source only (strict-ports narrows its accepts afterwards)."""
+        p, src = self.policy, flow.src_addr
         names = "+".join(d.name for d in allowed)
         if src_domain in allowed:
             return "accept", f"own network {names}"

@@ -1,0 +1,248 @@
+"""strict-ports with real packets: inside an allowed network only the listed ports pass.
+
+The cloud is examples/microstack-maas.yaml cut down to five machines (a control node, two
+compute nodes, a storage node in each rack) with `strict-ports: true` and `extra-ports`.
+Every machine runs echo servers on every probed port, on every address, so a probe that
+fails was stopped by a firewall, never by a closed port. The oracle takes its ports from
+its own table (FACTS.md's port table), not from the charm's catalogue.
+
+Issue 6, "Done when": a port not in the catalogue is dropped on an allowed network, a
+declared one passes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from network_isolation_interface import (
+    Declarations,
+    NetworkIsolationData,
+    PortDeclaration,
+    parse_databag,
+)
+
+from network_isolation.planner import plan_machine
+from network_isolation.ports import declared_ports, machine_ports
+from network_isolation.render import render
+from network_isolation.topology import load_topology
+
+from .conftest import MAAS
+from .matrix import Matrix, by_port, check, flows_on_ports, management_addresses
+from .oracle import FAILSAFE_PORT, Flow, Oracle
+from .testbed import Bed, Cloud, cloud_of, running_bed
+
+ip = ipaddress.ip_address
+Report = Callable[[Matrix], None]
+Renders = Callable[..., Path]
+
+MACHINES = ("control-1", "compute-1", "compute-2", "storage-1", "storage-3")
+EXTRA_PORTS = "data=udp:4789 management=tcp:9100"
+# Probed ports of the port table (FACTS.md; the charm calls it its catalogue), by network.
+TABLE_PORTS = [
+    ("tcp", 443),  # public and internal on control (Traefik), storage on storage (RGW)
+    ("tcp", 5672),  # internal on control (RabbitMQ)
+    ("tcp", 6800),  # storage and storage-cluster on storage (Ceph OSD)
+    ("tcp", 7000),  # management on every node (Sunbeam clusterd); also within Ceph's 6800-7300
+    ("udp", 6081),  # data on compute (Geneve)
+]
+EXTRA = [("udp", 4789), ("tcp", 9100)]  # from EXTRA_PORTS
+UNLISTED = [("tcp", 5999), ("udp", 5999)]  # in no table, no option, no declaration
+PORTS = [("tcp", FAILSAFE_PORT), *TABLE_PORTS, *EXTRA, *UNLISTED]
+# What the principal on compute-1 declares through the interface library: VNC consoles,
+# which the console proxy on the control nodes reaches over internal.
+DECLARED = PortDeclaration.tcp("internal", 5900, 5999, description="VNC consoles")
+DECLARED_PROBES = [("tcp", 5900), ("tcp", 5999), ("udp", 5999)]
+TIMEOUT = 0.5
+
+
+@dataclass
+class Strict:
+    """The strict-ports bed: the topology file, its cloud, the bed and the render."""
+
+    topology: Path
+    cloud: Cloud
+    bed: Bed
+    render: Path
+
+
+def strict_topology(path: Path) -> Path:
+    """The example cloud, five machines of it, with strict-ports and extra-ports."""
+    data: dict[str, Any] = yaml.safe_load(MAAS.read_text())
+    data["machines"] = {name: data["machines"][name] for name in MACHINES}
+    data["config"].update({"strict-ports": True, "extra-ports": EXTRA_PORTS})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def strict(
+    tmp_path_factory: pytest.TempPathFactory, renders: Renders, prerequisites: None
+) -> Iterator[Strict]:
+    """The bed, built once, with echo servers on every probed port of every machine."""
+    topology = strict_topology(tmp_path_factory.mktemp("strict") / "strict-ports.yaml")
+    cloud = cloud_of(load_topology(topology))
+    probed = {*PORTS, *DECLARED_PROBES}
+    with running_bed(cloud) as bed:
+        bed.listen(
+            MACHINES,
+            tcp=sorted(p for proto, p in probed if proto == "tcp"),
+            udp=sorted(p for proto, p in probed if proto == "udp"),
+        )
+        yield Strict(topology, cloud, bed, renders(topology))
+
+
+def assert_matches(matrix: Matrix) -> None:
+    """No flow may differ from the oracle's prediction."""
+    assert not matrix.mismatches, (
+        f"{len(matrix.mismatches)} flows differ from the oracle:\n"
+        + matrix.table(only_mismatches=True)
+    )
+
+
+def got(matrix: Matrix, src: str, dst: str, proto: str, port: int) -> str:
+    """What the probe of one flow, by addresses, saw."""
+    key = (ip(src), ip(dst), proto, port)
+    found = [
+        r
+        for r in matrix.rows
+        if (r.flow.src_addr, r.flow.dst_addr, r.flow.proto, r.flow.port) == key
+    ]
+    assert len(found) == 1, key
+    return found[0].got.got
+
+
+def test_oracle_spot_checks_strict(tmp_path: Path) -> None:
+    """The oracle's strict-ports verdicts, written by hand (no bed needed)."""
+    cloud = cloud_of(load_topology(strict_topology(tmp_path / "strict.yaml")))
+    oracle = Oracle(cloud)
+
+    def verdict(src: str, a: str, dst: str, b: str, proto: str, port: int) -> str:
+        return oracle.expect(Flow(src, ip(a), dst, ip(b), proto, port)).verdict
+
+    # RabbitMQ on control's internal NIC, from internal; not on compute's.
+    assert verdict("compute-1", "10.20.0.21", "control-1", "10.20.0.11", "tcp", 5672) == "pass"
+    assert verdict("control-1", "10.20.0.11", "compute-1", "10.20.0.21", "tcp", 5672) == "drop"
+    # Unlisted: dropped even from the NIC's own subnet.
+    assert verdict("compute-2", "10.40.0.22", "compute-1", "10.40.0.21", "udp", 5999) == "drop"
+    assert verdict("compute-2", "10.40.0.22", "compute-1", "10.40.0.21", "udp", 6081) == "pass"
+    # extra-ports: only on its network.
+    assert verdict("compute-2", "10.40.0.22", "compute-1", "10.40.0.21", "udp", 4789) == "pass"
+    assert verdict("compute-2", "10.20.0.22", "compute-1", "10.20.0.21", "udp", 4789) == "drop"
+    # Public: any source, listed ports only; management: clients too, listed ports only.
+    assert verdict("outsider", "203.0.113.2", "control-1", "10.30.0.11", "tcp", 443) == "pass"
+    assert verdict("outsider", "203.0.113.2", "control-1", "10.30.0.11", "tcp", 22) == "drop"
+    assert verdict("client", "10.99.0.2", "control-1", "10.10.0.11", "tcp", 9100) == "pass"
+    assert verdict("client", "10.99.0.2", "control-1", "10.10.0.11", "tcp", 5999) == "drop"
+    # The failsafe is for management and clients, not for the other networks' sources.
+    assert verdict("client", "10.99.0.2", "storage-1", "10.60.0.31", "tcp", 22) == "pass"
+    assert verdict("compute-1", "10.50.0.21", "storage-1", "10.50.0.31", "tcp", 22) == "drop"
+    # A declaration opens its port on its network of its machine only.
+    declared = Oracle(cloud, declared={"compute-1": {"internal": ["tcp:5900-5999"]}})
+    flow = Flow("control-1", ip("10.20.0.11"), "compute-1", ip("10.20.0.21"), "tcp", 5999)
+    assert (oracle.expect(flow).verdict, declared.expect(flow).verdict) == ("drop", "pass")
+    flow = replace(flow, dst="compute-2", dst_addr=ip("10.20.0.22"))
+    assert declared.expect(flow).verdict == "drop"
+
+
+def test_strict_ports(strict: Strict, report: Report) -> None:
+    """Listed ports pass inside their networks, unlisted ones are dropped, SSH stays open."""
+    bed, cloud = strict.bed, strict.cloud
+    bed.load_dir(strict.render)
+    oracle = Oracle(cloud)
+    flows = flows_on_ports(cloud, MACHINES, PORTS)
+    matrix = check(bed, oracle, flows, "strict-ports (five machines)", timeout=TIMEOUT)
+    matrix.notes += by_port(matrix)
+    report(matrix)
+    assert_matches(matrix)
+
+    # By hand, whatever the oracle says: catalogue ports in their networks...
+    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 5672) == "pass"  # RabbitMQ
+    assert got(matrix, "fd00:61::33", "fd00:60::31", "tcp", 6800) == "pass"  # OSD, two racks
+    assert got(matrix, "10.50.0.21", "10.50.0.31", "tcp", 6800) == "pass"  # OSD public side
+    assert got(matrix, "10.40.0.22", "10.40.0.21", "udp", 6081) == "pass"  # Geneve
+    assert got(matrix, "203.0.113.2", "10.30.0.11", "tcp", 443) == "pass"  # public API
+    assert got(matrix, "10.10.0.21", "10.10.0.31", "tcp", 7000) == "pass"  # clusterd
+    # ... extra-ports ...
+    assert got(matrix, "fd00:40::22", "fd00:40::21", "udp", 4789) == "pass"
+    assert got(matrix, "10.99.0.2", "10.10.0.11", "tcp", 9100) == "pass"
+    # ... but not elsewhere: a port of one role or network is not opened on another.
+    assert got(matrix, "10.20.0.11", "10.20.0.21", "tcp", 5672) == "drop"
+    assert got(matrix, "10.10.0.33", "10.10.0.31", "tcp", 6800) == "drop"
+    assert got(matrix, "10.20.0.22", "10.20.0.21", "udp", 4789) == "drop"
+    assert got(matrix, "10.99.0.2", "10.30.0.11", "tcp", 9100) == "drop"
+
+    # Unlisted ports: every NIC here is on an allowed network, and nothing gets through.
+    unlisted = [r for r in matrix.rows if (r.flow.proto, r.flow.port) in UNLISTED]
+    assert {r.got.got for r in unlisted} == {"drop"}
+    # Without strict-ports the same flows from each NIC's own subnet would pass.
+    lenient = Oracle(cloud)
+    lenient.policy = replace(lenient.policy, strict_ports=False)
+    own = [r for r in unlisted if lenient.expect(r.flow).verdict == "pass"]
+    assert own and all("strict-ports:" in r.expected.reason for r in own)
+
+    # The failsafe: tcp/22 from the client to every address, and between management
+    # addresses. (From a management address to, say, a data address, the sender's own output
+    # rules may stop it first: control-1 may not send into data at all.)
+    ssh = [r for r in matrix.rows if r.flow.port == FAILSAFE_PORT and r.flow.proto == "tcp"]
+    managers = {a for m in MACHINES for a in management_addresses(cloud, m)}
+    from_client = [r for r in ssh if r.flow.src == "client"]
+    between_managers = [r for r in ssh if {r.flow.src_addr, r.flow.dst_addr} <= managers]
+    assert len(from_client) == 36 and len(between_managers) == 40
+    assert {r.got.got for r in from_client + between_managers} == {"pass"}
+    # From another network's own subnet it is just an unlisted port.
+    assert got(matrix, "10.50.0.21", "10.50.0.31", "tcp", 22) == "drop"
+
+
+def declared_render(strict: Strict, machine: str, declarations: list[PortDeclaration]) -> str:
+    """A machine's ruleset with what its principal declared over the interface library.
+
+    The declarations go through the wire format: the principal's databag as the provider
+    writes it, read back by the requirer's parser, then `render(plan, machine_ports(plan,
+    declared))` as the charm does.
+    """
+    bag = NetworkIsolationData(ports=tuple(declarations)).dump()
+    found, problems = parse_databag(bag)
+    assert not problems
+    declared = declared_ports(Declarations(ports=tuple(found)).by_network())
+    plan = plan_machine(load_topology(strict.topology).plan_input(machine))
+    return render(plan, machine_ports(plan, declared)).nftables
+
+
+def test_declared_port_passes(strict: Strict, report: Report) -> None:
+    """A port a principal declares passes on its network; without the declaration, dropped."""
+    bed, cloud = strict.bed, strict.cloud
+    bed.load_dir(strict.render)
+    flows = [f for f in flows_on_ports(cloud, MACHINES, DECLARED_PROBES) if f.dst == "compute-1"]
+    before = check(bed, Oracle(cloud), flows, "compute-1 without declarations", timeout=TIMEOUT)
+    report(before)
+    assert_matches(before)
+    assert {r.got.got for r in before.rows} == {"drop"}
+
+    bed.load("compute-1", declared_render(strict, "compute-1", [DECLARED]))
+    try:
+        oracle = Oracle(cloud, declared={"compute-1": {"internal": ["tcp:5900-5999"]}})
+        title = "compute-1 with a declared tcp/5900-5999 on internal"
+        after = check(bed, oracle, flows, title, timeout=TIMEOUT)
+    finally:
+        bed.load_dir(strict.render, ["compute-1"])
+    report(after)
+    assert_matches(after)
+    # By hand: from internal sources to compute-1's internal addresses, declared TCP only.
+    internal = [ipaddress.ip_network(n) for n in ("10.20.0.0/24", "fd00:20::/64")]
+
+    def on_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(address in n for n in internal)
+
+    wanted = {
+        r.flow
+        for r in after.rows
+        if r.flow.proto == "tcp" and on_internal(r.flow.src_addr) and on_internal(r.flow.dst_addr)
+    }
+    assert len(wanted) == 8  # control-1 and compute-2, two ports, IPv4 and IPv6
+    assert {r.flow for r in after.rows if r.got.got == "pass"} == wanted
