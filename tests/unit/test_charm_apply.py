@@ -305,3 +305,19 @@ def test_strict_ports_open_what_the_principal_declared(networks, fake_host):
     assert "ports_internal_tcp" in strict
     ctx.run(ctx.on.config_changed(), state(networks, relations))
     assert "15672" not in (fake_host.applied_state.nftables or "")
+
+
+def test_a_port_declared_on_a_network_the_machine_may_not_use_is_reported(networks, fake_host):
+    declaration = {
+        "version": "1",
+        "ports": json.dumps([{"network": "public", "protocol": "tcp", "port": 8443}]),
+    }
+    service_ports = testing.SubordinateRelation(
+        "service-ports", remote_app_name="api", remote_unit_data=declaration
+    )
+    ctx = context()
+    st = state(networks, [compute(), service_ports], {"strict-ports": True})
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    assert "declared ports on 'public' are not opened" in out.unit_status.message
+    assert "8443" not in (fake_host.applied_state.nftables or "")
