@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
@@ -21,6 +21,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 PORT_ENTRY = re.compile(r"^(tcp|udp):(\d{1,5})(?:-(\d{1,5}))?$")
 Enforcement = Literal["enforce", "audit", "off"]
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,14 @@ def _network(name: str, where: str) -> Network:
             f"unknown network '{name}' in '{where}' (networks: {', '.join(NETWORK_NAMES)})"
         )
     return Network(name)
+
+
+def _per_network(text: str, parse: Callable[[str], T]) -> dict[Network, tuple[T, ...]]:
+    """`network=a,b network2=c`, each value parsed, keyed by network."""
+    return {
+        _network(name, f"{name}={','.join(items)}"): tuple(parse(i) for i in items)
+        for name, items in _entries(text)
+    }
 
 
 def parse_port_range(text: str) -> tuple[str, int, int]:
@@ -139,10 +148,7 @@ class CharmConfig(BaseModel):
     def _parse_network_cidrs(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        return {
-            _network(name, f"{name}={','.join(cidrs)}"): tuple(parse_cidr(c) for c in cidrs)
-            for name, cidrs in _entries(value)
-        }
+        return _per_network(value, parse_cidr)
 
     @field_validator("client_cidrs", mode="before")
     @classmethod
@@ -156,10 +162,7 @@ class CharmConfig(BaseModel):
     def _parse_extra_ports(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        return {
-            _network(name, f"{name}={','.join(ports)}"): tuple(parse_port_range(p) for p in ports)
-            for name, ports in _entries(value)
-        }
+        return _per_network(value, parse_port_range)
 
     @property
     def role_table(self) -> dict[str, frozenset[Network]]:

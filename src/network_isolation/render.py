@@ -589,20 +589,7 @@ def _input_sections(
             ),
         )
     )
-    allowed_subnets = [s for d in plan.allowed_domains for s in d.subnets]
-    from_denied: list[NftRule] = []
-    on_denied: list[NftRule] = []
-    denied_interfaces = set(plan.denied_interfaces)
-    for domain in plan.denied_domains:
-        label = label_of(domain.networks)
-        counter, what = f"drop_in_{label}", f"in {_names(domain.networks)}"
-        for a in build.address_sets(f"net_{label}", exclude(domain.subnets, allowed_subnets)):
-            from_denied.append(build.drop("in", counter, what, addresses=a))
-        nics = build.interface_set(
-            f"if_{label}", (i for i in domain.interfaces if i in denied_interfaces)
-        )
-        if nics:
-            on_denied.append(build.drop("in", counter, what, interfaces=nics))
+    from_denied, on_denied = _denied_drops(plan, build, "in")
     if from_denied:
         sections.append(
             NftSection(
@@ -680,21 +667,29 @@ def _group_section(
     )
 
 
-def _output_sections(plan: MachinePlan, build: _FirewallBuilder) -> tuple[NftSection, ...]:
+def _denied_drops(
+    plan: MachinePlan, build: _FirewallBuilder, direction: Literal["in", "out"]
+) -> tuple[list[NftRule], list[NftRule]]:
+    """Drops for denied domains in one direction: by their subnets, and by their own NICs."""
     allowed_subnets = [s for d in plan.allowed_domains for s in d.subnets]
-    to_denied: list[NftRule] = []
-    out_denied: list[NftRule] = []
+    by_subnet: list[NftRule] = []
+    by_interface: list[NftRule] = []
     denied_interfaces = set(plan.denied_interfaces)
     for domain in plan.denied_domains:
         label = label_of(domain.networks)
-        counter, what = f"drop_out_{label}", f"out {_names(domain.networks)}"
+        counter, what = f"drop_{direction}_{label}", f"{direction} {_names(domain.networks)}"
         for a in build.address_sets(f"net_{label}", exclude(domain.subnets, allowed_subnets)):
-            to_denied.append(build.drop("out", counter, what, addresses=a))
+            by_subnet.append(build.drop(direction, counter, what, addresses=a))
         nics = build.interface_set(
             f"if_{label}", (i for i in domain.interfaces if i in denied_interfaces)
         )
         if nics:
-            out_denied.append(build.drop("out", counter, what, interfaces=nics))
+            by_interface.append(build.drop(direction, counter, what, interfaces=nics))
+    return by_subnet, by_interface
+
+
+def _output_sections(plan: MachinePlan, build: _FirewallBuilder) -> tuple[NftSection, ...]:
+    to_denied, out_denied = _denied_drops(plan, build, "out")
     if not to_denied and not out_denied:
         return ()
     failsafe = build.address_sets(
