@@ -692,24 +692,13 @@ def _output_sections(plan: MachinePlan, build: _FirewallBuilder) -> tuple[NftSec
     to_denied, out_denied = _denied_drops(plan, build, "out")
     if not to_denied and not out_denied:
         return ()
-    failsafe = build.address_sets(
-        "failsafe",
-        [*plan.domain_of(Network.MANAGEMENT).subnets, *plan.config.client_cidrs],
-        keep_empty=True,
-    )
     sections = [
         NftSection(
-            "loopback, and sshd's replies to the failsafe's sources: accept",
+            "loopback, and replies to connections the input chain let in: accept",
             (
                 build.accept("out", extra='oifname "lo"'),
-                *(
-                    build.accept(
-                        "out",
-                        addresses=a,
-                        extra=f"tcp sport {FAILSAFE_TCP_PORT} ct direction reply",
-                    )
-                    for a in failsafe
-                ),
+                # Replies only: a connection this host opens to a denied network is still cut.
+                build.accept("out", extra="ct state established,related ct direction reply"),
             ),
         )
     ]
