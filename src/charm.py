@@ -58,6 +58,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         self._blocked: str | None = None
         self._waiting: str | None = None
         self._own_ports: dict[str, list[str]] | None = None
+        self._cluster_cache: Cluster | None = None
         reconcile_on = [
             self.on.config_changed,
             self.on.upgrade_charm,
@@ -107,7 +108,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         if repaired:
             self._warnings.append(f"drift repaired: {repaired}")
 
-    def _reconcile(self, _: ops.EventBase, *, force: bool = False) -> None:
+    def _reconcile(self, event: ops.EventBase, *, force: bool = False) -> None:
         """Plan this machine, render its artefacts and apply them when it is this unit's turn."""
         try:
             config = self._config()
@@ -118,10 +119,12 @@ class NetworkIsolationCharm(ops.CharmBase):
             self.unit.name, self._related_roles() | config.roles, self._own_declared_ports()
         )
         cluster = self._cluster(config)
+        # update-status only repairs drift: the leader re-reads its peers on their own events
+        lead = not isinstance(event, ops.UpdateStatusEvent)
+        cluster.share(self._machine_record(), lead=lead)
         plan = self._plan()
         artefacts = self._render(plan) if plan.status == "active" else None
-        roll = self._roll_state(artefacts)
-        cluster.publish(self._machine_record(), roll)
+        cluster.report(self._roll_state(artefacts), lead=lead)
         if artefacts is None or (not force and self.host.is_applied(artefacts)):
             return
         turn = cluster.roll()
@@ -135,7 +138,7 @@ class NetworkIsolationCharm(ops.CharmBase):
             self._blocked = f"apply failed: {e}"
         else:
             logger.info("%s", result.message)
-        cluster.publish(self._machine_record(), self._roll_state(artefacts))
+        cluster.report(self._roll_state(artefacts), lead=lead)
 
     def _on_remove(self, _: ops.RemoveEvent) -> None:
         """Leave the host as it was when the last unit of this charm on it goes."""
@@ -208,7 +211,10 @@ class NetworkIsolationCharm(ops.CharmBase):
             raise config_error(e) from None
 
     def _cluster(self, config: CharmConfig) -> Cluster:
-        return Cluster(self, config.peer_min_prefix, self._warnings)
+        """This hook's view of the peer relation (one per hook: databags are read once)."""
+        if self._cluster_cache is None:
+            self._cluster_cache = Cluster(self, config.peer_min_prefix, self._warnings)
+        return self._cluster_cache
 
     def _machine_name(self) -> str:
         machine_id = ops.JujuContext.from_environ().machine_id

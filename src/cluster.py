@@ -40,40 +40,50 @@ class Cluster:
         self._charm = charm
         self._min_prefix = min_prefix
         self.warnings = warnings
+        self._view: CloudView | None = None
 
     @property
     def _relation(self) -> ops.Relation | None:
         return self._charm.model.get_relation(PEER_ENDPOINT)
 
-    def publish(self, record: MachineRecord, roll: UnitRoll) -> None:
-        """Write this unit's record and apply state; the leader also aggregates and decides."""
+    def share(self, record: MachineRecord, *, lead: bool = True) -> None:
+        """Publish this unit's record; the leader (when `lead`) folds every record into the view.
+
+        The leader is the only unit that reads every peer's databag; everyone else reads the one
+        aggregate, so a non-leader's cost per hook does not grow with the cloud.
+        """
         relation = self._relation
         if relation is None:
             return
-        bag = relation.data[self._charm.unit]
-        _set_if_changed(bag, UNIT_KEY, dump(record))
-        _set_if_changed(bag, ROLL_KEY, dump(roll))
-        if self._charm.unit.is_leader():
-            self._lead(relation, record, roll)
-
-    def _lead(self, relation: ops.Relation, own: MachineRecord, own_roll: UnitRoll) -> None:
-        """Fold every unit's record into the cloud view and hand out the apply turn."""
-        records = {self._charm.unit.name: own}
-        rolls = {self._charm.unit.name: own_roll}
+        _set_if_changed(relation.data[self._charm.unit], UNIT_KEY, dump(record))
+        if not (lead and self._charm.unit.is_leader()):
+            return
+        records = {self._charm.unit.name: record}
         for unit in relation.units:
-            bag = relation.data[unit]
             try:
-                record = parse_record(bag.get(UNIT_KEY), self._min_prefix)
+                parsed = parse_record(relation.data[unit].get(UNIT_KEY), self._min_prefix)
             except PeerError as e:
                 self._warn(f"ignored data from {unit.name}: {e}")
                 continue
-            if record is not None:
-                records[unit.name] = record
-            rolls[unit.name] = _parse_roll(bag.get(ROLL_KEY), UnitRoll)
+            if parsed is not None:
+                records[unit.name] = parsed
+        self._view = aggregate(records)
+        _set_if_changed(relation.data[self._charm.app], CLOUD_KEY, dump(self._view))
+
+    def report(self, roll: UnitRoll, *, lead: bool = True) -> None:
+        """Publish this unit's apply state; the leader (when `lead`) hands out the next turn."""
+        relation = self._relation
+        if relation is None:
+            return
+        _set_if_changed(relation.data[self._charm.unit], ROLL_KEY, dump(roll))
+        if not (lead and self._charm.unit.is_leader()):
+            return
+        rolls = {self._charm.unit.name: roll}
+        for unit in relation.units:
+            rolls[unit.name] = _parse_roll(relation.data[unit].get(ROLL_KEY), UnitRoll)
         app_bag = relation.data[self._charm.app]
-        _set_if_changed(app_bag, CLOUD_KEY, dump(aggregate(records)))
-        roll = decide(rolls, _parse_roll(app_bag.get(ROLL_KEY), Roll))
-        _set_if_changed(app_bag, ROLL_KEY, dump(roll))
+        decision = decide(rolls, _parse_roll(app_bag.get(ROLL_KEY), Roll))
+        _set_if_changed(app_bag, ROLL_KEY, dump(decision))
 
     def roll(self) -> Roll | None:
         """The leader's apply-turn decision; None when there is no peer relation."""
@@ -83,17 +93,20 @@ class Cluster:
         return _parse_roll(relation.data[self._charm.app].get(ROLL_KEY), Roll)
 
     def view(self) -> CloudView:
-        """The cloud-wide view the leader published (empty before there is one)."""
+        """The cloud-wide view: as just aggregated by this leader, else as the leader published."""
+        if self._view is not None:
+            return self._view
         relation = self._relation
         if relation is None:
             return CloudView()
         try:
-            return parse_cloud_view(
+            self._view = parse_cloud_view(
                 relation.data[self._charm.app].get(CLOUD_KEY), self._min_prefix
             )
         except PeerError as e:
             self._warn(f"ignored the shared cloud view: {e}")
-            return CloudView()
+            self._view = CloudView()
+        return self._view
 
     def _warn(self, message: str) -> None:
         logger.warning(message)

@@ -179,3 +179,21 @@ def test_each_unit_publishes_its_own_machine_record(storage_networks):
     assert mine.machine == "machine-7"
     assert mine.roles == ("storage",)
     assert set(mine.subnets) == {Network.MANAGEMENT, Network.STORAGE, Network.STORAGE_CLUSTER}
+
+
+def test_the_leader_applies_the_view_it_has_just_aggregated(storage_networks, fake_host):
+    rack2 = dump(record("machine-9", storage_cluster=["10.60.1.0/24"]))
+    peers = testing.PeerRelation("cluster", peers_data={1: peer_bag(rack2)})
+    ctx = context()
+    st = testing.State(networks=storage_networks, relations=[storage_node(), peers], leader=True)
+    ctx.run(ctx.on.config_changed(), st)
+    assert "10.60.1.0/24" in (fake_host.applied_state.nftables or "")
+
+
+def test_update_status_does_not_make_the_leader_reread_its_peers(storage_networks):
+    evil = '{"machine": "m666", "subnets": {"storage-cluster": ["0.0.0.0/0"]}}'
+    peers = testing.PeerRelation("cluster", peers_data={3: peer_bag(evil)})
+    ctx = context()
+    st = testing.State(networks=storage_networks, relations=[storage_node(), peers], leader=True)
+    assert "ignored data" in str(ctx.run(ctx.on.config_changed(), st).unit_status)
+    assert "ignored data" not in str(ctx.run(ctx.on.update_status(), st).unit_status)
