@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -458,37 +459,44 @@ def test_off_only_removes_our_table(maas: Topology):
     ]
 
 
+def _control_node(
+    extra_v4: int, extra_v6: int = 0, config: Mapping[str, object] | None = None
+) -> MachinePlan:
+    """A control node of a six-space cloud whose storage space has extra subnets."""
+    spaces = {
+        name: [f"10.{n}0.0.0/24", f"fd00:{n}0::/64"]
+        for n, name in enumerate(("oam", "int", "pub", "ten", "cph", "rep"), start=1)
+    }
+    spaces["cph"] += [f"10.5.{k // 256}.{k % 256}/32" for k in range(extra_v4)]
+    spaces["cph"] += [f"fd00:5::{k:x}:0/112" for k in range(extra_v6)]
+    topology = Topology.model_validate(
+        {
+            "spaces": spaces,
+            "bindings": {
+                "data": "ten",
+                "internal": "int",
+                "management": "oam",
+                "public": "pub",
+                "storage": "cph",
+                "storage-cluster": "rep",
+            },
+            "config": {"client-cidrs": "192.0.2.0/24", **(config or {})},
+            "machines": {
+                "m": {
+                    "roles": ["control"],
+                    "interfaces": {f"enp{n}s0": [f"10.{n}0.0.5/24"] for n in range(1, 7)},
+                }
+            },
+        }
+    )
+    return _plan(topology, "m")
+
+
 def test_rule_count_does_not_grow_with_subnets():
     """1 subnet per family in the storage space, then 1,000 more of each: same rules."""
 
     def plan(count: int) -> MachinePlan:
-        spaces = {
-            name: [f"10.{n}0.0.0/24", f"fd00:{n}0::/64"]
-            for n, name in enumerate(("oam", "int", "pub", "ten", "cph", "rep"), start=1)
-        }
-        spaces["cph"] += [f"10.5.{k // 256}.{k % 256}/32" for k in range(count)]
-        spaces["cph"] += [f"fd00:5::{k:x}:0/112" for k in range(count)]
-        topology = Topology.model_validate(
-            {
-                "spaces": spaces,
-                "bindings": {
-                    "data": "ten",
-                    "internal": "int",
-                    "management": "oam",
-                    "public": "pub",
-                    "storage": "cph",
-                    "storage-cluster": "rep",
-                },
-                "config": {"client-cidrs": "192.0.2.0/24"},
-                "machines": {
-                    "m": {
-                        "roles": ["control"],
-                        "interfaces": {f"enp{n}s0": [f"10.{n}0.0.5/24"] for n in range(1, 7)},
-                    }
-                },
-            }
-        )
-        return _plan(topology, "m")
+        return _control_node(count, count)
 
     small, large = plan(0), plan(1000)
     assert len(large.domain_of(Network.STORAGE).subnets) == 2002
@@ -632,36 +640,11 @@ def test_strict_rule_count_constant_in_subnets_and_ports():
     """1 subnet and no extra port, then 1,000 more subnets and 1,000 port ranges: same rules."""
 
     def plan(count: int, strict: bool = True) -> MachinePlan:
-        spaces = {
-            name: [f"10.{n}0.0.0/24", f"fd00:{n}0::/64"]
-            for n, name in enumerate(("oam", "int", "pub", "ten", "cph", "rep"), start=1)
-        }
-        spaces["cph"] += [f"10.5.{k // 256}.{k % 256}/32" for k in range(count)]
         ports = ",".join(f"tcp:{20000 + 3 * k}-{20001 + 3 * k}" for k in range(count))
-        config: dict[str, object] = {"client-cidrs": "192.0.2.0/24", "strict-ports": strict}
+        config: dict[str, object] = {"strict-ports": strict}
         if count:
             config["extra-ports"] = f"internal={ports} public={ports.replace('tcp', 'udp')}"
-        topology = Topology.model_validate(
-            {
-                "spaces": spaces,
-                "bindings": {
-                    "data": "ten",
-                    "internal": "int",
-                    "management": "oam",
-                    "public": "pub",
-                    "storage": "cph",
-                    "storage-cluster": "rep",
-                },
-                "config": config,
-                "machines": {
-                    "m": {
-                        "roles": ["control"],
-                        "interfaces": {f"enp{n}s0": [f"10.{n}0.0.5/24"] for n in range(1, 7)},
-                    }
-                },
-            }
-        )
-        return _plan(topology, "m")
+        return _control_node(count, config=config)
 
     small, large = plan(0), plan(1000)
     views = [firewall_view(small), firewall_view(large)]
