@@ -48,6 +48,7 @@ NETPLAN_TEMPLATE = "netplan.yaml.j2"
 
 # Always accepted from the management subnets and client-cidrs, before any drop.
 FAILSAFE_TCP_PORT = 22
+IPV6_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
 
 # Routing table of a domain: 100 + the index, in the fixed network order (data, internal,
 # management, public, storage, storage-cluster), of the domain's first network. So `data` is
@@ -636,12 +637,14 @@ def _group_section(
     rules: list[NftRule] = []
     parts: list[str] = []
     if not (public and strict):  # strict public: the any-source accepts below cover it
+        # IPv6 link-local sources (DHCPv6 servers, routers) are on this very link: never
+        # another network's traffic, since no router forwards them.
         rules += [
             build.accept("in", interfaces=nics, addresses=a, extra=service)
-            for a in build.address_sets(f"net_{group.label}", own)
+            for a in build.address_sets(f"net_{group.label}", [*own, IPV6_LINK_LOCAL])
             for service in services
         ]
-        parts.append(f"own subnets{accept}")
+        parts.append(f"own subnets and IPv6 link-local{accept}")
     rules += [
         build.drop("in", counter, what, interfaces=nics, addresses=a)
         for a in build.address_sets(f"cross_{group.label}", exclude(others, own))

@@ -985,3 +985,19 @@ def test_missing_tool_fails_under_ci(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="Debian package 'netplan.io'"):
         missing_tool("netplan")
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_ipv6_link_local_is_accepted_on_allowed_interfaces(maas: Topology, strict: bool):
+    plan = _plan(maas, "compute-1")
+    if strict:
+        plan = _strict(plan)
+    view = firewall_view(plan)
+    # enp2s0 is compute-1's internal NIC: a DHCPv6 server or router on that link is fine
+    assert verdict(view, "input", "enp2s0", "fe80::1", 547, "udp") == (
+        "drop" if strict else "accept"
+    )
+    # tcp/8775 (Nova metadata) is in compute's internal catalogue, so strict mode keeps it
+    assert verdict(view, "input", "enp2s0", "fe80::1", 8775) == "accept"
+    # an interface that belongs to no cloud network is not decided by this table
+    assert verdict(view, "input", "tap0", "fe80::1", 22) == "accept"
