@@ -28,17 +28,17 @@ its allowed domains that the machine's roles allow, the port table's ports of th
 plus `extra-ports` for that network, plus what the machine's principals declared for it.
 Every other packet arriving on that NIC is dropped; rules 1-5 and 7 do not change (tcp/22
 from a source that is neither management nor a client is therefore dropped on such a NIC).
-Output: to a denied domain's subnets, or out of a denied NIC: drop; nothing else.
+Output: replies to connections the input chain let in are let out first (so the failsafe's
+replies too); otherwise, to a denied domain's subnets, or out of a denied NIC: drop.
 Audit: the same, but a drop only counts; the packet goes on. Off: no table.
-The failsafe's replies are let out too (it is "always accepted").
 
 Consequences the bed makes visible (the kernel's, not a choice of ours):
 - IPv6 needs neighbour discovery: a host answers a neighbour solicitation with an
   advertisement sent out of the NIC that holds the address. Out of a denied NIC that
   advertisement is dropped, so nothing reaches an IPv6 address on a denied NIC, not even
   the failsafe. (ARP is not IP: nftables' inet family never sees it, so IPv4 is unaffected.)
-- Replies (ct established) pass input; on the way out they meet the output rules like any
-  packet, so a reply towards a denied domain would be dropped.
+- Replies (ct established) pass input, and replies leave by the output chain's first rules:
+  only a new packet this host sends meets the output drops.
 """
 
 from __future__ import annotations
@@ -398,10 +398,9 @@ class Oracle:
         meet(flow.dst, "in", why if verdict == "drop" else None)
         request_dropped = first_drop is not None
         if not flow.spoofed and not request_dropped:
-            # The reply: out of the destination (output rules; the failsafe's replies are
-            # always let out), then into the source (established: accepted).
-            if why != "failsafe tcp/22":
-                meet(flow.dst, "out", self._output(flow.dst, flow.src_addr))
+            # The reply: out of the destination (replies to what the input chain let in are
+            # always let out), then into the source (established: accepted); only the
+            # source's neighbour advertisement can still be lost.
             if flow.src in self.cloud.machines:
                 meet(flow.src, "out", self._neighbour(flow.src, flow.src_addr))
         if first_drop is not None:
