@@ -485,13 +485,18 @@ def _names(networks: Iterable[Network]) -> str:
     return "+".join(n.value for n in sorted(set(networks), key=NETWORKS.index))
 
 
-def _header(plan: MachinePlan, what: str) -> list[str]:
+def _header(plan: MachinePlan, what: str, *, firewall: bool) -> list[str]:
+    """The generated file's comment header.
+
+    The netplan one leaves out the enforcement mode, which does not change routing, so that
+    switching modes does not rewrite the file (and run `netplan apply`).
+    """
+    mode = f"; enforcement: {plan.config.enforcement}" if firewall else ""
     lines = [
         f"network-isolation: {what} of machine '{plan.machine}'.",
         "Generated from the machine's plan by the network-isolation charm: do not edit,",
         "every reconcile overwrites it.",
-        f"roles: {', '.join(plan.roles) or 'none'}; isolation: {plan.isolation.level};"
-        f" enforcement: {plan.config.enforcement}",
+        f"roles: {', '.join(plan.roles) or 'none'}; isolation: {plan.isolation.level}{mode}",
     ]
     if plan.status != "active":
         lines.append(f"WARNING: the plan is {plan.status}: {plan.message}")
@@ -519,7 +524,7 @@ def firewall_view(plan: MachinePlan, ports: PortMap | None = None) -> FirewallVi
     `strict_ports`); without it, `ports` is ignored.
     """
     enforcement: Enforcement = plan.config.enforcement
-    header = _header(plan, "nftables ruleset")
+    header = _header(plan, "nftables ruleset", firewall=True)
     header += [
         f"`nft -f` loads it as one transaction: it creates table {TABLE_FAMILY} {TABLE_NAME}"
         " if missing,",
@@ -912,7 +917,7 @@ def routing_view(plan: MachinePlan) -> RoutingView | None:
         )
         if members:
             sections.append((kind, members))
-    header = _header(plan, "policy routing")
+    header = _header(plan, "policy routing", firewall=False)
     header += [
         "netplan merges it after 50-cloud-init.yaml (MAAS): it adds routes and rules to the",
         "interfaces defined there and never redefines their addresses.",

@@ -1001,3 +1001,18 @@ def test_ipv6_link_local_is_accepted_on_allowed_interfaces(maas: Topology, stric
     assert verdict(view, "input", "enp2s0", "fe80::1", 8775) == "accept"
     # an interface that belongs to no cloud network is not decided by this table
     assert verdict(view, "input", "tap0", "fe80::1", 22) == "accept"
+
+
+def test_the_enforcement_mode_does_not_touch_the_netplan_file(maas: Topology):
+    """Switching to audit or off must not rewrite the netplan file (no `netplan apply`)."""
+    plan = _plan(maas, "storage-3")
+    files = {
+        mode: render(
+            plan.model_copy(
+                update={"config": plan.config.model_copy(update={"enforcement": mode})}
+            )
+        )
+        for mode in ("enforce", "audit", "off")
+    }
+    assert len({a.netplan for a in files.values()}) == 1
+    assert len({a.nftables for a in files.values()}) == 3

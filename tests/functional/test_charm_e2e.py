@@ -1,0 +1,596 @@
+"""The charm's apply path end to end: ops.testing drives the charm, the real Host applies.
+
+`NetworkIsolationCharm` runs under ops.testing as unit 0 of the charm on machine compute-1 of
+examples/microstack-maas.yaml: its six bindings, its principal (over `compute-node`) and the
+`cluster` peers storage-1 and control-1, whose records give the cloud's storage-cluster and
+public subnets. `charm.Host` is patched to a factory of the REAL `Host` with:
+
+- a temporary root holding MAAS's `etc/netplan/50-cloud-init.yaml` for compute-1, and the
+  state directory (NETWORK_ISOLATION_STATE_DIR) under it;
+- a runner that runs `nft` in the network namespace `ni-e2e-m-*` (the machine: its NIC
+  `enp1s0` at 10.10.0.21/24, default route via 10.10.0.1), the real `netplan generate` (it
+  writes only under its --root-dir) and the read-only `ip -j route show default` in that
+  namespace too; `netplan apply`, `systemctl` and `systemd-run` are faked (they would touch
+  this machine) and any other command is refused;
+- the real TCP probe, run inside the machine's namespace.
+
+A veth joins the machine to `ni-e2e-p-*`, which holds the gateway (10.10.0.1: nothing on port
+22, it answers with a reset), the Juju controller (10.10.0.2:17070, a listener) and storage-1's
+storage-cluster address (10.60.0.31, the source of the denied packets). A third namespace,
+`ni-e2e-s-*`, only loads the rendered ruleset to compare the kernel's view of it. A foreign
+`inet lxd` table is loaded in the machine's namespace first and must stay byte-identical.
+
+This machine's own ruleset and policy routing are never touched: checked at the end. Needs
+root, nft, ip, netplan and ops[testing]: skipped with a message without them, failed under
+CI=true.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ops
+import pytest
+import yaml
+from ops import testing
+
+import charm
+from charm import NetworkIsolationCharm
+from network_isolation.host import Host, ProbeTarget, Result, Tools, tcp_probe
+from network_isolation.model import Network
+from network_isolation.peers import MachineRecord, dump
+
+from .conftest import MAAS, need
+
+TOOLS = Tools()  # what the charm's Host calls: the runner below answers for these paths
+IP = next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip") if Path(p).exists()), "ip")
+SUFFIX = f"{os.getpid()}-{secrets.token_hex(2)}"
+MACHINE_NS, PEER_NS, SCRATCH_NS = (f"ni-e2e-{r}-{SUFFIX}" for r in ("m", "p", "s"))
+MACHINE_ID = "21"
+UNIT = 0
+
+CLOUD: dict[str, Any] = yaml.safe_load(MAAS.read_text())
+MACHINE = "compute-1"
+# Addresses in the namespaces, all from the example cloud.
+MACHINE_ADDRESS = "10.10.0.21"  # compute-1 on management (enp1s0)
+GATEWAY_ADDRESS = "10.10.0.1"  # the management subnet's gateway
+CONTROLLER_ADDRESS, CONTROLLER_PORT = "10.10.0.2", 17070
+STORAGE_CLUSTER_SOURCE = "10.60.0.31"  # storage-1 on storage-cluster: compute may not hear it
+SERVICE_PORT = 8080  # a listener on the machine, the target of the probes below
+CONFIG: dict[str, str | int | bool] = {"client-cidrs": CLOUD["config"]["client-cidrs"]}
+
+FOREIGN = """\
+table inet lxd {
+	set allowed {
+		type ipv4_addr
+		elements = { 203.0.113.5 }
+	}
+
+	chain pstrt {
+		type filter hook input priority -10; policy accept;
+		ip saddr @allowed accept
+	}
+}
+"""
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+# -- the example cloud, as Juju would show it to the charm -------------------------------------
+
+
+def addresses_by_network(machine: str) -> dict[str, list[tuple[str, IPInterface]]]:
+    """Binding name -> [(interface, address)] of a machine, from the spaces of its subnets."""
+    spaces = CLOUD["spaces"]
+    interfaces: dict[str, list[str]] = CLOUD["machines"][machine]["interfaces"]
+    found: dict[str, list[tuple[str, IPInterface]]] = {}
+    for binding, space in CLOUD["bindings"].items():
+        subnets = [ipaddress.ip_network(s) for s in spaces[space]["subnets"]]
+        found[binding] = [
+            (nic, address)
+            for nic, values in interfaces.items()
+            for address in map(ipaddress.ip_interface, values)
+            if any(address.ip in subnet for subnet in subnets)
+        ]
+    return found
+
+
+def bindings(machine: str) -> list[testing.Network]:
+    """All six bindings, as `network-get` gives them (none for a space the machine is not in)."""
+    networks: list[testing.Network] = []
+    for name, found in addresses_by_network(machine).items():
+        nics = sorted({nic for nic, _ in found})
+        networks.append(
+            testing.Network(
+                name,
+                bind_addresses=[
+                    testing.BindAddress(
+                        [
+                            testing.Address(str(a.ip), cidr=str(a.network))
+                            for n, a in found
+                            if n == nic
+                        ],
+                        interface_name=nic,
+                    )
+                    for nic in nics
+                ],
+                ingress_addresses=[str(a.ip) for _, a in found],
+                egress_subnets=sorted({str(a.network) for _, a in found}),
+            )
+        )
+    assert len(networks) == 6
+    return networks
+
+
+def peer_record(machine: str, number: int) -> str:
+    """What the charm's unit on another machine publishes in the `cluster` relation."""
+    return dump(
+        MachineRecord(
+            machine=f"machine-{number}",
+            roles=tuple(CLOUD["machines"][machine]["roles"]),
+            subnets={
+                Network(net): tuple(sorted({a.network for _, a in found}, key=str))
+                for net, found in addresses_by_network(machine).items()
+                if found
+            },
+        )
+    )
+
+
+def cloud_init(machine: str) -> str:
+    """What MAAS writes in 50-cloud-init.yaml for a machine of the example cloud."""
+    interfaces = CLOUD["machines"][machine]["interfaces"]
+    ethernets = {name: {"addresses": list(values)} for name, values in interfaces.items()}
+    return yaml.safe_dump({"network": {"version": 2, "ethernets": ethernets}})
+
+
+def first_state() -> testing.State:
+    peers = testing.PeerRelation(
+        "cluster",
+        peers_data={
+            1: {"machine": peer_record("storage-1", 31)},
+            2: {"machine": peer_record("control-1", 11)},
+        },
+    )
+    return testing.State(
+        leader=True,
+        config=dict(CONFIG),
+        networks=bindings(MACHINE),
+        relations=[
+            testing.SubordinateRelation("compute-node", remote_app_name="openstack-hypervisor"),
+            peers,
+        ],
+    )
+
+
+# -- namespaces --------------------------------------------------------------------------------
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+
+def nft_in(namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh(IP, "netns", "exec", namespace, TOOLS.nft, *args, check=check)
+
+
+def our_table(namespace: str = MACHINE_NS) -> str | None:
+    done = nft_in(namespace, "list", "table", "inet", "network_isolation", check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+def foreign() -> str:
+    """The foreign table with its handles: a delete and re-create would show."""
+    return nft_in(MACHINE_NS, "-a", "list", "table", "inet", "lxd").stdout
+
+
+def _without_handles(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_handles(v) for k, v in value.items() if k != "handle"}  # pyright: ignore[reportUnknownVariableType]
+    if isinstance(value, list):
+        return [_without_handles(v) for v in value]  # pyright: ignore[reportUnknownVariableType]
+    return value
+
+
+def table_json(namespace: str) -> list[Any]:
+    """`nft -j -s list table` of our table, handles and metainfo left out."""
+    done = nft_in(namespace, "-j", "-s", "list", "table", "inet", "network_isolation")
+    items: list[Any] = json.loads(done.stdout)["nftables"]
+    return [_without_handles(i) for i in items if "metainfo" not in i]
+
+
+T = TypeVar("T")
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def in_netns(namespace: str, work: Callable[[], T]) -> T:
+    """Run work in a thread that has joined a network namespace (threads it starts do too)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {namespace}")
+            finally:
+                os.close(fd)
+            outcome["value"] = work()
+        except BaseException as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def listen(namespace: str, address: str, port: int) -> socket.socket:
+    """A TCP listener in a namespace; the kernel completes handshakes without accept()."""
+
+    def make() -> socket.socket:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((address, port))
+        server.listen(256)
+        return server
+
+    return in_netns(namespace, make)
+
+
+def connects(source: str, port: int = SERVICE_PORT, timeout: float = 0.5) -> bool:
+    """Whether a TCP connection from `source` (in the peer namespace) to the machine opens."""
+
+    def attempt() -> bool:
+        with socket.socket() as client:
+            client.settimeout(timeout)
+            client.bind((source, 0))
+            try:
+                client.connect((MACHINE_ADDRESS, port))
+            except OSError:
+                return False
+            return True
+
+    return in_netns(PEER_NS, attempt)
+
+
+def host_snapshot() -> tuple[str, str]:
+    """This machine's own ruleset and policy routing: the test must leave both as they were."""
+    return (
+        sh(TOOLS.nft, "-s", "list", "ruleset", check=False).stdout,
+        sh(IP, "rule", "show", check=False).stdout,
+    )
+
+
+def build_namespaces() -> None:
+    for namespace in (MACHINE_NS, PEER_NS, SCRATCH_NS):
+        sh(IP, "netns", "add", namespace)
+        sh(IP, "-n", namespace, "link", "set", "lo", "up")
+    # Temporary names, made in the namespaces directly: nothing appears on this machine, and a
+    # NIC of this machine that is also called enp1s0 is no obstacle.
+    machine_end, peer_end = f"nie{SUFFIX[-4:]}m", f"nie{SUFFIX[-4:]}p"
+    sh(IP, "link", "add", machine_end, "netns", MACHINE_NS, "type", "veth",
+       "peer", "name", peer_end, "netns", PEER_NS)  # fmt: skip
+    sh(IP, "-n", MACHINE_NS, "link", "set", machine_end, "name", "enp1s0")
+    sh(IP, "-n", MACHINE_NS, "addr", "add", f"{MACHINE_ADDRESS}/24", "dev", "enp1s0")
+    sh(IP, "-n", MACHINE_NS, "link", "set", "enp1s0", "up")
+    sh(IP, "-n", MACHINE_NS, "route", "add", "default", "via", GATEWAY_ADDRESS)
+    for address in (f"{GATEWAY_ADDRESS}/24", f"{CONTROLLER_ADDRESS}/24"):
+        sh(IP, "-n", PEER_NS, "addr", "add", address, "dev", peer_end)
+    sh(IP, "-n", PEER_NS, "addr", "add", f"{STORAGE_CLUSTER_SOURCE}/32", "dev", peer_end)
+    sh(IP, "-n", PEER_NS, "link", "set", peer_end, "up")
+
+
+# -- the boundary ------------------------------------------------------------------------------
+
+
+class Boundary:
+    """The Host's runner: nft in the machine's namespace; what would touch this machine, faked."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.calls: list[list[str]] = []
+        self.refused: list[list[str]] = []
+        self.netplan_applies = 0
+
+    def nft_calls(self, since: int = 0) -> list[list[str]]:
+        return [c for c in self.calls[since:] if c[0] == TOOLS.nft]
+
+    def run(self, argv: Sequence[str]) -> Result:
+        argv = list(argv)
+        self.calls.append(argv)
+        tool, args = argv[0], argv[1:]
+        if tool == TOOLS.nft:
+            return self._real([IP, "netns", "exec", MACHINE_NS, *argv])
+        if tool == TOOLS.netplan and args[:1] == ["generate"] and "--root-dir" in args:
+            return self._real(argv)  # writes only under its --root-dir
+        if tool == TOOLS.netplan and args == ["apply"]:
+            self.netplan_applies += 1
+            return Result(0)
+        if tool in (TOOLS.systemctl, TOOLS.systemd_run):
+            return self._systemd(args)
+        if tool == TOOLS.ip and args in (
+            ["-j", v, "route", "show", "default"] for v in ("-4", "-6")
+        ):
+            return self._real([IP, "-n", MACHINE_NS, *args])  # read-only, in the namespace
+        self.refused.append(argv)
+        return Result(127, "", f"{tool}: refused by the test")
+
+    @staticmethod
+    def _real(argv: list[str]) -> Result:
+        env = {**os.environ, "LC_ALL": "C"}
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def _systemd(self, args: list[str]) -> Result:
+        wants = self.root / "etc/systemd/system/sysinit.target.wants"
+        if args[:1] == ["enable"]:
+            wants.mkdir(parents=True, exist_ok=True)
+            (wants / args[1]).unlink(missing_ok=True)
+            (wants / args[1]).symlink_to(f"/etc/systemd/system/{args[1]}")
+        elif args[:1] == ["disable"]:
+            (wants / args[1]).unlink(missing_ok=True)
+        return Result(0)
+
+
+class NsProbe:
+    """The real TCP probe, from inside the machine's namespace; records what it was given."""
+
+    def __init__(self) -> None:
+        self.targets: list[list[str]] = []
+
+    def __call__(self, targets: Sequence[ProbeTarget], budget: float) -> Mapping[ProbeTarget, str]:
+        self.targets.append([str(t) for t in targets])
+        return in_netns(
+            MACHINE_NS, lambda: tcp_probe(targets, budget, connect_timeout=0.5, interval=0.2)
+        )
+
+
+def refuse_install(packages: Sequence[str]) -> None:
+    raise AssertionError(f"the test never installs packages: {packages}")
+
+
+@dataclasses.dataclass
+class Bed:
+    root: Path
+    state: Path
+    runner: Boundary
+    probe: NsProbe
+    make_host: Callable[..., Host]
+
+    def files(self) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(self.root)): p.read_bytes()
+            for p in sorted(self.root.rglob("*"))
+            if p.is_file() and not p.is_symlink()
+        }
+
+
+@pytest.fixture
+def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
+    if not hasattr(testing, "Context"):
+        need("ops.testing has no Context: add ops[testing] to the functional dependency group")
+    if os.geteuid() != 0:
+        need("the charm end-to-end test needs root to create network namespaces (ip netns)")
+    for tool in (TOOLS.nft, IP, TOOLS.netplan):
+        if not Path(tool).exists():
+            need(f"missing {tool}: apt-get install nftables iproute2 netplan.io")
+    root = tmp_path / "root"
+    (root / "etc/netplan").mkdir(parents=True)
+    (root / "etc/netplan/50-cloud-init.yaml").write_text(cloud_init(MACHINE))
+    (root / "etc/netplan/50-cloud-init.yaml").chmod(0o600)
+    state = root / "var/lib/network-isolation"
+    monkeypatch.setenv("NETWORK_ISOLATION_STATE_DIR", str(state))
+    monkeypatch.setenv("JUJU_API_ADDRESSES", f"{CONTROLLER_ADDRESS}:{CONTROLLER_PORT}")
+    runner, probe = Boundary(root), NsProbe()
+
+    def make_host(*_: object, state: Path | None = None, **__: object) -> Host:
+        return Host(
+            root,
+            runner,
+            probe=probe,
+            state=state,
+            installer=refuse_install,
+            rollback_after=120,
+            probe_budget=2.0,
+            baseline_budget=1.0,
+        )
+
+    monkeypatch.setattr(charm, "Host", make_host)
+    own = host_snapshot()
+    sockets: list[socket.socket] = []
+    try:
+        build_namespaces()
+        sockets.append(listen(PEER_NS, CONTROLLER_ADDRESS, CONTROLLER_PORT))
+        sockets.append(listen(MACHINE_NS, MACHINE_ADDRESS, SERVICE_PORT))
+        foreign_file = tmp_path / "foreign.nft"
+        foreign_file.write_text(FOREIGN)
+        nft_in(MACHINE_NS, "-f", str(foreign_file))
+        yield Bed(root, state, runner, probe, make_host)
+    finally:
+        for server in sockets:
+            server.close()
+        for namespace in (MACHINE_NS, PEER_NS, SCRATCH_NS):
+            sh(IP, "netns", "del", namespace, check=False)
+    assert host_snapshot() == own, "this machine's own ruleset or policy routing changed"
+
+
+# -- the charm's life on compute-1 -------------------------------------------------------------
+
+
+def context(unit_id: int = UNIT) -> testing.Context[NetworkIsolationCharm]:
+    return testing.Context(NetworkIsolationCharm, machine_id=MACHINE_ID, unit_id=unit_id)
+
+
+def rendered(ctx: testing.Context[NetworkIsolationCharm], state: testing.State) -> dict[str, str]:
+    """What the charm renders for a state (its show-plan action: applies nothing)."""
+    ctx.run(ctx.on.action("show-plan"), state)
+    return dict(ctx.action_results or {})
+
+
+def counters(ctx: testing.Context[NetworkIsolationCharm], state: testing.State) -> dict[str, Any]:
+    ctx.run(ctx.on.action("show-counters"), state)
+    return json.loads((ctx.action_results or {})["counters"])
+
+
+def counter_names(nftables: str) -> set[str]:
+    return set(re.findall(r"^\tcounter (\w+) \{$", nftables, re.MULTILINE))
+
+
+def verdicts(table: list[Any], verdict: str) -> list[Any]:
+    """The rules of a table (as `table_json` lists it) with a `verdict` (drop, goto...)."""
+    return [
+        item["rule"]
+        for item in table
+        if "rule" in item and any(verdict in expr for expr in item["rule"]["expr"])
+    ]
+
+
+def loaded_like(nftables: str, tmp_path: Path) -> list[Any]:
+    """The kernel's view of a ruleset loaded alone in the scratch namespace."""
+    path = tmp_path / "rendered.nft"
+    path.write_text(nftables)
+    nft_in(SCRATCH_NS, "-f", str(path))
+    return table_json(SCRATCH_NS)
+
+
+def test_config_changed_audit_off_and_remove_drive_the_real_host(bed: Bed, tmp_path: Path):
+    began = time.monotonic()
+    foreign_before = foreign()
+    start_files = bed.files()
+    ctx = context()
+
+    # config-changed: the charm loads its table into the machine's namespace
+    out = ctx.run(ctx.on.config_changed(), first_state())
+    assert isinstance(out.unit_status, ops.ActiveStatus), out.unit_status
+    calls = len(bed.runner.calls)
+    want = rendered(ctx, out)  # (the leader's cloud view is in the databag from now on)
+    assert bed.runner.calls[calls:] == [], "show-plan ran a command"
+    assert our_table() is not None
+    assert table_json(MACHINE_NS) == loaded_like(want["nftables"], tmp_path)
+    assert "10.60.0.0/24" in want["nftables"]  # storage-1's subnet came over the peer relation
+    host = bed.make_host(state=bed.state)
+    assert host.drift() is None
+    assert (bed.state / "ruleset.nft").read_text() == want["nftables"]
+    netplan = bed.root / "etc/netplan/90-network-isolation.yaml"
+    assert netplan.read_text() == want["netplan"] and netplan.stat().st_mode & 0o777 == 0o600
+    assert bed.runner.netplan_applies == 1
+    assert bed.probe.targets[0] == [
+        f"juju controller {CONTROLLER_ADDRESS}:{CONTROLLER_PORT}",
+        f"gateway {GATEWAY_ADDRESS}:22",
+    ]
+    assert bed.probe.targets[-1] == bed.probe.targets[0]  # both answered before and after
+    assert rendered(ctx, out)["diff"] == "(none: this plan is what is applied)"
+    assert foreign() == foreign_before
+
+    # the same config again: nothing to do, not a single nft command (nor any other)
+    calls = len(bed.runner.calls)
+    out = ctx.run(ctx.on.config_changed(), out)
+    assert isinstance(out.unit_status, ops.ActiveStatus), out.unit_status
+    assert bed.runner.calls[calls:] == []
+
+    # a second unit of the charm on the machine (another principal) agrees: nothing to do
+    other = context(5)
+    cluster = out.get_relations("cluster")[0]
+    assert isinstance(cluster, testing.PeerRelation)
+    other_state = testing.State(
+        config=dict(CONFIG),
+        networks=bindings(MACHINE),
+        relations=[
+            testing.SubordinateRelation("compute-node", remote_app_name="sunbeam-machine"),
+            testing.PeerRelation("cluster", local_app_data=dict(cluster.local_app_data)),
+        ],
+    )
+    other_out = other.run(other.on.config_changed(), other_state)
+    assert isinstance(other_out.unit_status, ops.ActiveStatus), other_out.unit_status
+    assert bed.runner.calls[calls:] == []
+
+    # enforce: a packet from storage-1's storage-cluster address is dropped, and counted
+    names = counter_names(want["nftables"])
+    seen = counters(ctx, out)
+    assert set(seen) == names and "drop_in_storage_cluster" in names
+    assert connects(CONTROLLER_ADDRESS), "management traffic must pass"
+    assert not connects(STORAGE_CLUSTER_SOURCE), "storage-cluster traffic must be dropped"
+    after = counters(ctx, out)
+    assert after["drop_in_storage_cluster"]["packets"] > seen["drop_in_storage_cluster"]["packets"]
+    netplan_applies = {"enforce": bed.runner.netplan_applies}
+
+    # drift: a rule added behind the charm's back; update-status puts the ruleset back
+    nft_in(MACHINE_NS, "add", "rule", "inet", "network_isolation", "input", "tcp", "dport",
+           "11", "drop")  # fmt: skip
+    assert host.drift() == "table inet network_isolation differs from the applied ruleset"
+    out = ctx.run(ctx.on.update_status(), out)
+    assert isinstance(out.unit_status, ops.ActiveStatus), out.unit_status
+    assert "drift repaired: table inet network_isolation differs" in out.unit_status.message
+    assert table_json(MACHINE_NS) == loaded_like(want["nftables"], tmp_path)
+    assert host.drift() is None
+
+    # enforcement=audit: the table is replaced; it counts but drops nothing
+    out = ctx.run(
+        ctx.on.config_changed(),
+        dataclasses.replace(out, config={**CONFIG, "enforcement": "audit"}),
+    )
+    assert isinstance(out.unit_status, ops.ActiveStatus), out.unit_status
+    audit = rendered(ctx, out)["nftables"]
+    live = table_json(MACHINE_NS)
+    assert live == loaded_like(audit, tmp_path)
+    assert verdicts(live, "drop") == [] and verdicts(table_json(SCRATCH_NS), "goto")
+    assert {i["counter"]["name"] for i in live if "counter" in i} == names
+    assert host.drift() is None
+    seen = counters(ctx, out)
+    assert set(seen) == names
+    assert seen["drop_in_storage_cluster"]["packets"] == 0  # a new table: new counters
+    assert connects(STORAGE_CLUSTER_SOURCE), "audit must let the packet through"
+    assert counters(ctx, out)["drop_in_storage_cluster"]["packets"] >= 1
+    assert foreign() == foreign_before
+    netplan_applies["audit"] = bed.runner.netplan_applies
+
+    # enforcement=off: our table goes; show-counters has nothing to show
+    out = ctx.run(
+        ctx.on.config_changed(), dataclasses.replace(out, config={**CONFIG, "enforcement": "off"})
+    )
+    assert isinstance(out.unit_status, ops.ActiveStatus), out.unit_status
+    assert our_table() is None
+    assert host.drift() is None
+    assert counters(ctx, out) == {}
+    assert foreign() == foreign_before
+    netplan_applies["off"] = bed.runner.netplan_applies
+
+    # enforce again, then the charm leaves: the table, the netplan file and the state go
+    out = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, config=dict(CONFIG)))
+    assert isinstance(out.unit_status, ops.ActiveStatus), out.unit_status
+    assert table_json(MACHINE_NS) == loaded_like(want["nftables"], tmp_path)
+    assert not connects(STORAGE_CLUSTER_SOURCE)
+    other.run(other.on.remove(), other_out)
+    assert our_table() is not None, "the other unit of the charm still runs on the machine"
+    assert netplan.exists()
+    applies = bed.runner.netplan_applies
+    ctx.run(ctx.on.remove(), out)
+    assert our_table() is None
+    assert bed.runner.netplan_applies == applies + 1
+    assert bed.files() == start_files
+    assert not bed.state.exists()
+    assert not list(bed.root.rglob("*network-isolation*"))
+    assert connects(STORAGE_CLUSTER_SOURCE)
+    assert foreign() == foreign_before
+    assert bed.runner.refused == []
+    took = time.monotonic() - began
+    print(f"charm end to end: {took:.1f} s, {len(bed.runner.calls)} commands")
+    print(f"netplan applies (cumulative) after each phase: {netplan_applies}")
+    assert took < 20
