@@ -6,7 +6,8 @@ tox with the given arguments:
 
 - tox and tox-uv, in a virtual environment of their own (`.venv-tox/`);
 - as root, the Debian/Ubuntu packages the functional tests drive for real (nftables,
-  netplan.io, iproute2, iperf3, socat) and python3-venv where `python3 -m venv` is missing.
+  netplan.io, iproute2, iperf3, socat), and python3-venv where python3 cannot make a venv
+  with pip.
 
 `python3 tools/tox.py -e plan` shows the plan of the example cloud; `python3 tools/tox.py`
 runs every test.
@@ -61,12 +62,21 @@ def _apt_install(packages: list[str]) -> None:
 
 
 def _ensure_system_packages() -> None:
-    missing = sorted({pkg for cmd, pkg in SYSTEM_TOOLS.items() if not _have_tool(cmd)})
+    _apt_install(sorted({pkg for cmd, pkg in SYSTEM_TOOLS.items() if not _have_tool(cmd)}))
+
+
+def _create_venv() -> None:
+    """A venv with pip; Debian and Ubuntu ship pip for venvs separately, in python3-venv."""
     try:
-        import ensurepip  # noqa: F401
-    except ImportError:
-        missing.append("python3-venv")
-    _apt_install(missing)
+        venv.EnvBuilder(with_pip=True, clear=True).create(TOX_VENV)
+    except (subprocess.CalledProcessError, OSError):
+        _say("python3 cannot create a venv with pip; installing python3-venv")
+        _apt_install(["python3-venv"])
+        try:
+            venv.EnvBuilder(with_pip=True, clear=True).create(TOX_VENV)
+        except (subprocess.CalledProcessError, OSError) as e:
+            _say(f"cannot create {TOX_VENV.name} ({e}): install python3-venv as root")
+            raise SystemExit(2) from None
 
 
 def _ensure_tox() -> Path:
@@ -74,7 +84,7 @@ def _ensure_tox() -> Path:
     if tox.exists():
         return tox
     _say(f"creating {TOX_VENV.name} with {' '.join(TOX_REQUIREMENTS)}")
-    venv.EnvBuilder(with_pip=True, clear=True).create(TOX_VENV)
+    _create_venv()
     pip = [str(TOX_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
     subprocess.run([*pip, *TOX_REQUIREMENTS], check=True)
