@@ -9,7 +9,7 @@ Run it with the unit environment's interpreter (it needs pydantic, jinja2 and Py
 change to a golden file is a change to what lands on the hosts.
 
 The cases are defined in tests/unit/render_helpers.py: both example topologies, every
-combination of the seed's roles, a partly isolated cloud on VLANs/bonds/bridges, the audit,
+combination of the guide's roles, a partly isolated cloud on VLANs/bonds/bridges, the audit,
 off and no-routing variants, and strict-ports (both examples, and a variant with extra-ports).
 """
 

@@ -166,7 +166,7 @@ def group_domains(
 
 
 def isolation_of(subnets: Mapping[Network, tuple[IPNetwork, ...]]) -> Isolation:
-    """The seed's degree: one shared space is none, six disjoint spaces is maximum."""
+    """The degree as Canonical's guide defines it: one space is none, six disjoint is maximum."""
     domains = group_domains(subnets)
     if len(domains) == 1:
         level = IsolationLevel.NONE

@@ -87,7 +87,7 @@ _STO = Network.STORAGE
 _STOC = Network.STORAGE_CLUSTER
 _SUNBEAM_NODES = ("juju-controller", "control", "compute", "storage")
 
-# The built-in services, by network. Sources, as gathered in the project's reference notes:
+# The built-in services, by network. Sources:
 # - Juju controller configuration: api-port 17070, SSH server 17022, mongo 37017, dqlite 17666;
 # - Canonical OpenStack (Sunbeam): clusterd 7000, and what snap-openstack binds where
 #   (openstack-hypervisor `data`/`migration` -> data, k8s `cluster` -> internal, microovn

@@ -2,14 +2,14 @@
 
 Three sources only:
 
-- the seed document's "Node roles" table (Canonical's "Network traffic isolation with MAAS"),
+- the "Node roles" table of Canonical's "Network traffic isolation with MAAS" page (the guide),
   written out below by hand, not imported from the charm;
-- the firewall rules of issue 3, restated below and encoded step by step;
-- for `strict-ports` (issue 6, item 2), the port table of the project's reference notes
-  (FACTS.md, "Ports per cloud network"), also written out by hand below; the charm's own
+- the firewall's rules as the README states them, restated below and encoded step by step;
+- for `strict-ports`, a port table written out by hand below from the services' own port
+  documentation (Juju, Ceph, OVN, OpenStack, Kubernetes); the charm's own
   catalogue (network_isolation.ports) is never read for expected values.
 
-Issue 3, as encoded here. A *domain* is a set of networks that resolve to the same subnets
+The rules, as encoded here. A *domain* is a set of networks that resolve to the same subnets
 (one space); it is *allowed* on a machine when any of its networks is allowed for the
 machine's roles, else *denied*. A NIC is *denied* when every domain it carries is denied.
 
@@ -23,7 +23,7 @@ Input, first match wins:
      subnets drop; from any other source: accept on public, accept from client-cidrs on
      management, drop elsewhere;
   7. anything else (NICs of no cloud network): not decided here (accept).
-With strict-ports (issue 6), rule 6 accepts only the ports listed for the NIC: per network of
+With strict-ports, rule 6 accepts only the ports listed for the NIC: per network of
 its allowed domains that the machine's roles allow, the port table's ports of those roles,
 plus `extra-ports` for that network, plus what the machine's principals declared for it.
 Every other packet arriving on that NIC is dropped; rules 1-5 and 7 do not change (tcp/22
@@ -52,8 +52,8 @@ from network_isolation.topology import Topology
 
 from .testbed import Cloud, Host, IPAddress, IPNetwork
 
-# The seed's "Node roles" table: node role -> cloud networks it needs.
-SEED_ROLE_TABLE: dict[str, frozenset[str]] = {
+# The guide's "Node roles" table: node role -> cloud networks it needs.
+GUIDE_ROLE_TABLE: dict[str, frozenset[str]] = {
     "juju-controller": frozenset({"management"}),
     "control": frozenset({"management", "internal", "public", "storage"}),
     "compute": frozenset({"management", "internal", "data", "storage"}),
@@ -61,14 +61,14 @@ SEED_ROLE_TABLE: dict[str, frozenset[str]] = {
 }
 CLOUD_NETWORKS = ("data", "internal", "management", "public", "storage", "storage-cluster")
 
-# FACTS.md section 3, "Ports per cloud network" (issue 6, item 2): (role, network) -> the
+# Ports per cloud network, from the services' documentation: (role, network) -> the
 # inbound ports the role's services listen on there. tcp/22 is the failsafe's, not listed;
-# FACTS' outbound-only entries (DNS, DHCP, NTP, MAAS) are not inbound ports and are left out.
+# Outbound-only traffic (DNS, DHCP, NTP, MAAS) are not inbound ports and are left out.
 # The charm's catalogue opens a little more than this table (udp/68 for DHCP offers on
 # management, tcp/6443 on control's internal, clusterd's tcp/7000 on juju-controller): no
 # probe of the bed uses those ports yet; probing one would (rightly) show up as a mismatch
-# to settle between FACTS and the catalogue, not be hidden by copying the catalogue here.
-SEED_PORT_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
+# to settle between this table and the catalogue, not be hidden by copying the catalogue here.
+PORT_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     # management: Juju controller API, SSH server and HA; Sunbeam clusterd on every node;
     # Kubernetes API on control; MicroOVN cluster API on the OVN nodes; MicroCeph on storage.
     ("juju-controller", "management"): ("tcp:17070", "tcp:17022", "tcp:37017", "tcp:17666"),
@@ -197,7 +197,7 @@ class Policy:
             Domain(frozenset(nets), tuple(sorted(key, key=_net_key)))
             for key, nets in groups.items()
         )
-        table = dict(SEED_ROLE_TABLE)
+        table = dict(GUIDE_ROLE_TABLE)
         for role, networks in _entries(config.get("role-networks", "")):
             table[role] = frozenset(networks)
         clients = tuple(
@@ -211,7 +211,7 @@ class Policy:
             roles={name: tuple(m.roles) for name, m in topology.machines.items()},
             enforcement=config.get("enforcement", "enforce"),
             strict_ports=config.get("strict-ports", "false").lower() == "true",
-            port_table={k: _ports(v) for k, v in SEED_PORT_TABLE.items()},
+            port_table={k: _ports(v) for k, v in PORT_TABLE.items()},
             extra_ports={
                 net: _ports(ports) for net, ports in _entries(config.get("extra-ports", ""))
             },

@@ -147,7 +147,7 @@ def row(matrix: Matrix, src: str, dst: str, proto: str = "udp", port: int = UDP_
 
 
 def test_microstack_maas(maas: Scene, renders: Renders, report: Report) -> None:
-    """The example cloud with maximum isolation: every flow as the seed and issue 3 say."""
+    """The example cloud with maximum isolation: every flow as the guide and the rules say."""
     maas.bed.load_dir(renders(MAAS))
     flows = flows_between(maas.cloud, maas.machines)
     matrix = check(maas.bed, Oracle(maas.cloud), flows, "microstack-maas.yaml (enforce)")

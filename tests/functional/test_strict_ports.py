@@ -4,10 +4,10 @@ The cloud is examples/microstack-maas.yaml cut down to five machines (a control 
 compute nodes, a storage node in each rack) with `strict-ports: true` and `extra-ports`.
 Every machine runs echo servers on every probed port, on every address, so a probe that
 fails was stopped by a firewall, never by a closed port. The oracle takes its ports from
-its own table (FACTS.md's port table), not from the charm's catalogue.
+its own table, not from the charm's catalogue.
 
-Issue 6, "Done when": a port not in the catalogue is dropped on an allowed network, a
-declared one passes.
+What it shows: a port not in the catalogue is dropped on an allowed network, a declared one
+passes.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ Renders = Callable[..., Path]
 
 MACHINES = ("control-1", "compute-1", "compute-2", "storage-1", "storage-3")
 EXTRA_PORTS = "data=udp:4789 management=tcp:9100"
-# Probed ports of the port table (FACTS.md; the charm calls it its catalogue), by network.
+# Probed ports of the oracle's port table (the charm calls its own the catalogue), by network.
 TABLE_PORTS = [
     ("tcp", 443),  # public and internal on control (Traefik), storage on storage (RGW)
     ("tcp", 5672),  # internal on control (RabbitMQ)

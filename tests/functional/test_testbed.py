@@ -52,7 +52,7 @@ def test_representatives() -> None:
 
 
 def test_oracle_spot_checks() -> None:
-    """Verdicts written by hand from the seed's role table and issue 3's rules."""
+    """Verdicts written by hand from the guide's role table and the firewall's rules."""
     oracle = Oracle(CLOUD)
 
     def verdict(src: str, a: str, dst: str, b: str, proto: str = "tcp", port: int = 7000) -> str:

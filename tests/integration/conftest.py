@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 NETWORKS = ("data", "internal", "management", "public", "storage", "storage-cluster")
-# The seed's table: what a compute node may use.
+# The guide's table: what a compute node may use.
 COMPUTE_NETWORKS = ("management", "internal", "data", "storage")
 
 SKIPPED = pytest.StashKey[str]()

@@ -23,7 +23,7 @@ import pytest
 APP = "network-isolation"
 PRINCIPAL = "ubuntu"
 TABLE = "inet network_isolation"
-# Networks a compute node may not use (the seed's role table).
+# Networks a compute node may not use (the guide's role table).
 DENIED_TO_COMPUTE = ("public", "storage-cluster")
 
 

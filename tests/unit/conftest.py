@@ -1,7 +1,7 @@
 """Shared fixtures of the unit tests.
 
-The expectations come from Canonical's "Network traffic isolation with MAAS" page (the seed
-document), written out here by hand: the tests never take expected values from the code under
+The expectations come from Canonical's "Network traffic isolation with MAAS" page (the guide),
+written out here by hand: the tests never take expected values from the code under
 test.
 """
 
@@ -15,8 +15,8 @@ import pytest
 from fake_host import FakeHost
 from ops import testing
 
-# The seed's "Cloud networks" table: the six network names.
-SEED_NETWORKS: tuple[str, ...] = (
+# The guide's "Cloud networks" table: the six network names.
+GUIDE_NETWORKS: tuple[str, ...] = (
     "data",
     "internal",
     "management",
@@ -25,15 +25,15 @@ SEED_NETWORKS: tuple[str, ...] = (
     "storage-cluster",
 )
 
-# The seed's "Node roles" table: role -> cloud network access.
-SEED_ROLE_NETWORKS: dict[str, frozenset[str]] = {
+# The guide's "Node roles" table: role -> cloud network access.
+GUIDE_ROLE_NETWORKS: dict[str, frozenset[str]] = {
     "juju-controller": frozenset({"management"}),
     "control": frozenset({"management", "internal", "public", "storage"}),
     "compute": frozenset({"management", "internal", "data", "storage"}),
     "storage": frozenset({"management", "storage", "storage-cluster"}),
 }
 
-# One subnet per network, all disjoint: the seed's "maximum isolation" layout.
+# One subnet per network, all disjoint: the guide's "maximum isolation" layout.
 DISJOINT_SUBNETS: dict[str, str] = {
     "management": "10.10.0.0/24",
     "internal": "10.20.0.0/24",
@@ -67,15 +67,15 @@ def state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def seed_table() -> dict[str, frozenset[str]]:
-    """The seed's role -> networks table."""
-    return dict(SEED_ROLE_NETWORKS)
+def guide_table() -> dict[str, frozenset[str]]:
+    """The guide's role -> networks table."""
+    return dict(GUIDE_ROLE_NETWORKS)
 
 
 @pytest.fixture(scope="session")
-def seed_networks() -> tuple[str, ...]:
-    """The seed's six cloud networks."""
-    return SEED_NETWORKS
+def guide_networks() -> tuple[str, ...]:
+    """The guide's six cloud networks."""
+    return GUIDE_NETWORKS
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +109,8 @@ def make_networks() -> NetworksFactory:
     """
 
     def make(layout: Layout) -> list[testing.Network]:
-        assert set(layout) == set(SEED_NETWORKS), "declare every one of the six bindings"
-        return [_binding(name, layout[name]) for name in SEED_NETWORKS]
+        assert set(layout) == set(GUIDE_NETWORKS), "declare every one of the six bindings"
+        return [_binding(name, layout[name]) for name in GUIDE_NETWORKS]
 
     return make
 
@@ -126,10 +126,10 @@ def distinct_layout() -> dict[str, tuple[str, str] | None]:
         "data": "enp5s0",
         "storage-cluster": "enp6s0",
     }
-    return {net: (nics[net], DISJOINT_SUBNETS[net]) for net in SEED_NETWORKS}
+    return {net: (nics[net], DISJOINT_SUBNETS[net]) for net in GUIDE_NETWORKS}
 
 
 @pytest.fixture(scope="session")
 def shared_layout() -> dict[str, tuple[str, str] | None]:
     """A machine on a single subnet: every network in one space, on one NIC."""
-    return dict.fromkeys(SEED_NETWORKS, ("enp1s0", "10.0.0.0/24"))
+    return dict.fromkeys(GUIDE_NETWORKS, ("enp1s0", "10.0.0.0/24"))

@@ -366,7 +366,7 @@ def expected_input(
     port: int,
     ports: Mapping[Network, Iterable[PortRange]] | None = None,
 ) -> str | None:
-    """Issue 3's input rules (and issue 6's strict-ports) for a new connection, or None.
+    """The firewall's input rules (and strict-ports) for a new connection, or None.
 
     None when the source is in subnets of several domains (the plan is blocked: ambiguous).
     """
@@ -429,7 +429,7 @@ def address_conflicts(view: FirewallView, interfaces: Iterable[str]) -> list[str
 # ---------------------------------------------------------------------------------------------
 # Golden cases
 
-SEED_ROLES = ("juju-controller", "control", "compute", "storage")
+GUIDE_ROLES = ("juju-controller", "control", "compute", "storage")
 
 # A partly isolated cloud on VLANs, bonds and bridges: storage and storage-cluster share one
 # space, internal and public another; the tenant space has a second rack without a gateway.
@@ -515,11 +515,11 @@ def role_combination_name(roles: Iterable[str]) -> str:
 
 
 def _roles_topology(base: Topology) -> Topology:
-    """One machine per combination of the seed's roles, with a NIC on every network."""
+    """One machine per combination of the guide's roles, with a NIC on every network."""
     nics = base.machines["hyper-1"].interfaces
     machines = {}
-    for n in range(len(SEED_ROLES) + 1):
-        for roles in combinations(SEED_ROLES, n):
+    for n in range(len(GUIDE_ROLES) + 1):
+        for roles in combinations(GUIDE_ROLES, n):
             machines[role_combination_name(roles)] = base.machines["hyper-1"].model_copy(
                 update={"roles": roles, "interfaces": nics}
             )

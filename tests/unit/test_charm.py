@@ -19,7 +19,7 @@ from ops import testing
 from charm import NetworkIsolationCharm
 from network_isolation.host import MachineRegistry
 
-SEED_ROLES = ("juju-controller", "control", "compute", "storage")
+GUIDE_ROLES = ("juju-controller", "control", "compute", "storage")
 NO_ROLE_TEXT = "relate to a control, compute, storage or juju-controller principal, or set roles"
 MACHINE = "7"
 
@@ -63,12 +63,12 @@ def first_quoted(message: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("role", SEED_ROLES)
+@pytest.mark.parametrize("role", GUIDE_ROLES)
 def test_role_from_its_endpoint(
     role: str,
     make_networks: MakeNetworks,
     distinct_layout: Layout,
-    seed_table: dict[str, frozenset[str]],
+    guide_table: dict[str, frozenset[str]],
     state_dir: Path,
 ):
     ctx = context()
@@ -78,7 +78,7 @@ def test_role_from_its_endpoint(
     assert "maximum" in out.unit_status.message
     plan = plan_of(ctx, st)
     assert plan["roles"] == [role]
-    assert access(plan) == seed_table[role]
+    assert access(plan) == guide_table[role]
     assert plan["status"] == "active"
     # The unit told the machine's registry which role it brings.
     assert MachineRegistry(state_dir / "units").entries() == {
@@ -86,12 +86,12 @@ def test_role_from_its_endpoint(
     }
 
 
-@pytest.mark.parametrize("role", SEED_ROLES)
+@pytest.mark.parametrize("role", GUIDE_ROLES)
 def test_role_from_config(
     role: str,
     make_networks: MakeNetworks,
     distinct_layout: Layout,
-    seed_table: dict[str, frozenset[str]],
+    guide_table: dict[str, frozenset[str]],
 ):
     ctx = context()
     st = state(make_networks(distinct_layout), config={"roles": role})
@@ -99,11 +99,11 @@ def test_role_from_config(
     assert isinstance(out.unit_status, ops.ActiveStatus)
     plan = plan_of(ctx, st)
     assert plan["roles"] == [role]
-    assert access(plan) == seed_table[role]
+    assert access(plan) == guide_table[role]
 
 
 def test_related_and_configured_roles_combine(
-    make_networks: MakeNetworks, distinct_layout: Layout, seed_table: dict[str, frozenset[str]]
+    make_networks: MakeNetworks, distinct_layout: Layout, guide_table: dict[str, frozenset[str]]
 ):
     ctx = context()
     st = state(
@@ -114,7 +114,7 @@ def test_related_and_configured_roles_combine(
     assert isinstance(ctx.run(ctx.on.config_changed(), st).unit_status, ops.ActiveStatus)
     plan = plan_of(ctx, st)
     assert sorted(plan["roles"]) == ["compute", "juju-controller", "storage"]
-    assert access(plan) == seed_table["compute"] | seed_table["storage"]
+    assert access(plan) == guide_table["compute"] | guide_table["storage"]
 
 
 def test_custom_role_from_config(make_networks: MakeNetworks, distinct_layout: Layout):
@@ -139,7 +139,7 @@ def test_bindings_reach_the_plan(make_networks: MakeNetworks, distinct_layout: L
 
 
 def test_shared_subnet_gives_no_isolation_and_keeps_the_roles_rows(
-    make_networks: MakeNetworks, shared_layout: Layout, seed_table: dict[str, frozenset[str]]
+    make_networks: MakeNetworks, shared_layout: Layout, guide_table: dict[str, frozenset[str]]
 ):
     ctx = context()
     st = state(make_networks(shared_layout), [principal("compute")])
@@ -147,7 +147,7 @@ def test_shared_subnet_gives_no_isolation_and_keeps_the_roles_rows(
     assert isinstance(out.unit_status, ops.ActiveStatus)
     assert "none" in out.unit_status.message
     plan = plan_of(ctx, st)
-    assert access(plan) == seed_table["compute"]
+    assert access(plan) == guide_table["compute"]
     assert {tuple(item["interfaces"]) for item in plan["networks"].values()} == {("enp1s0",)}
     assert {tuple(item["subnets"]) for item in plan["networks"].values()} == {("10.0.0.0/24",)}
 
@@ -217,7 +217,7 @@ def test_invalid_config_is_blocked_naming_the_option(
 
 
 def test_show_plan_text(
-    make_networks: MakeNetworks, distinct_layout: Layout, seed_table: dict[str, frozenset[str]]
+    make_networks: MakeNetworks, distinct_layout: Layout, guide_table: dict[str, frozenset[str]]
 ):
     ctx = context()
     st = state(make_networks(distinct_layout), [principal("control")])
@@ -226,7 +226,7 @@ def test_show_plan_text(
     assert lines[1].split() == ["network", "access", "space", "interface", "address"]
     rows = {line.split()[0]: line.split()[1] for line in lines[2:8]}
     assert rows == {
-        net: "allow" if net in seed_table["control"] else "deny" for net in distinct_layout
+        net: "allow" if net in guide_table["control"] else "deny" for net in distinct_layout
     }
     assert lines[8].strip().startswith("=> active:")
 
@@ -253,7 +253,7 @@ def test_show_plan_json_matches_the_status(make_networks: MakeNetworks, distinct
 def test_colocated_units_converge_on_one_plan(
     make_networks: MakeNetworks,
     distinct_layout: Layout,
-    seed_table: dict[str, frozenset[str]],
+    guide_table: dict[str, frozenset[str]],
     state_dir: Path,
 ):
     networks = make_networks(distinct_layout)
@@ -273,7 +273,7 @@ def test_colocated_units_converge_on_one_plan(
         assert show_plan(ctx0, st0, fmt) == show_plan(ctx1, st1, fmt)
     plan = plan_of(ctx0, st0)
     assert sorted(plan["roles"]) == ["compute", "storage"]
-    assert access(plan) == seed_table["compute"] | seed_table["storage"]
+    assert access(plan) == guide_table["compute"] | guide_table["storage"]
     for ctx, st in ((ctx0, st0), (ctx1, st1)):
         out = ctx.run(ctx.on.update_status(), st)
         assert isinstance(out.unit_status, ops.ActiveStatus)
@@ -284,7 +284,7 @@ def test_colocated_units_converge_on_one_plan(
     assert set(registry.entries()) == {"network-isolation/0"}
     plan = plan_of(ctx0, st0)
     assert plan["roles"] == ["compute"]
-    assert access(plan) == seed_table["compute"]
+    assert access(plan) == guide_table["compute"]
 
 
 def test_broken_relation_drops_its_role(make_networks: MakeNetworks, distinct_layout: Layout):

@@ -66,11 +66,11 @@ def test_examples_in_option_descriptions_parse():
         CharmConfig.from_options({name: text})
 
 
-def test_role_endpoints_map_to_the_builtin_roles(seed_table: dict[str, frozenset[str]]):
+def test_role_endpoints_map_to_the_builtin_roles(guide_table: dict[str, frozenset[str]]):
     requires = META["requires"]
     role_endpoints = {name for name in requires if name.endswith("-node")}
-    assert role_endpoints == {f"{role}-node" for role in seed_table}
-    assert ROLE_ENDPOINTS == {f"{role}-node": role for role in seed_table}
+    assert role_endpoints == {f"{role}-node" for role in guide_table}
+    assert ROLE_ENDPOINTS == {f"{role}-node": role for role in guide_table}
     assert set(ROLE_ENDPOINTS.values()) == set(BUILTIN_ROLES)
     for endpoint in role_endpoints:
         assert requires[endpoint]["interface"] == "juju-info"
@@ -81,10 +81,10 @@ def test_charm_is_a_subordinate():
     assert META["subordinate"] is True
 
 
-def test_extra_bindings_are_the_six_networks(seed_networks: tuple[str, ...]):
+def test_extra_bindings_are_the_six_networks(guide_networks: tuple[str, ...]):
     bindings = set(META["extra-bindings"])
     assert bindings == {n.value for n in Network}
-    assert bindings == set(seed_networks)
+    assert bindings == set(guide_networks)
 
 
 def test_no_endpoint_shares_a_name_with_an_extra_binding():

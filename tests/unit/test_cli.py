@@ -80,36 +80,36 @@ def expected_access(table: dict[str, frozenset[str]], roles: list[str]) -> set[s
 
 @pytest.mark.parametrize("path", [MICROSTACK, SINGLE_SPACE], ids=lambda p: p.stem)
 def test_every_machine_gets_the_union_of_its_roles_rows(
-    path: Path, seed_table: dict[str, frozenset[str]], seed_networks: tuple[str, ...]
+    path: Path, guide_table: dict[str, frozenset[str]], guide_networks: tuple[str, ...]
 ):
     plan = plan_json(path)
     stated = roles_in(path)
     assert set(plan["machines"]) == set(stated)
     for name, roles in stated.items():
         machine = plan["machines"][name]
-        assert set(machine["networks"]) == set(seed_networks)
-        assert access(machine) == expected_access(seed_table, roles), name
+        assert set(machine["networks"]) == set(guide_networks)
+        assert access(machine) == expected_access(guide_table, roles), name
         assert sorted(machine["roles"]) == sorted(roles)
         assert machine["status"] == "active", (name, machine["problems"])
 
 
-def test_microstack_example_has_maximum_isolation(seed_networks: tuple[str, ...]):
+def test_microstack_example_has_maximum_isolation(guide_networks: tuple[str, ...]):
     isolation = plan_json(MICROSTACK)["isolation"]
     assert isolation["level"] == "maximum"
-    assert sorted(n for d in isolation["domains"] for n in d) == sorted(seed_networks)
+    assert sorted(n for d in isolation["domains"] for n in d) == sorted(guide_networks)
     assert all(len(d) == 1 for d in isolation["domains"])
 
 
-def test_single_space_example_has_no_isolation(seed_networks: tuple[str, ...]):
+def test_single_space_example_has_no_isolation(guide_networks: tuple[str, ...]):
     isolation = plan_json(SINGLE_SPACE)["isolation"]
     assert isolation["level"] == "none"
-    assert [sorted(d) for d in isolation["domains"]] == [sorted(seed_networks)]
+    assert [sorted(d) for d in isolation["domains"]] == [sorted(guide_networks)]
 
 
-def test_machine_option_filters(seed_table: dict[str, frozenset[str]]):
+def test_machine_option_filters(guide_table: dict[str, frozenset[str]]):
     plan = plan_json(MICROSTACK, "--machine", "storage-3")
     assert list(plan["machines"]) == ["storage-3"]
-    assert access(plan["machines"]["storage-3"]) == set(seed_table["storage"])
+    assert access(plan["machines"]["storage-3"]) == set(guide_table["storage"])
     # The cloud's isolation does not depend on the filter.
     assert plan["isolation"] == plan_json(MICROSTACK)["isolation"]
 
@@ -125,7 +125,7 @@ def test_unknown_machine_is_an_error():
 
 
 def test_text_format_has_a_table_and_a_verdict_per_machine(
-    seed_table: dict[str, frozenset[str]], seed_networks: tuple[str, ...]
+    guide_table: dict[str, frozenset[str]], guide_networks: tuple[str, ...]
 ):
     result = run_example(MICROSTACK)
     assert result.returncode == 0, result.stderr
@@ -135,13 +135,13 @@ def test_text_format_has_a_table_and_a_verdict_per_machine(
     stated = roles_in(MICROSTACK)
     for name, roles in stated.items():
         start = next(i for i, line in enumerate(lines) if line.startswith(f"{name} "))
-        header, *rows = lines[start + 1 : start + 2 + len(seed_networks)]
-        verdict = lines[start + 2 + len(seed_networks)]
+        header, *rows = lines[start + 1 : start + 2 + len(guide_networks)]
+        verdict = lines[start + 2 + len(guide_networks)]
         assert header.split() == ["network", "access", "space", "interface", "address"]
         cells = {row.split()[0]: row.split()[1] for row in rows}
-        assert set(cells) == set(seed_networks)
-        want = expected_access(seed_table, roles)
-        assert cells == {net: "allow" if net in want else "deny" for net in seed_networks}
+        assert set(cells) == set(guide_networks)
+        want = expected_access(guide_table, roles)
+        assert cells == {net: "allow" if net in want else "deny" for net in guide_networks}
         assert verdict.strip().startswith("=> active:"), verdict
 
 
@@ -153,7 +153,7 @@ def test_json_and_text_agree_on_the_verdict():
 
 
 def test_role_networks_in_the_config_change_the_plan(
-    tmp_path: Path, seed_table: dict[str, frozenset[str]]
+    tmp_path: Path, guide_table: dict[str, frozenset[str]]
 ):
     data = yaml.safe_load(MICROSTACK.read_text())
     data["config"]["role-networks"] = "control=management,internal,public,storage,data"
@@ -163,11 +163,11 @@ def test_role_networks_in_the_config_change_the_plan(
     for name, roles in roles_in(path).items():
         machine = plan["machines"][name]
         if "control" in roles:
-            assert access(machine) == set(seed_table["control"]) | {"data"} | expected_access(
-                seed_table, roles
+            assert access(machine) == set(guide_table["control"]) | {"data"} | expected_access(
+                guide_table, roles
             )
         else:
-            assert access(machine) == expected_access(seed_table, roles)
+            assert access(machine) == expected_access(guide_table, roles)
     # control-1 has no NIC in the data space: now it misses a network it needs.
     control = plan["machines"]["control-1"]
     assert control["status"] == "blocked"

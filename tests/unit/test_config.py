@@ -118,11 +118,11 @@ def test_roles_accept_commas_and_spaces(text: str):
 
 
 @pytest.mark.parametrize("role", ["juju-controller", "control", "compute", "storage"])
-def test_every_seed_role_is_a_valid_role(role: str):
+def test_every_guide_role_is_a_valid_role(role: str):
     assert CharmConfig.from_options({"roles": role}).roles == frozenset({role})
 
 
-def test_role_networks_parse_into_a_table(seed_table: dict[str, frozenset[str]]):
+def test_role_networks_parse_into_a_table(guide_table: dict[str, frozenset[str]]):
     config = CharmConfig.from_options(
         {
             "role-networks": "control=management,internal,public,storage,data"
@@ -136,16 +136,16 @@ def test_role_networks_parse_into_a_table(seed_table: dict[str, frozenset[str]])
         "network": frozenset({Network.MANAGEMENT, Network.DATA, Network.INTERNAL}),
     }
     table = {role: {n.value for n in nets} for role, nets in config.role_table.items()}
-    # The overridden row and the custom row, and every other seed row untouched.
-    assert table["control"] == seed_table["control"] | {"data"}
+    # The overridden row and the custom row, and every other guide row untouched.
+    assert table["control"] == guide_table["control"] | {"data"}
     assert table["network"] == {"management", "data", "internal"}
-    for role in set(seed_table) - {"control"}:
-        assert table[role] == seed_table[role]
+    for role in set(guide_table) - {"control"}:
+        assert table[role] == guide_table[role]
 
 
-def test_role_table_without_overrides_is_the_seed_table(seed_table: dict[str, frozenset[str]]):
+def test_role_table_without_overrides_is_the_guide_table(guide_table: dict[str, frozenset[str]]):
     table = CharmConfig.from_options({}).role_table
-    assert {role: {n.value for n in nets} for role, nets in table.items()} == seed_table
+    assert {role: {n.value for n in nets} for role, nets in table.items()} == guide_table
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,9 @@ from network_isolation.planner import (
     plan_machine,
 )
 
-SEED_ROLES = ("juju-controller", "control", "compute", "storage")
+GUIDE_ROLES = ("juju-controller", "control", "compute", "storage")
 ROLE_SETS = [
-    frozenset(c) for n in range(1, len(SEED_ROLES) + 1) for c in combinations(SEED_ROLES, n)
+    frozenset(c) for n in range(1, len(GUIDE_ROLES) + 1) for c in combinations(GUIDE_ROLES, n)
 ]
 NO_ROLE_TEXT = "relate to a control, compute, storage or juju-controller principal, or set roles"
 
@@ -84,13 +84,13 @@ def union(table: Mapping[str, frozenset[str]], roles: frozenset[str] | set[str])
 
 
 @pytest.mark.parametrize("roles", ROLE_SETS, ids=lambda r: "+".join(sorted(r)))
-def test_access_is_the_union_of_the_seed_rows(
+def test_access_is_the_union_of_the_guide_rows(
     roles: frozenset[str],
-    seed_table: dict[str, frozenset[str]],
+    guide_table: dict[str, frozenset[str]],
     disjoint_subnets: dict[str, str],
 ):
     machine = plan(roles, disjoint_subnets)
-    assert allowed(machine) == union(seed_table, roles)
+    assert allowed(machine) == union(guide_table, roles)
     assert machine.roles == tuple(sorted(roles))
     assert machine.status == "active", machine.problems
     assert machine.problems == ()
@@ -100,10 +100,10 @@ def test_access_is_the_union_of_the_seed_rows(
 @pytest.mark.parametrize("roles", ROLE_SETS, ids=lambda r: "+".join(sorted(r)))
 def test_addresses_only_in_the_needed_networks_suffice(
     roles: frozenset[str],
-    seed_table: dict[str, frozenset[str]],
+    guide_table: dict[str, frozenset[str]],
     disjoint_subnets: dict[str, str],
 ):
-    needed = union(seed_table, roles)
+    needed = union(guide_table, roles)
     machine = plan(roles, disjoint_subnets, present=needed)
     assert machine.status == "active", machine.problems
     assert allowed(machine) == needed
@@ -113,23 +113,23 @@ def test_addresses_only_in_the_needed_networks_suffice(
 
 
 def test_roles_from_config_join_the_related_roles(
-    seed_table: dict[str, frozenset[str]], disjoint_subnets: dict[str, str]
+    guide_table: dict[str, frozenset[str]], disjoint_subnets: dict[str, str]
 ):
     machine = plan({"compute"}, disjoint_subnets, options={"roles": "storage"})
     assert machine.roles == ("compute", "storage")
-    assert allowed(machine) == seed_table["compute"] | seed_table["storage"]
+    assert allowed(machine) == guide_table["compute"] | guide_table["storage"]
 
 
 def test_role_networks_override_changes_a_row(
-    seed_table: dict[str, frozenset[str]], disjoint_subnets: dict[str, str]
+    guide_table: dict[str, frozenset[str]], disjoint_subnets: dict[str, str]
 ):
     options = {"role-networks": "control=management,internal,public,storage,data"}
     assert "data" not in allowed(plan({"control"}, disjoint_subnets))
     assert allowed(plan({"control"}, disjoint_subnets, options=options)) == (
-        seed_table["control"] | {"data"}
+        guide_table["control"] | {"data"}
     )
-    # Other rows stay the seed's.
-    assert allowed(plan({"compute"}, disjoint_subnets, options=options)) == seed_table["compute"]
+    # Other rows stay the guide's.
+    assert allowed(plan({"compute"}, disjoint_subnets, options=options)) == guide_table["compute"]
 
 
 def test_role_networks_override_can_narrow_a_row(disjoint_subnets: dict[str, str]):
@@ -140,12 +140,12 @@ def test_role_networks_override_can_narrow_a_row(disjoint_subnets: dict[str, str
 
 
 def test_custom_role_from_role_networks(
-    seed_table: dict[str, frozenset[str]], disjoint_subnets: dict[str, str]
+    guide_table: dict[str, frozenset[str]], disjoint_subnets: dict[str, str]
 ):
     options = {"role-networks": "network=management,internal,data", "roles": "network"}
     machine = plan({"storage"}, disjoint_subnets, options=options)
     assert machine.roles == ("network", "storage")
-    assert allowed(machine) == {"management", "internal", "data"} | seed_table["storage"]
+    assert allowed(machine) == {"management", "internal", "data"} | guide_table["storage"]
     assert machine.status == "active"
 
 
@@ -357,9 +357,9 @@ NETWORK_NAMES = ["data", "internal", "management", "public", "storage", "storage
 
 @settings(max_examples=60, deadline=None)
 @given(
-    roles=st.sets(st.sampled_from([*SEED_ROLES, "custom"]), min_size=1),
+    roles=st.sets(st.sampled_from([*GUIDE_ROLES, "custom"]), min_size=1),
     overrides=st.dictionaries(
-        st.sampled_from([*SEED_ROLES, "custom"]),
+        st.sampled_from([*GUIDE_ROLES, "custom"]),
         # every role must keep management (the config refuses a row without it)
         st.sets(st.sampled_from(NETWORK_NAMES)).map(lambda nets: nets | {"management"}),
     ),
@@ -367,11 +367,11 @@ NETWORK_NAMES = ["data", "internal", "management", "public", "storage", "storage
 def test_access_is_the_union_of_the_table_in_force(
     roles: set[str],
     overrides: dict[str, set[str]],
-    seed_table: dict[str, frozenset[str]],
+    guide_table: dict[str, frozenset[str]],
     disjoint_subnets: dict[str, str],
 ):
     text = " ".join(f"{role}={','.join(sorted(nets))}" for role, nets in overrides.items())
-    table = {**seed_table, **{r: frozenset(n) for r, n in overrides.items()}}
+    table = {**guide_table, **{r: frozenset(n) for r, n in overrides.items()}}
     machine = plan(roles, disjoint_subnets, options={"role-networks": text})
     if set(roles) <= set(table):
         assert allowed(machine) == union(table, roles)

@@ -1,6 +1,6 @@
 """The port catalogue and the merging of port ranges for strict-ports.
 
-Expected ports are written out by hand from the project's port table (FACTS.md section 3),
+Expected ports are written out by hand from the services' own port documentation,
 never read back from the module under test.
 """
 

@@ -188,7 +188,7 @@ def test_golden_cases_cover_examples_and_role_combinations():
     assert {"microstack-maas", "single-space", "roles", "partial"} <= cases
     assert {"strict-microstack-maas", "strict-single-space", "strict-extra-ports"} <= cases
     roles = {key.split("/")[1] for key in PLANS if key.startswith("roles/")}
-    assert len(roles) == 16  # every subset of the seed's four roles, the empty one included
+    assert len(roles) == 16  # every subset of the guide's four roles, the empty one included
     for example in EXAMPLES.glob("*.yaml"):
         topology = load_topology(example)
         assert {f"{example.stem}/{m}" for m in topology.machines} <= set(PLANS)

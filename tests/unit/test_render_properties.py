@@ -1,6 +1,6 @@
-"""Property tests of rendering over random clouds: real tools accept it, rules mean issue 3.
+"""Property tests of rendering over random clouds: real tools accept it, rules mean what they say.
 
-The expectations restate issue 3's rules (and issue 6's strict-ports) from the plan's domains,
+The expectations restate the firewall's rules (and strict-ports) from the plan's domains,
 the config and the ports (`render_helpers.expected_input`), and are checked against a
 first-match reading of the rendered rules (`render_helpers.verdict`).
 """
@@ -32,7 +32,7 @@ from network_isolation.ports import PROTOCOLS, PortRange, machine_ports
 from network_isolation.render import firewall_view, render, routing_view
 from network_isolation.topology import Machine, Topology
 
-SEED_ROLES = ("juju-controller", "control", "compute", "storage")
+GUIDE_ROLES = ("juju-controller", "control", "compute", "storage")
 KINDS = ("ethernets", "ethernets", "vlans", "bonds", "bridges")
 NETWORK_NAMES = [n.value for n in Network]
 CLIENT_CHOICES = ("192.0.2.0/24", "2001:db8::/64", "10.0.0.128/25")
@@ -115,7 +115,7 @@ def clouds(draw: st.DrawFn) -> tuple[Topology, MachinePlan]:
             "config": config,
             "machines": {
                 "m": {
-                    "roles": draw(st.lists(st.sampled_from(SEED_ROLES), unique=True)),
+                    "roles": draw(st.lists(st.sampled_from(GUIDE_ROLES), unique=True)),
                     "interfaces": interfaces,
                 }
             },
