@@ -14,17 +14,15 @@ Needs root, nft, ip and netplan: skipped with a message without them, failed und
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -41,6 +39,9 @@ from network_isolation.host import (
     gateway_target,
     tcp_probe,
 )
+
+from .conftest import need
+from .netns import in_netns, sh
 
 NFT, NETPLAN, IP = "/usr/sbin/nft", "/usr/sbin/netplan", "/usr/sbin/ip"
 SYSTEMCTL, SYSTEMD_RUN = Tools().systemctl, Tools().systemd_run
@@ -123,17 +124,9 @@ class Killed(BaseException):
     """The hook dies: no Python cleanup runs."""
 
 
+T = TypeVar("T")
+
 # -- namespaces --------------------------------------------------------------------------------
-
-
-def need(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true: {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check)
 
 
 def nft_in(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -151,35 +144,6 @@ def foreign() -> str:
         nft_in("list", "table", "inet", "lxd").stdout
         + nft_in("list", "table", "ip", "filter").stdout
     )
-
-
-T = TypeVar("T")
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def in_netns(namespace: str, work: Callable[[], T]) -> T:
-    """Run work in a thread that has joined a network namespace (threads it starts do too)."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {namespace}")
-            finally:
-                os.close(fd)
-            outcome["value"] = work()
-        except BaseException as e:
-            outcome["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 LISTENER = """

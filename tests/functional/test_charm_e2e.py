@@ -27,7 +27,6 @@ CI=true.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import ipaddress
 import json
@@ -36,11 +35,10 @@ import re
 import secrets
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import ops
 import pytest
@@ -54,6 +52,7 @@ from network_isolation.model import Network
 from network_isolation.peers import MachineRecord, dump
 
 from .conftest import MAAS, need
+from .netns import in_netns, sh
 
 TOOLS = Tools()  # what the charm's Host calls: the runner below answers for these paths
 IP = next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip") if Path(p).exists()), "ip")
@@ -179,10 +178,6 @@ def first_state() -> testing.State:
 # -- namespaces --------------------------------------------------------------------------------
 
 
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=check)
-
-
 def nft_in(namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return sh(IP, "netns", "exec", namespace, TOOLS.nft, *args, check=check)
 
@@ -210,35 +205,6 @@ def table_json(namespace: str) -> list[Any]:
     done = nft_in(namespace, "-j", "-s", "list", "table", "inet", "network_isolation")
     items: list[Any] = json.loads(done.stdout)["nftables"]
     return [_without_handles(i) for i in items if "metainfo" not in i]
-
-
-T = TypeVar("T")
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def in_netns(namespace: str, work: Callable[[], T]) -> T:
-    """Run work in a thread that has joined a network namespace (threads it starts do too)."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {namespace}")
-            finally:
-                os.close(fd)
-            outcome["value"] = work()
-        except BaseException as e:
-            outcome["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def listen(namespace: str, address: str, port: int) -> socket.socket:
