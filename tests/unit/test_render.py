@@ -316,8 +316,6 @@ def test_cli_refuses_a_machine_name_that_is_no_directory(tmp_path: Path):
 
 def test_rule_layout_of_a_storage_node(maas: Topology):
     text = render(_plan(maas, "storage-3")).nftables
-    body = text[text.index("chain input") :]
-    lines = [line.strip() for line in body.splitlines() if line.strip()]
     order = [
         'iifname "lo" accept',
         "ct state established,related accept",
@@ -331,8 +329,7 @@ def test_rule_layout_of_a_storage_node(maas: Topology):
         "chain output {",
         'ip daddr @net_public_v4 counter name "drop_out_public" drop',
     ]
-    positions = [lines.index(line) for line in order]
-    assert positions == sorted(positions)
+    assert_in_order(text[text.index("chain input") :], order)
     assert "table inet network_isolation\ndelete table inet network_isolation\n" in text
     assert "flush" not in text
     assert "forward" not in text
@@ -416,6 +413,13 @@ def test_counters_are_named_per_network_and_direction(maas: Topology):
         assert all(IDENTIFIER.match(c) for c in counters), counters
         used = set(re.findall(r'counter name "([^"]+)"', GOLDEN[path]))
         assert used == set(counters)
+
+
+def assert_in_order(text: str, statements: list[str]) -> None:
+    """Every statement is a line of text (stripped), and they come in this order."""
+    lines = [line.strip() for line in text.splitlines()]
+    positions = [lines.index(statement) for statement in statements]
+    assert positions == sorted(positions)
 
 
 def _statements(ruleset: str) -> list[str]:
@@ -518,7 +522,6 @@ def _strict(plan: MachinePlan, **options: object) -> MachinePlan:
 
 def test_strict_rule_layout_of_a_control_node(maas: Topology):
     text = render(_strict(_plan(maas, "control-1"))).nftables
-    lines = [line.strip() for line in text[text.index("chain input") :].splitlines()]
     order = [
         'iifname "lo" accept',
         "ct state established,related accept",
@@ -537,8 +540,7 @@ def test_strict_rule_layout_of_a_control_node(maas: Topology):
         "iifname @if_public udp dport @ports_public_udp accept",
         'iifname @if_public counter name "drop_in_public" drop',
     ]
-    positions = [lines.index(line) for line in order]
-    assert positions == sorted(positions)
+    assert_in_order(text[text.index("chain input") :], order)
     assert "\tset ports_public_tcp {\n\t\ttype inet_service\n\t\tflags interval\n" in text
     view = firewall_view(_strict(_plan(maas, "control-1")))
     assert view.set("ports_internal_tcp").elements == (
