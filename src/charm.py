@@ -59,6 +59,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         self._waiting: str | None = None
         self._own_ports: dict[str, list[str]] | None = None
         self._cluster_cache: Cluster | None = None
+        self._plan_cache: MachinePlan | None = None
         reconcile_on = [
             self.on.config_changed,
             self.on.upgrade_charm,
@@ -302,18 +303,24 @@ class NetworkIsolationCharm(ops.CharmBase):
     # Pure steps
 
     def _plan(self) -> MachinePlan:
-        """The machine's plan: this unit's and co-located units' roles, bindings, config."""
-        config = self._config()
-        roles = self._related_roles() | self.registry.roles_except(self.unit.name)
-        return plan_machine(
-            PlanInput(
-                machine=self._machine_name(),
-                roles=roles,
-                networks=self._network_views(self._cluster(config).view()),
-                config=config,
-                interface_kinds=self.host.interface_kinds(),
+        """The machine's plan: this unit's and co-located units' roles, bindings, config.
+
+        Planned once per hook (the reconcile and the status share it): its inputs do not
+        change after the reconcile has recorded this unit and shared its record.
+        """
+        if self._plan_cache is None:
+            config = self._config()
+            roles = self._related_roles() | self.registry.roles_except(self.unit.name)
+            self._plan_cache = plan_machine(
+                PlanInput(
+                    machine=self._machine_name(),
+                    roles=roles,
+                    networks=self._network_views(self._cluster(config).view()),
+                    config=config,
+                    interface_kinds=self.host.interface_kinds(),
+                )
             )
-        )
+        return self._plan_cache
 
     def _render(self, plan: MachinePlan) -> Artefacts | None:
         """The machine's artefacts; with strict-ports, the principals' declared ports too."""
