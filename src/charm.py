@@ -34,7 +34,7 @@ from network_isolation.planner import (
     PlanInput,
     plan_machine,
 )
-from network_isolation.ports import PortRange, declared_ports, ignored_ports, machine_ports
+from network_isolation.ports import PortRange, declared_ports, denied_ports, machine_ports
 from network_isolation.render import Artefacts, RenderError, render
 from network_isolation.report import machine_dict, machine_text
 from network_isolation.rollout import UnitRoll, may_apply, waiting_message
@@ -328,8 +328,7 @@ class NetworkIsolationCharm(ops.CharmBase):
             declared = self._declared_ports() if plan.config.strict_ports else None
             if declared is not None:
                 # extra-ports is application-wide: only a principal's own misfit is news here
-                notes = ignored_ports(plan, declared)
-                self._warnings.extend(n for n in notes if n.startswith("declared"))
+                self._warnings.extend(denied_ports(plan, declared, "declared"))
             return render(plan, machine_ports(plan, declared) if declared is not None else None)
         except RenderError as e:
             self._blocked = f"cannot render: {e}"

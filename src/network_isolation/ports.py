@@ -240,23 +240,27 @@ def ignored_ports(
     declared: Mapping[Network, Iterable[PortRange]] | None = None,
 ) -> list[str]:
     """Readable notes on ports given for networks this machine may not use (so not opened)."""
-    sources: dict[str, Mapping[Network, Iterable[PortRange]]] = {
-        "extra-ports": {
-            net: [PortRange.of(p) for p in triples]
-            for net, triples in plan.config.extra_ports.items()
-        },
-        "declared": declared or {},
+    extra = {
+        net: [PortRange.of(p) for p in triples] for net, triples in plan.config.extra_ports.items()
     }
+    return denied_ports(plan, extra, "extra-ports") + denied_ports(
+        plan, declared or {}, "declared"
+    )
+
+
+def denied_ports(
+    plan: MachinePlan, by_network: Mapping[Network, Iterable[PortRange]], source: str
+) -> list[str]:
+    """Notes on the ports one source gives for networks this machine may not use."""
     notes: list[str] = []
-    for source, by_network in sources.items():
-        for net in NETWORKS:
-            ranges = merge_ranges(by_network.get(net, ()))
-            if ranges and not plan.networks[net].access:
-                listed = ", ".join(str(r) for r in ranges)
-                notes.append(
-                    f"{source} ports on '{net}' are not opened: this machine may not use"
-                    f" '{net}' ({listed})"
-                )
+    for net in NETWORKS:
+        ranges = merge_ranges(by_network.get(net, ()))
+        if ranges and not plan.networks[net].access:
+            listed = ", ".join(str(r) for r in ranges)
+            notes.append(
+                f"{source} ports on '{net}' are not opened: this machine may not use"
+                f" '{net}' ({listed})"
+            )
     return notes
 
 
