@@ -1,0 +1,49 @@
+"""What both artefacts share: the error, the generated file's header, names of networks.
+
+Also the one check of interface names, which both files write.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ..model import NETWORKS, Network
+from ..planner import MachinePlan
+
+# What nft and the kernel accept as an interface name, without quoting trouble.
+INTERFACE_NAME = re.compile(r"^[A-Za-z0-9_.@:+-]{1,15}$")
+
+
+class RenderError(ValueError):
+    """A plan that cannot be turned into valid, meaningful artefacts."""
+
+
+def network_names(networks: Iterable[Network]) -> str:
+    """Networks as people read them, in the fixed order: `internal+public`."""
+    return "+".join(n.value for n in sorted(set(networks), key=NETWORKS.index))
+
+
+def file_header(plan: MachinePlan, what: str, *, firewall: bool) -> list[str]:
+    """The generated file's comment header.
+
+    The netplan one leaves out the enforcement mode, which does not change routing, so that
+    switching modes does not rewrite the file (and run `netplan apply`).
+    """
+    mode = f"; enforcement: {plan.config.enforcement}" if firewall else ""
+    lines = [
+        f"network-isolation: {what} of machine '{plan.machine}'.",
+        "Generated from the machine's plan by the network-isolation charm: do not edit,",
+        "every reconcile overwrites it.",
+        f"roles: {', '.join(plan.roles) or 'none'}; isolation: {plan.isolation.level}{mode}",
+    ]
+    if plan.status != "active":
+        lines.append(f"WARNING: the plan is {plan.status}: {plan.message}")
+    return [" ".join(line.split()) for line in lines]
+
+
+def check_interface_name(name: str) -> str:
+    """An interface name safe to write into nft and netplan files."""
+    if not INTERFACE_NAME.match(name):
+        raise RenderError(f"'{name}' is not a valid interface name (at most 15 characters)")
+    return name

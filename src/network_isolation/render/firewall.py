@@ -1,0 +1,207 @@
+"""The firewall's layout: which rules, in which order, in which chain, from a plan.
+
+The input chain: loopback and replies, essential ICMP, the failsafe, then the drops of denied
+networks and one section per group of allowed interfaces (`network_rules`). The output chain,
+when a network is denied: replies, then the drops towards denied networks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..model import Network
+from ..planner import MachinePlan
+from ..ports import PortRange
+from .common import file_header
+from .network_rules import (
+    InterfaceGroup,
+    PortMap,
+    denied_drops,
+    group_section,
+    interface_groups,
+    strict_ports,
+)
+from .nft import (
+    TABLE_FAMILY,
+    TABLE_NAME,
+    Enforcement,
+    FirewallBuilder,
+    Hook,
+    NftChain,
+    NftSection,
+    NftSet,
+)
+
+# Always accepted from the management subnets and client-cidrs, before any drop.
+FAILSAFE_TCP_PORT = 22
+
+# Essential ICMP (RFC 4890 for ICMPv6): errors that path-MTU discovery and IPv6 need,
+# neighbour discovery, router advertisements, multicast listener discovery and echo.
+ICMP_TYPES = (
+    "destination-unreachable",
+    "time-exceeded",
+    "parameter-problem",
+    "echo-request",
+    "echo-reply",
+)
+ICMPV6_TYPES = (
+    "destination-unreachable",
+    "packet-too-big",
+    "time-exceeded",
+    "parameter-problem",
+    "echo-request",
+    "echo-reply",
+    "nd-router-solicit",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "mld-listener-query",
+    "mld-listener-report",
+    "mld-listener-done",
+    "mld2-listener-report",
+)
+
+
+@dataclass(frozen=True)
+class FirewallView:
+    """Everything the nftables template lays out."""
+
+    family: str
+    table: str
+    header: tuple[str, ...]
+    enforcement: Enforcement
+    counters: tuple[str, ...]
+    sets: tuple[NftSet, ...]
+    chains: tuple[NftChain, ...]
+    groups: tuple[InterfaceGroup, ...]
+
+    def set(self, name: str) -> NftSet:
+        """A set by name."""
+        return next(s for s in self.sets if s.name == name)
+
+    def chain(self, name: str) -> NftChain | None:
+        """A chain by name, if there is one."""
+        return next((c for c in self.chains if c.name == name), None)
+
+    @property
+    def rule_count(self) -> int:
+        """The number of rules of the ruleset (what must not grow with the subnets)."""
+        return sum(len(c.rules) for c in self.chains)
+
+
+def firewall_view(plan: MachinePlan, ports: PortMap | None = None) -> FirewallView:
+    """The ruleset of a plan, as data: sets, counters, chains of rules.
+
+    With `strict-ports`, an allowed network accepts only its ports (`ports`, see
+    `strict_ports`); without it, `ports` is ignored.
+    """
+    enforcement: Enforcement = plan.config.enforcement
+    header = file_header(plan, "nftables ruleset", firewall=True)
+    header += [
+        f"`nft -f` loads it as one transaction: it creates table {TABLE_FAMILY} {TABLE_NAME}"
+        " if missing,",
+        "deletes it and defines it again. No other table is touched.",
+    ]
+    if enforcement == "off":
+        header.append("enforcement is off: this file only removes our table.")
+        return FirewallView(TABLE_FAMILY, TABLE_NAME, tuple(header), enforcement, (), (), (), ())
+    accepted = strict_ports(plan, ports)
+    if accepted is not None:
+        header += [
+            "strict-ports: on an allowed network's interfaces, only the ports in its sets",
+            "ports_<networks>_tcp and ports_<networks>_udp are accepted (and tcp/22, failsafe).",
+        ]
+    build = FirewallBuilder(enforcement)
+    groups = interface_groups(plan)
+    # The base chains, each named after its hook, in the order the file declares them; a chain
+    # without rules is left out (the input chain always has some).
+    base: tuple[tuple[Hook, tuple[NftSection, ...]], ...] = (
+        ("input", _input_sections(plan, build, groups, accepted)),
+        ("output", _output_sections(plan, build)),
+    )
+    chains = [NftChain(hook, hook, sections) for hook, sections in base if sections]
+    chains += build.audit_chains
+    return FirewallView(
+        family=TABLE_FAMILY,
+        table=TABLE_NAME,
+        header=tuple(header),
+        enforcement=enforcement,
+        counters=tuple(build.counters),
+        sets=tuple(build.sets.values()),
+        chains=tuple(chains),
+        groups=groups,
+    )
+
+
+def _input_sections(
+    plan: MachinePlan,
+    build: FirewallBuilder,
+    groups: Sequence[InterfaceGroup],
+    ports: Mapping[Network, tuple[PortRange, ...]] | None,
+) -> tuple[NftSection, ...]:
+    sections: list[NftSection] = [
+        NftSection(
+            "1. loopback and replies: accept; invalid packets: drop",
+            (
+                build.accept("in", extra='iifname "lo"'),
+                build.accept("in", extra="ct state established,related"),
+                build.drop("in", "drop_in_invalid", "in ct-invalid", extra="ct state invalid"),
+            ),
+        ),
+        NftSection(
+            "2. essential ICMP and ICMPv6 (errors, path MTU, neighbour discovery, echo)",
+            (
+                build.accept("in", extra=f"icmp type {{ {', '.join(ICMP_TYPES)} }}"),
+                build.accept("in", extra=f"icmpv6 type {{ {', '.join(ICMPV6_TYPES)} }}"),
+            ),
+        ),
+    ]
+    management = plan.domain_of(Network.MANAGEMENT)
+    failsafe = build.address_sets(
+        "failsafe", [*management.subnets, *plan.config.client_cidrs], keep_empty=True
+    )
+    sections.append(
+        NftSection(
+            f"3. failsafe: tcp/{FAILSAFE_TCP_PORT} from the management subnets and client-cidrs",
+            tuple(
+                build.accept("in", addresses=a, extra=f"tcp dport {FAILSAFE_TCP_PORT}")
+                for a in failsafe
+            ),
+        )
+    )
+    from_denied, on_denied = denied_drops(plan, build, "in")
+    if from_denied:
+        sections.append(
+            NftSection(
+                "4. from a denied network's subnets, on any interface: drop", tuple(from_denied)
+            )
+        )
+    if on_denied:
+        sections.append(NftSection("5. on a denied network's interfaces: drop", tuple(on_denied)))
+    for group in groups:
+        sections.append(group_section(plan, build, group, ports))
+    return tuple(sections)
+
+
+def _output_sections(plan: MachinePlan, build: FirewallBuilder) -> tuple[NftSection, ...]:
+    to_denied, out_denied = denied_drops(plan, build, "out")
+    if not to_denied and not out_denied:
+        return ()
+    sections = [
+        NftSection(
+            "loopback, and replies to connections the input chain let in: accept",
+            (
+                build.accept("out", extra='oifname "lo"'),
+                # Replies only: a connection this host opens to a denied network is still cut.
+                build.accept("out", extra="ct state established,related ct direction reply"),
+            ),
+        )
+    ]
+    if to_denied:
+        sections.append(NftSection("to a denied network's subnets: drop", tuple(to_denied)))
+    if out_denied:
+        sections.append(
+            NftSection("out of a denied network's interfaces: drop", tuple(out_denied))
+        )
+    return tuple(sections)

@@ -1,0 +1,248 @@
+"""The nftables data model: what a set, a rule, a section and a chain are, and their nft text.
+
+`FirewallBuilder` makes them while the layout (`firewall`) decides which rules come in which
+order: it declares each set once, names a counter for every drop and, in audit mode, turns a
+drop into a jump to a chain that logs and counts. The template lays the result out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import IPNetwork
+from ..model import NETWORKS, Network
+from ..ports import PROTOCOLS, PortRange, merge_ranges
+from .common import RenderError, check_interface_name
+from .subnets import normalize, split_families
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "network_isolation"
+
+# Audit mode logs at most this often per counter.
+AUDIT_LOG_RATE = "10/minute burst 5 packets"
+LOG_PREFIX = "network-isolation audit"
+LOG_PREFIX_MAX = 127
+
+Enforcement = Literal["enforce", "audit", "off"]
+SetType = Literal["ipv4_addr", "ipv6_addr", "ifname", "inet_service"]
+Verdict = Literal["accept", "drop", "log"]
+# The hooks of our base chains.
+Hook = Literal["input", "output"]
+
+
+@dataclass(frozen=True)
+class NftSet:
+    """A named set: subnets (interval set) or interface names."""
+
+    name: str
+    type: SetType
+    elements: tuple[str, ...]
+
+    @property
+    def interval(self) -> bool:
+        """Subnets and port ranges need `flags interval`; interface names are plain values."""
+        return self.type != "ifname"
+
+    @property
+    def literals(self) -> tuple[str, ...]:
+        """The elements as nft writes them (interface names are quoted)."""
+        if self.type == "ifname":
+            return tuple(f'"{e}"' for e in self.elements)
+        return self.elements
+
+    def networks(self) -> tuple[IPNetwork, ...]:
+        """The elements of an address set as networks."""
+        return tuple(ipaddress.ip_network(e) for e in self.elements)
+
+    def ports(self) -> tuple[tuple[int, int], ...]:
+        """The elements of a port set as inclusive (first, last) ranges."""
+        ranges = []
+        for element in self.elements:
+            first, _, last = element.partition("-")
+            ranges.append((int(first), int(last or first)))
+        return tuple(ranges)
+
+
+@dataclass(frozen=True)
+class NftRule:
+    """One rule: what it matches, structured for checks, and its nft text."""
+
+    verdict: Verdict
+    interfaces: str | None = None  # name of an ifname set (iifname/oifname @set)
+    addresses: str | None = None  # name of an address set (saddr/daddr @set)
+    extra: str | None = None  # any other match: ct state, icmp types, loopback, port
+    counter: str | None = None  # named counter; every drop has one
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class NftSection:
+    """Rules under one comment, in order."""
+
+    comment: str
+    rules: tuple[NftRule, ...]
+
+
+@dataclass(frozen=True)
+class NftChain:
+    """A chain: a base chain (hook, policy accept) or an audit chain (no hook)."""
+
+    name: str
+    hook: Hook | None
+    sections: tuple[NftSection, ...]
+    footer: str | None = None
+
+    @property
+    def rules(self) -> tuple[NftRule, ...]:
+        """Every rule of the chain, in order."""
+        return tuple(r for s in self.sections for r in s.rules)
+
+
+def _ident(network: Network) -> str:
+    return network.value.replace("-", "_")
+
+
+def label_of(networks: Iterable[Network]) -> str:
+    """An nft identifier naming networks: `storage_cluster`, `internal_public`."""
+    return "_".join(_ident(n) for n in sorted(set(networks), key=NETWORKS.index))
+
+
+class FirewallBuilder:
+    """Collects sets, counters and audit chains while the rules are laid out."""
+
+    def __init__(self, enforcement: Enforcement):
+        self.enforcement = enforcement
+        self.sets: dict[str, NftSet] = {}
+        self.counters: list[str] = []
+        self.audit_chains: list[NftChain] = []
+
+    def address_sets(
+        self, name: str, nets: Iterable[IPNetwork], keep_empty: bool = False
+    ) -> list[tuple[str, str]]:
+        """Declare `<name>_v4` and `<name>_v6`; return (family, set) for the non-empty ones."""
+        v4, v6 = split_families(normalize(nets))
+        found: list[tuple[str, str]] = []
+        families: tuple[tuple[str, str, SetType, list[IPNetwork]], ...] = (
+            ("ip", "v4", "ipv4_addr", v4),
+            ("ip6", "v6", "ipv6_addr", v6),
+        )
+        for family, suffix, set_type, members in families:
+            if members or keep_empty:
+                set_name = f"{name}_{suffix}"
+                self._add_set(NftSet(set_name, set_type, tuple(str(m) for m in members)))
+                found.append((family, set_name))
+        return found
+
+    def interface_set(self, name: str, interfaces: Iterable[str]) -> str | None:
+        """Declare an interface-name set; None when there is no interface."""
+        names = tuple(sorted({check_interface_name(i) for i in interfaces}))
+        if not names:
+            return None
+        self._add_set(NftSet(name, "ifname", names))
+        return name
+
+    def port_sets(self, name: str, ranges: Iterable[PortRange]) -> list[tuple[str, str]]:
+        """Declare `<name>_tcp` and `<name>_udp`, empty or not; return (protocol, set).
+
+        Both are always there, so the rules that use them do not depend on the ports.
+        """
+        merged = merge_ranges(ranges)
+        found: list[tuple[str, str]] = []
+        for protocol in PROTOCOLS:
+            set_name = f"{name}_{protocol}"
+            elements = tuple(r.nft for r in merged if r.protocol == protocol)
+            self._add_set(NftSet(set_name, "inet_service", elements))
+            found.append((protocol, set_name))
+        return found
+
+    def _add_set(self, new: NftSet) -> None:
+        old = self.sets.get(new.name)
+        if old is not None and old != new:
+            raise RenderError(f"set '{new.name}' is defined twice with different elements")
+        self.sets[new.name] = new
+
+    def accept(
+        self,
+        direction: str,
+        interfaces: str | None = None,
+        addresses: tuple[str, str] | None = None,
+        extra: str | None = None,
+    ) -> NftRule:
+        """An accept rule."""
+        match = _match(direction, interfaces, addresses, extra)
+        return NftRule(
+            verdict="accept",
+            interfaces=interfaces,
+            addresses=addresses[1] if addresses else None,
+            extra=extra,
+            text=f"{match} accept" if match else "accept",
+        )
+
+    def drop(
+        self,
+        direction: str,
+        counter: str,
+        what: str,
+        interfaces: str | None = None,
+        addresses: tuple[str, str] | None = None,
+        extra: str | None = None,
+    ) -> NftRule:
+        """A drop rule with its named counter; in audit mode, a jump to log-and-count."""
+        if counter not in self.counters:
+            self.counters.append(counter)
+        match = _match(direction, interfaces, addresses, extra)
+        if self.enforcement == "audit":
+            chain = f"audit_{counter}"
+            if all(c.name != chain for c in self.audit_chains):
+                self.audit_chains.append(self._audit_chain(chain, counter, what))
+            statement = f"goto {chain}"
+        else:
+            statement = f'counter name "{counter}" drop'
+        return NftRule(
+            verdict="drop",
+            interfaces=interfaces,
+            addresses=addresses[1] if addresses else None,
+            extra=extra,
+            counter=counter,
+            text=f"{match} {statement}" if match else statement,
+        )
+
+    @staticmethod
+    def _audit_chain(name: str, counter: str, what: str) -> NftChain:
+        prefix = f"{LOG_PREFIX} {what}: "
+        if len(prefix) > LOG_PREFIX_MAX:  # pragma: no cover - names are short and fixed
+            raise RenderError(f"log prefix '{prefix}' is too long")
+        rule = NftRule(
+            verdict="log",
+            counter=counter,
+            text=(
+                f'counter name "{counter}" limit rate {AUDIT_LOG_RATE}'
+                f' log prefix "{prefix}" level info'
+            ),
+        )
+        return NftChain(
+            name=name,
+            hook=None,
+            sections=(NftSection(f"would drop: {what}", (rule,)),),
+            footer="the packet goes on: the base chain's policy accepts it",
+        )
+
+
+def _match(
+    direction: str,
+    interfaces: str | None,
+    addresses: tuple[str, str] | None,
+    extra: str | None,
+) -> str:
+    parts: list[str] = []
+    if interfaces:
+        parts.append(f"{'iifname' if direction == 'in' else 'oifname'} @{interfaces}")
+    if addresses:
+        family, name = addresses
+        parts.append(f"{family} {'saddr' if direction == 'in' else 'daddr'} @{name}")
+    if extra:
+        parts.append(extra)
+    return " ".join(parts)
