@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from fake_host import FakeHost
 from ops import testing
+from render_helpers import EXAMPLES
+
+from network_isolation.topology import Topology, load_topology
 
 # The guide's "Cloud networks" table: the six network names.
 GUIDE_NETWORKS: tuple[str, ...] = (
@@ -133,3 +136,15 @@ def distinct_layout() -> dict[str, tuple[str, str] | None]:
 def shared_layout() -> dict[str, tuple[str, str] | None]:
     """A machine on a single subnet: every network in one space, on one NIC."""
     return dict.fromkeys(GUIDE_NETWORKS, ("enp1s0", "10.0.0.0/24"))
+
+
+@pytest.fixture(scope="module")
+def maas() -> Topology:
+    """The example cloud: six spaces, two racks, every role."""
+    return load_topology(EXAMPLES / "microstack-maas.yaml")
+
+
+@pytest.fixture(scope="module")
+def single() -> Topology:
+    """The example cloud with every network in one space."""
+    return load_topology(EXAMPLES / "single-space.yaml")

@@ -551,6 +551,7 @@ def golden_topologies() -> Mapping[str, Topology]:
     }
 
 
+@functools.cache
 def golden_plans() -> dict[str, tuple[Topology, str, MachinePlan]]:
     """`case/machine` -> (topology, machine, plan)."""
     return {
@@ -560,6 +561,7 @@ def golden_plans() -> dict[str, tuple[Topology, str, MachinePlan]]:
     }
 
 
+@functools.cache
 def golden_files() -> dict[str, str]:
     """Relative path under dumps/ -> expected content, exactly as the CLI writes it."""
     files: dict[str, str] = {}
@@ -571,6 +573,20 @@ def golden_files() -> dict[str, str]:
     return files
 
 
+def netplan_cases() -> list[str]:
+    """Netplan golden files, each (MAAS file, ours) pair once: variants share most of them."""
+    golden, plans = golden_files(), golden_plans()
+    seen: set[tuple[str, str]] = set()
+    cases = []
+    for path in sorted(k for k in golden if k.endswith("/netplan.yaml")):
+        topology, machine, _ = plans[path.removesuffix("/netplan.yaml")]
+        key = (maas_netplan(topology.plan_input(machine)), golden[path])
+        if key not in seen:
+            seen.add(key)
+            cases.append(path)
+    return cases
+
+
 def stored_files() -> dict[str, str]:
     """The golden files as stored under dumps/."""
     return {
@@ -578,3 +594,22 @@ def stored_files() -> dict[str, str]:
         for p in sorted(DUMPS.rglob("*"))
         if p.is_file() and p.name != "README.md"
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Short spellings of the tests
+
+
+def plan_of(topology: Topology, machine: str) -> MachinePlan:
+    """The plan of one machine of a topology."""
+    return plan_machine(topology.plan_input(machine))
+
+
+def net(text: str) -> Net:
+    """A subnet from its text."""
+    return ipaddress.ip_network(text)
+
+
+def iface(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """An interface address from its text."""
+    return ipaddress.ip_interface(text)

@@ -1,0 +1,397 @@
+"""The firewall's rules by example: layout, semantics, counters, audit and off, strict ports.
+
+Expected values are written out by hand from the example topologies; the ruleset is checked
+with a packet-by-packet verdict of its rules and, where the kernel matters, by the real `nft`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import pytest
+from render_helpers import (
+    address_conflicts,
+    expected_input,
+    golden_files,
+    listed_ports,
+    nft_exercise,
+    nft_rule_count,
+    partial_topology,
+    plan_of,
+    verdict,
+)
+
+from network_isolation.model import Network
+from network_isolation.planner import MachinePlan
+from network_isolation.ports import PortRange, machine_ports
+from network_isolation.render import firewall_view, render, strict_ports
+from network_isolation.topology import Topology
+
+GOLDEN = golden_files()
+NFT_CASES = sorted(k for k in GOLDEN if k.endswith("/nftables.conf"))
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Firewall semantics, by example
+
+
+def test_rule_layout_of_a_storage_node(maas: Topology):
+    text = render(plan_of(maas, "storage-3")).nftables
+    order = [
+        'iifname "lo" accept',
+        "ct state established,related accept",
+        'ct state invalid counter name "drop_in_invalid" drop',
+        "ip saddr @failsafe_v4 tcp dport 22 accept",
+        "ip6 saddr @failsafe_v6 tcp dport 22 accept",
+        'ip saddr @net_data_v4 counter name "drop_in_data" drop',
+        "iifname @if_storage ip saddr @net_storage_v4 accept",
+        'iifname @if_storage ip saddr @cross_storage_v4 counter name "drop_in_storage" drop',
+        'iifname @if_storage counter name "drop_in_storage" drop',
+        "chain output {",
+        'ip daddr @net_public_v4 counter name "drop_out_public" drop',
+    ]
+    assert_in_order(text[text.index("chain input") :], order)
+    assert "table inet network_isolation\ndelete table inet network_isolation\n" in text
+    assert "flush" not in text
+    assert "forward" not in text
+    assert re.search(r"\biif |\boif ", text) is None
+    assert text.startswith("# network-isolation: nftables ruleset of machine 'storage-3'")
+    assert "do not edit" in text
+
+
+def test_semantics_of_a_control_node(maas: Topology):
+    view = firewall_view(plan_of(maas, "control-1"))
+    # own subnets on own interface; another cloud network on it; a denied network anywhere
+    assert verdict(view, "input", "enp2s0", "10.20.0.99", 5672) == "accept"
+    assert verdict(view, "input", "enp2s0", "10.30.0.99", 5672) == "drop"
+    assert verdict(view, "input", "enp1s0", "10.60.0.99", 80) == "drop"
+    assert verdict(view, "input", "tap1234", "10.40.0.7", 80) == "drop"
+    # other sources: accepted on public, on management only from client-cidrs, else dropped
+    assert verdict(view, "input", "enp3s0", "203.0.113.9", 443) == "accept"
+    assert verdict(view, "input", "enp1s0", "10.99.0.9", 17070) == "accept"
+    assert verdict(view, "input", "enp1s0", "203.0.113.9", 17070) == "drop"
+    assert verdict(view, "input", "enp2s0", "203.0.113.9", 5672) == "drop"
+    # the failsafe wins over every drop: SSH from management or a client, even on storage
+    assert verdict(view, "input", "enp4s0", "10.10.0.9", 22) == "accept"
+    assert verdict(view, "input", "enp2s0", "fd00:99::9", 22) == "accept"
+    # interfaces of no cloud network (OVS, br-ex, taps) are not ours to decide
+    assert verdict(view, "input", "br-ex", "198.51.100.7", 80) == "accept"
+    # output: only denied networks are dropped
+    assert verdict(view, "output", "enp1s0", "10.60.0.31") == "drop"
+    assert verdict(view, "output", "enp4s0", "10.50.1.33") == "accept"
+    assert address_conflicts(view, ["enp1s0", "enp2s0", "enp3s0", "enp4s0"]) == []
+
+
+def test_denied_nic_is_dropped_on_input_and_output():
+    plan = plan_of(partial_topology(), "storage-1")  # a tenant NIC, but no compute role
+    view = firewall_view(plan)
+    assert plan.denied_interfaces == ("enp3s0",)
+    assert verdict(view, "input", "enp3s0", "198.51.100.1", 80) == "drop"
+    assert verdict(view, "output", "enp3s0", "198.51.100.1") == "drop"
+    assert verdict(view, "input", "enp3s0", "10.1.0.9", 22) == "accept"  # failsafe
+
+
+def test_shared_nic_accepts_every_allowed_network_it_carries():
+    view = firewall_view(plan_of(partial_topology(), "edge-1"))  # oam and api on enp1s0
+    assert verdict(view, "input", "enp1s0", "10.1.0.9", 80) == "accept"
+    assert verdict(view, "input", "enp1s0", "10.2.0.9", 80) == "accept"
+    assert verdict(view, "input", "enp1s0", "10.5.0.9", 80) == "drop"
+    assert verdict(view, "input", "enp2s0", "10.2.0.9", 80) == "drop"
+    assert address_conflicts(view, ["enp1s0", "enp2s0"]) == []
+
+
+def test_sole_space_drops_nothing_but_invalid_packets(single: Topology):
+    for machine in single.machines:
+        view = firewall_view(plan_of(single, machine))
+        drops = [r for c in view.chains for r in c.rules if r.verdict == "drop"]
+        assert [r.extra for r in drops] == ["ct state invalid"]
+
+
+def test_client_cidrs_overlapping_a_cloud_subnet_stay_consistent():
+    plan = plan_of(partial_topology(), "juju-1")
+    view = firewall_view(plan)
+    # 10.1.0.128/25 (a client range) lies inside oam: accepted there as oam
+    assert "10.1.0.128/25" not in view.set("clients_v4").elements
+    assert view.set("failsafe_v4").elements == ("10.1.0.0/24", "192.0.2.0/24")
+    assert address_conflicts(view, ["enp1s0"]) == []
+
+
+def test_counters_are_named_per_network_and_direction(maas: Topology):
+    view = firewall_view(plan_of(maas, "compute-1"))
+    assert set(view.counters) == {
+        "drop_in_invalid",
+        "drop_in_public",
+        "drop_in_storage_cluster",
+        "drop_in_data",
+        "drop_in_internal",
+        "drop_in_management",
+        "drop_in_storage",
+        "drop_out_public",
+        "drop_out_storage_cluster",
+    }
+    for path in NFT_CASES:
+        counters = re.findall(r"^\tcounter (\S+) \{$", GOLDEN[path], re.M)
+        assert all(IDENTIFIER.match(c) for c in counters), counters
+        used = set(re.findall(r'counter name "([^"]+)"', GOLDEN[path]))
+        assert used == set(counters)
+
+
+def assert_in_order(text: str, statements: list[str]) -> None:
+    """Every statement is a line of text (stripped), and they come in this order."""
+    lines = [line.strip() for line in text.splitlines()]
+    positions = [lines.index(statement) for statement in statements]
+    assert positions == sorted(positions)
+
+
+def _statements(ruleset: str) -> list[str]:
+    return [line.strip() for line in ruleset.splitlines() if not line.strip().startswith("#")]
+
+
+def test_every_drop_has_a_counter():
+    for path in NFT_CASES:
+        for line in _statements(GOLDEN[path]):
+            if re.search(r"\sdrop$", line):
+                assert 'counter name "drop_' in line, line
+
+
+def test_audit_logs_and_counts_instead_of_dropping(maas: Topology):
+    plan = plan_of(maas, "storage-3")
+    audit = plan.model_copy(
+        update={"config": plan.config.model_copy(update={"enforcement": "audit"})}
+    )
+    enforce_view, audit_view = firewall_view(plan), firewall_view(audit)
+    text = render(audit).nftables
+    assert all(re.search(r"(^|\s)drop(\s|$)", line) is None for line in _statements(text))
+    assert 'log prefix "network-isolation audit in storage-cluster: "' in text
+    assert "limit rate 10/minute" in text
+    # same rules in the base chains, same counters
+    assert enforce_view.counters == audit_view.counters
+    for name in ("input", "output"):
+        enforce, audited = enforce_view.chain(name), audit_view.chain(name)
+        assert enforce is not None and audited is not None
+        assert len(enforce.rules) == len(audited.rules)
+    nft_exercise(text)
+
+
+def test_off_only_removes_our_table(maas: Topology):
+    plan = plan_of(maas, "hyper-1")
+    off = plan.model_copy(update={"config": plan.config.model_copy(update={"enforcement": "off"})})
+    text = render(off).nftables
+    statements = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert statements == [
+        "table inet network_isolation",
+        "delete table inet network_isolation",
+    ]
+
+
+def _control_node(
+    extra_v4: int, extra_v6: int = 0, config: Mapping[str, object] | None = None
+) -> MachinePlan:
+    """A control node of a six-space cloud whose storage space has extra subnets."""
+    spaces = {
+        name: [f"10.{n}0.0.0/24", f"fd00:{n}0::/64"]
+        for n, name in enumerate(("oam", "int", "pub", "ten", "cph", "rep"), start=1)
+    }
+    spaces["cph"] += [f"10.5.{k // 256}.{k % 256}/32" for k in range(extra_v4)]
+    spaces["cph"] += [f"fd00:5::{k:x}:0/112" for k in range(extra_v6)]
+    topology = Topology.model_validate(
+        {
+            "spaces": spaces,
+            "bindings": {
+                "data": "ten",
+                "internal": "int",
+                "management": "oam",
+                "public": "pub",
+                "storage": "cph",
+                "storage-cluster": "rep",
+            },
+            "config": {"client-cidrs": "192.0.2.0/24", **(config or {})},
+            "machines": {
+                "m": {
+                    "roles": ["control"],
+                    "interfaces": {f"enp{n}s0": [f"10.{n}0.0.5/24"] for n in range(1, 7)},
+                }
+            },
+        }
+    )
+    return plan_of(topology, "m")
+
+
+def test_rule_count_does_not_grow_with_subnets():
+    """1 subnet per family in the storage space, then 1,000 more of each: same rules."""
+
+    def plan(count: int) -> MachinePlan:
+        return _control_node(count, count)
+
+    small, large = plan(0), plan(1000)
+    assert len(large.domain_of(Network.STORAGE).subnets) == 2002
+    views = [firewall_view(small), firewall_view(large)]
+    assert views[0].rule_count == views[1].rule_count
+    assert sum(len(s.elements) for s in views[1].sets) > 4000
+    kernel = [nft_rule_count(render(p).nftables) for p in (small, large)]
+    assert kernel == [views[0].rule_count] * 2
+
+
+# ---------------------------------------------------------------------------------------------
+# strict-ports
+
+
+def _strict(plan: MachinePlan, **options: object) -> MachinePlan:
+    config = plan.config.model_copy(update={"strict_ports": True, **options})
+    return plan.model_copy(update={"config": config})
+
+
+def test_strict_rule_layout_of_a_control_node(maas: Topology):
+    text = render(_strict(plan_of(maas, "control-1"))).nftables
+    order = [
+        'iifname "lo" accept',
+        "ct state established,related accept",
+        'ct state invalid counter name "drop_in_invalid" drop',
+        "ip saddr @failsafe_v4 tcp dport 22 accept",
+        'ip saddr @net_data_v4 counter name "drop_in_data" drop',
+        "iifname @if_internal ip saddr @net_internal_v4 tcp dport @ports_internal_tcp accept",
+        "iifname @if_internal ip saddr @net_internal_v4 udp dport @ports_internal_udp accept",
+        "iifname @if_internal ip6 saddr @net_internal_v6 tcp dport @ports_internal_tcp accept",
+        'iifname @if_internal ip saddr @cross_internal_v4 counter name "drop_in_internal" drop',
+        'iifname @if_internal counter name "drop_in_internal" drop',
+        "iifname @if_management ip saddr @clients_v4 tcp dport @ports_management_tcp accept",
+        'iifname @if_management counter name "drop_in_management" drop',
+        'iifname @if_public ip saddr @cross_public_v4 counter name "drop_in_public" drop',
+        "iifname @if_public tcp dport @ports_public_tcp accept",
+        "iifname @if_public udp dport @ports_public_udp accept",
+        'iifname @if_public counter name "drop_in_public" drop',
+    ]
+    assert_in_order(text[text.index("chain input") :], order)
+    assert "\tset ports_public_tcp {\n\t\ttype inet_service\n\t\tflags interval\n" in text
+    view = firewall_view(_strict(plan_of(maas, "control-1")))
+    assert view.set("ports_internal_tcp").elements == (
+        "80", "443", "4240", "5671-5672", "6400", "6443", "6641-6644", "9000", "10250"
+    )  # fmt: skip
+    assert view.set("ports_internal_udp").elements == ("8472",)
+    assert view.set("ports_storage_tcp").elements == ()  # a Ceph client only: nothing listens
+
+
+def test_strict_semantics_of_a_control_node(maas: Topology):
+    plan = _strict(plan_of(maas, "control-1"))
+    view = firewall_view(plan)
+    cases = [
+        # own subnets: the network's ports only, per protocol
+        ("enp2s0", "10.20.0.99", "tcp", 5672, "accept"),
+        ("enp2s0", "fd00:20::99", "tcp", 6642, "accept"),
+        ("enp2s0", "10.20.0.99", "udp", 8472, "accept"),
+        ("enp2s0", "10.20.0.99", "tcp", 8472, "drop"),
+        ("enp2s0", "10.20.0.99", "tcp", 3306, "drop"),
+        ("enp4s0", "10.50.0.99", "tcp", 6789, "drop"),
+        # public: any source, public ports only
+        ("enp3s0", "203.0.113.9", "tcp", 443, "accept"),
+        ("enp3s0", "10.30.0.99", "tcp", 80, "accept"),
+        ("enp3s0", "203.0.113.9", "tcp", 8080, "drop"),
+        ("enp3s0", "203.0.113.9", "udp", 443, "drop"),
+        ("enp3s0", "10.20.0.99", "tcp", 443, "drop"),  # another cloud network's subnets
+        # management: own subnets and client-cidrs, management ports only
+        ("enp1s0", "10.99.0.9", "tcp", 6443, "accept"),
+        ("enp1s0", "10.10.0.9", "udp", 68, "accept"),
+        ("enp1s0", "10.99.0.9", "tcp", 17070, "drop"),  # not a controller
+        ("enp1s0", "203.0.113.9", "tcp", 6443, "drop"),
+        # the failsafe wins, and interfaces of no cloud network are not ours
+        ("enp4s0", "10.10.0.9", "tcp", 22, "accept"),
+        ("enp2s0", "fd00:99::9", "tcp", 22, "accept"),
+        ("br-ex", "198.51.100.7", "tcp", 8080, "accept"),
+        ("enp1s0", "10.40.0.7", "tcp", 6443, "drop"),  # a denied network, listed port or not
+    ]
+    for nic, source, protocol, port, expected in cases:
+        assert verdict(view, "input", nic, source, port, protocol) == expected, (nic, source, port)
+        assert expected_input(plan, nic, source, protocol, port) == expected, (nic, source, port)
+    assert address_conflicts(view, ["enp1s0", "enp2s0", "enp3s0", "enp4s0"]) == []
+
+
+def test_strict_without_ports_uses_the_catalogue_and_extra_ports(maas: Topology):
+    plan = _strict(plan_of(maas, "compute-1"), extra_ports={Network.DATA: (("udp", 4789, 4789),)})
+    assert render(plan) == render(plan, machine_ports(plan))
+    view = firewall_view(plan)
+    assert view.set("ports_data_udp").elements == ("4789", "6081")
+    assert verdict(view, "input", "enp5s0", "10.40.0.9", 4789, "udp") == "accept"
+    assert strict_ports(plan) == {n: machine_ports(plan)[n] for n in machine_ports(plan)}
+
+
+def test_declared_ports_open_only_with_the_declaration(maas: Topology):
+    plan = _strict(plan_of(maas, "compute-1"))
+    declared = {Network.INTERNAL: (PortRange.parse("tcp:7777"),)}
+    with_declared = firewall_view(plan, machine_ports(plan, declared))
+    without = firewall_view(plan)
+    assert verdict(with_declared, "input", "enp2s0", "10.20.0.9", 7777) == "accept"
+    assert verdict(without, "input", "enp2s0", "10.20.0.9", 7777) == "drop"
+    assert verdict(with_declared, "input", "enp2s0", "10.20.0.9", 8775) == "accept"
+    assert with_declared.rule_count == without.rule_count
+    assert expected_input(plan, "enp2s0", "10.20.0.9", "tcp", 7777, machine_ports(plan, declared))
+    assert listed_ports(plan, "enp2s0", machine_ports(plan, declared)) == [
+        PortRange.parse("tcp:7777"),
+        PortRange.parse("tcp:8775"),
+    ]
+
+
+def test_ports_of_networks_the_machine_may_not_use_are_never_opened(maas: Topology):
+    plan = _strict(plan_of(maas, "storage-1"))  # no public, internal or data
+    ports = {Network.PUBLIC: (PortRange.parse("tcp:443"),)}
+    view = firewall_view(plan, ports)
+    assert all("public" not in s.name for s in view.sets if s.type == "inet_service")
+    assert verdict(view, "input", "enp1s0", "10.30.0.9", 443) == "drop"
+    assert strict_ports(plan, ports) == {
+        Network.MANAGEMENT: (),
+        Network.STORAGE: (),
+        Network.STORAGE_CLUSTER: (),
+    }
+
+
+def test_ports_are_ignored_without_strict_ports(maas: Topology):
+    plan = plan_of(maas, "control-1")
+    ports = {Network.INTERNAL: (PortRange.parse("tcp:1-65535"),)}
+    assert render(plan, ports).nftables == GOLDEN["microstack-maas/control-1/nftables.conf"]
+    assert strict_ports(plan, ports) is None
+
+
+def test_strict_audit_logs_instead_of_dropping_on_public(maas: Topology):
+    plan = _strict(plan_of(maas, "control-1"), enforcement="audit")
+    text = render(plan).nftables
+    assert all(re.search(r"(^|\s)drop(\s|$)", line) is None for line in _statements(text))
+    assert "iifname @if_public goto audit_drop_in_public" in text
+    view = firewall_view(plan)
+    assert verdict(view, "input", "enp3s0", "203.0.113.9", 8080) == "drop"  # would drop
+
+
+def test_strict_rule_count_constant_in_subnets_and_ports():
+    """1 subnet and no extra port, then 1,000 more subnets and 1,000 port ranges: same rules."""
+
+    def plan(count: int, strict: bool = True) -> MachinePlan:
+        ports = ",".join(f"tcp:{20000 + 3 * k}-{20001 + 3 * k}" for k in range(count))
+        config: dict[str, object] = {"strict-ports": strict}
+        if count:
+            config["extra-ports"] = f"internal={ports} public={ports.replace('tcp', 'udp')}"
+        return _control_node(count, config=config)
+
+    small, large = plan(0), plan(1000)
+    views = [firewall_view(small), firewall_view(large)]
+    assert len(views[1].set("ports_internal_tcp").elements) > 1000
+    assert len(views[1].set("ports_public_udp").elements) == 1000
+    assert views[0].rule_count == views[1].rule_count
+    assert firewall_view(plan(0, strict=False)).rule_count < views[0].rule_count
+    kernel = [nft_rule_count(render(p).nftables) for p in (small, large)]
+    assert kernel == [views[0].rule_count] * 2
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_ipv6_link_local_is_accepted_on_allowed_interfaces(maas: Topology, strict: bool):
+    plan = plan_of(maas, "compute-1")
+    if strict:
+        plan = _strict(plan)
+    view = firewall_view(plan)
+    # enp2s0 is compute-1's internal NIC: a DHCPv6 server or router on that link is fine
+    assert verdict(view, "input", "enp2s0", "fe80::1", 547, "udp") == (
+        "drop" if strict else "accept"
+    )
+    # tcp/8775 (Nova metadata) is in compute's internal catalogue, so strict mode keeps it
+    assert verdict(view, "input", "enp2s0", "fe80::1", 8775) == "accept"
+    # an interface that belongs to no cloud network is not decided by this table
+    assert verdict(view, "input", "tap0", "fe80::1", 22) == "accept"
