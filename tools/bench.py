@@ -58,7 +58,7 @@ for _path in (ROOT / "tests" / "unit", ROOT / "lib", ROOT / "src"):
 from ops import testing  # noqa: E402
 
 import charm  # noqa: E402
-from network_isolation import host as host_module  # noqa: E402
+from network_isolation.host import registry as host_module  # noqa: E402
 from network_isolation.model import NETWORKS, Network  # noqa: E402
 from network_isolation.peers import CloudView, MachineRecord, aggregate, dump  # noqa: E402
 from network_isolation.rollout import Roll, UnitRoll  # noqa: E402

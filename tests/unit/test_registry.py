@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from network_isolation import host
-from network_isolation.host import MachineRegistry, state_dir, write_atomically
+from network_isolation.host import MachineRegistry, state_dir, system, write_atomically
 
 OLD = 1_000_000_000  # a file time far in the past, to see whether a file was rewritten
 
@@ -81,7 +81,7 @@ def test_failed_write_keeps_the_old_entry(tmp_path: Path, monkeypatch: pytest.Mo
     def no_rename(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(host.os, "replace", no_rename)
+    monkeypatch.setattr(system.os, "replace", no_rename)
     with pytest.raises(OSError, match="disk full"):
         registry.record("app/0", frozenset({"storage"}))
     assert path.read_text() == before

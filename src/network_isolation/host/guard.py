@@ -1,0 +1,292 @@
+"""The guard around an apply: probes, the dead-man timer, rollback and rejected artefacts.
+
+Before a change: the targets that answer now, and a snapshot of the previous state with a
+transient systemd timer (the dead-man) that restores it unless the change is confirmed. After
+it: the same targets probed again; a failure restores the snapshot at once and remembers the
+artefacts as rejected, so they are not tried again until they change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shlex
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .netplan import NetplanFile
+from .nftables import REMOVAL_RULESET, Table
+from .outcomes import ApplyError, HostError, RejectedError, RejectedRecord, RolledBackError
+from .probes import Probe, ProbeTarget
+from .system import System, first_error, read_text, write_atomically
+
+logger = logging.getLogger(__name__)
+
+ROLLBACK_UNIT = "network-isolation-rollback"
+
+
+@dataclass
+class Progress:
+    """How far an apply got, so a rollback undoes exactly that."""
+
+    loaded: bool = False
+    netplan_written: bool = False
+    errors: list[str] = field(default_factory=lambda: list[str]())
+
+
+class Guard:
+    """Confirms an apply or rolls it back; its files live in the state directory.
+
+    - `rejected.json`: the fingerprint of artefacts that failed, and why;
+    - during an apply only: `rollback/` (the previous state), `rollback.sh` (the dead-man's
+      restore script) and `armed` (whoever removes it first, the charm confirming or the
+      dead-man restoring, wins; the dead-man renames it to `fired`).
+    """
+
+    def __init__(
+        self,
+        system: System,
+        state: Path,
+        table: Table,
+        netplan: NetplanFile,
+        probe: Probe,
+        *,
+        rollback_after: int,
+        probe_budget: float,
+        baseline_budget: float,
+    ):
+        self.system = system
+        self.table = table
+        self.netplan = netplan
+        self.probe = probe
+        self.rollback_after = rollback_after
+        self.probe_budget = probe_budget
+        self.baseline_budget = baseline_budget
+        self.rejected_file = state / "rejected.json"
+        self.rollback_dir = state / "rollback"
+        self.rollback_script = state / "rollback.sh"
+        self.armed_file = state / "armed"
+        self.fired_file = state / "fired"
+
+    # -- rejected artefacts ----------------------------------------------------------------
+
+    def rejected(self) -> RejectedRecord | None:
+        """The artefacts that failed last, if any."""
+        try:
+            data = json.loads(self.rejected_file.read_text())
+            return RejectedRecord(
+                str(data["fingerprint"]), str(data["stage"]), str(data["reason"])
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def refuse_rejected(self, wanted: str) -> None:
+        """RejectedError if these artefacts (by fingerprint) failed last time."""
+        rejected = self.rejected()
+        if rejected and rejected.fingerprint == wanted:
+            raise RejectedError(
+                f"not retrying the change that failed at {rejected.stage}: {rejected.reason}",
+                stage="rejected",
+            )
+
+    def _reject(self, wanted: str, error: ApplyError) -> None:
+        record = {"fingerprint": wanted, "stage": error.stage, "reason": str(error)[:300]}
+        write_atomically(self.rejected_file, json.dumps(record) + "\n", 0o600)
+
+    def forget_rejection(self) -> None:
+        """A new change worked: the inputs moved on."""
+        self.rejected_file.unlink(missing_ok=True)
+
+    # -- probes ----------------------------------------------------------------------------
+
+    def baseline(self, targets: Sequence[ProbeTarget]) -> tuple[list[ProbeTarget], list[str]]:
+        """Targets that answer before the change: only those are held against it."""
+        if not targets:
+            return [], []
+        before = self.probe(targets, self.baseline_budget)
+        for target, why in before.items():
+            logger.warning(
+                "not probing %s after the apply: unreachable before it (%s)", target, why
+            )
+        return [t for t in targets if t not in before], [str(t) for t in before]
+
+    def still_reachable(self, reachable: Sequence[ProbeTarget]) -> None:
+        """RolledBackError naming every target the change cut off."""
+        failures = self.probe(reachable, self.probe_budget) if reachable else {}
+        if failures:
+            lost = ", ".join(f"{t} ({why})" for t, why in failures.items())
+            raise RolledBackError(f"unreachable after applying: {lost}", stage="probe")
+
+    # -- the dead-man ----------------------------------------------------------------------
+
+    def rollback_command(self) -> list[str]:
+        """What the dead-man timer runs: restores the state from before the unconfirmed apply."""
+        return [self.system.tools.sh, str(self.rollback_script)]
+
+    def is_armed(self) -> bool:
+        """Whether an apply is under way (or died unconfirmed)."""
+        return self.armed_file.exists()
+
+    def arm(self, wanted: str, netplan_changes: bool) -> None:
+        """Snapshot the previous state and start the dead-man timer, before changing anything."""
+        shutil.rmtree(self.rollback_dir, ignore_errors=True)
+        self.rollback_dir.mkdir(parents=True)
+        previous = self.table.confirmed()
+        write_atomically(self.rollback_dir / "ruleset.nft", previous or REMOVAL_RULESET, 0o600)
+        if self.netplan.path.exists():
+            shutil.copy2(self.netplan.path, self.rollback_dir / "netplan.yaml")
+        reason = f"the apply was not confirmed within {self.rollback_after} s"
+        rejected = {"fingerprint": wanted, "stage": "confirm", "reason": reason}
+        write_atomically(self.rollback_dir / "rejected.json", json.dumps(rejected) + "\n", 0o600)
+        if netplan_changes:
+            (self.rollback_dir / "netplan-changes").touch()
+        script = self._rollback_script(wanted, netplan_changes)
+        write_atomically(self.rollback_script, script, 0o700)
+        write_atomically(self.armed_file, wanted + "\n", 0o600)
+        argv = [
+            self.system.tools.systemd_run,
+            f"--unit={ROLLBACK_UNIT}",
+            f"--on-active={self.rollback_after}",
+            "--timer-property=AccuracySec=1s",
+            "--collect",
+            "--quiet",
+            "--description=network-isolation: restore the state before an unconfirmed apply",
+            *self.rollback_command(),
+        ]
+        result = self.system.run(*argv)
+        if result.returncode != 0:
+            # A leftover timer of a killed hook holds the name: stop it and try once more.
+            self._disarm_timer()
+            result = self.system.run(*argv)
+        if result.returncode != 0:
+            self.armed_file.unlink(missing_ok=True)
+            self.clean()
+            why = first_error(result.stderr + result.stdout)
+            raise ApplyError(f"cannot arm the rollback timer, not applying: {why}", stage="arm")
+
+    def _rollback_script(self, wanted: str, netplan_changes: bool) -> str:
+        q = shlex.quote
+        tools = self.system.tools
+        armed, fired = q(str(self.armed_file)), q(str(self.fired_file))
+        snapshot = self.rollback_dir
+        lines = [
+            "#!/bin/sh",
+            "# network-isolation dead-man: armed before an apply, cancelled when it is",
+            "# confirmed. Whoever takes the marker first wins: the charm (confirm) or this.",
+            "set -u",
+            f"mv {armed} {fired} 2>/dev/null || exit 0",
+            "status=0",
+            f"{q(tools.nft)} -f {q(str(snapshot / 'ruleset.nft'))} || status=1",
+        ]
+        if netplan_changes:
+            ours, tmp = q(str(self.netplan.path)), q(f"{self.netplan.path}.rollback")
+            if (self.rollback_dir / "netplan.yaml").exists():
+                saved = q(str(snapshot / "netplan.yaml"))
+                lines.append(
+                    f"cp -p {saved} {tmp} && chmod 0600 {tmp} && mv -f {tmp} {ours} || status=1"
+                )
+            else:
+                lines.append(f"rm -f {ours} || status=1")
+            lines.append(f"{q(tools.netplan)} apply || status=1")
+        rejected = q(str(snapshot / "rejected.json"))
+        # Keep the reason of a failure the charm already recorded for these artefacts.
+        lines += [
+            f"grep -qs {wanted} {q(str(self.rejected_file))} || "
+            f"mv -f {rejected} {q(str(self.rejected_file))}",
+            f"rm -f {fired} {q(str(self.table.pending_file))}",
+            'exit "$status"',
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _disarm_timer(self) -> None:
+        systemctl = self.system.tools.systemctl
+        self.system.run(systemctl, "stop", f"{ROLLBACK_UNIT}.timer")
+        self.system.run(
+            systemctl, "reset-failed", f"{ROLLBACK_UNIT}.timer", f"{ROLLBACK_UNIT}.service"
+        )
+
+    def claim(self) -> bool:
+        """Take the marker; False if the dead-man took it first (it restores, not us)."""
+        try:
+            self.armed_file.unlink()
+        except FileNotFoundError:
+            return False
+        self.system.run(self.system.tools.systemctl, "stop", f"{ROLLBACK_UNIT}.timer")
+        return True
+
+    def confirm(self) -> None:
+        """Cancel the dead-man; RolledBackError if it fired first."""
+        if not self.claim():
+            self.table.pending_file.unlink(missing_ok=True)
+            raise RolledBackError(
+                f"the rollback timer fired before the apply was confirmed (after "
+                f"{self.rollback_after} s); the previous state was restored",
+                stage="confirm",
+            )
+
+    def clean(self) -> None:
+        """Drop the snapshot and the dead-man's script."""
+        shutil.rmtree(self.rollback_dir, ignore_errors=True)
+        self.rollback_script.unlink(missing_ok=True)
+
+    # -- rolling back ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def rolling_back(self, wanted: str, netplan_changes: bool) -> Iterator[Progress]:
+        """Any failure inside: undo what was done, reject the artefacts, RolledBackError."""
+        progress = Progress()
+        try:
+            yield progress
+        except Exception as e:
+            error = e if isinstance(e, ApplyError) else RolledBackError(str(e), stage="apply")
+            self._roll_back(progress, netplan_changes)
+            self._reject(wanted, error)
+            outcome = "previous state restored"
+            if progress.errors:
+                outcome = (
+                    f"rollback failed ({'; '.join(progress.errors)}): the rollback timer "
+                    f"retries it within {self.rollback_after} s"
+                )
+            raise RolledBackError(f"{error}; {outcome}", stage=error.stage) from e
+
+    def _roll_back(self, progress: Progress, netplan_changes: bool) -> None:
+        """Undo what the apply did; disarm the dead-man only if everything was restored."""
+        if progress.loaded:
+            error = self.table.restore(self.rollback_dir / "ruleset.nft")
+            if error:
+                progress.errors.append(error)
+        if progress.netplan_written and netplan_changes:
+            error = self.netplan.restore(self.rollback_dir / "netplan.yaml")
+            if error:
+                progress.errors.append(error)
+        self.table.pending_file.unlink(missing_ok=True)
+        if progress.errors:
+            logger.error(
+                "rollback incomplete, the dead-man timer stays armed: %s", progress.errors
+            )
+            return
+        self.claim()
+        self.clean()
+
+    def recover_unconfirmed(self) -> bool:
+        """An apply that never confirmed (its hook died): restore its snapshot now."""
+        if not self.armed_file.exists():
+            return False
+        if not (self.rollback_dir / "ruleset.nft").exists():
+            logger.warning("an unconfirmed apply left no snapshot: disarming only")
+            self.claim()
+            return False
+        logger.warning("an earlier apply was not confirmed: restoring the state before it")
+        netplan_changes = (self.rollback_dir / "netplan-changes").exists()
+        saved = read_text(self.rollback_dir / "rejected.json")
+        progress = Progress(loaded=True, netplan_written=netplan_changes)
+        self._roll_back(progress, netplan_changes)
+        if progress.errors:
+            raise HostError(f"cannot restore after an unconfirmed apply: {progress.errors}")
+        known = self.rejected()
+        if saved and not (known and known.fingerprint in saved):
+            write_atomically(self.rejected_file, saved, 0o600)
+        return True

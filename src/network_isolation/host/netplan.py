@@ -1,0 +1,167 @@
+"""Our netplan file: check (policy routing, `netplan generate`), write, apply, restore, remove."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import get_args
+
+import yaml
+
+from ..planner import InterfaceKind
+from .outcomes import ApplyError, InvalidArtefactsError
+from .system import System, as_mapping, first_error, read_text, write_atomically
+
+logger = logging.getLogger(__name__)
+
+# The same name as render.NETPLAN_FILE_NAME (a unit test checks it): the host package must not
+# depend on the renderer to remove what it applied.
+NETPLAN_FILE_NAME = "90-network-isolation.yaml"
+NETPLAN_DIRS = ("lib/netplan", "etc/netplan", "run/netplan")
+
+
+def _routing_problems(netplan: str) -> list[str]:
+    """Policy-routing mistakes that netplan accepts silently.
+
+    A rule without a table (useless), table 0 (silently dropped), two rules with one priority.
+    """
+    try:
+        doc: object = yaml.safe_load(netplan)
+    except yaml.YAMLError as e:
+        return [str(e).splitlines()[0]]
+    network = as_mapping(as_mapping(doc).get("network"))
+    problems: list[str] = []
+    seen: dict[object, str] = {}
+    for kind, devices in network.items():
+        for name, device in as_mapping(devices).items():
+            rules = as_mapping(device).get("routing-policy")
+            for rule in [as_mapping(r) for r in rules] if isinstance(rules, list) else []:
+                where = f"{kind}.{name}"
+                table = rule.get("table")
+                if not isinstance(table, int) or isinstance(table, bool) or table <= 0:
+                    problems.append(f"{where}: a routing-policy rule needs a table (not 0)")
+                priority = rule.get("priority")
+                if priority is not None and priority in seen:
+                    problems.append(
+                        f"{where}: priority {priority} is also used in {seen[priority]}"
+                    )
+                elif priority is not None:
+                    seen[priority] = where
+    return problems
+
+
+class NetplanFile:
+    """Our file `/etc/netplan/90-network-isolation.yaml` (0600), beside the host's own."""
+
+    def __init__(self, system: System):
+        self.system = system
+        self.path = system.at(Path("/etc/netplan") / NETPLAN_FILE_NAME)
+
+    def read(self) -> str | None:
+        """Our file's content; None when there is no file of ours."""
+        return read_text(self.path)
+
+    def matches(self, netplan: str | None) -> bool:
+        """Whether our file is this content with mode 0600 (or absent, for None)."""
+        if netplan is None:
+            return not self.path.exists()
+        try:
+            return (
+                self.path.read_bytes() == netplan.encode()
+                and self.path.stat().st_mode & 0o777 == 0o600
+            )
+        except OSError:
+            return False
+
+    def check(self, netplan: str) -> None:
+        """Our policy-routing checks, then `netplan generate` over the host's files and this.
+
+        Raises InvalidArtefactsError with the first problem or netplan's first error line.
+        """
+        problems = _routing_problems(netplan)
+        if problems:
+            raise InvalidArtefactsError(
+                f"netplan policy routing: {'; '.join(problems)}", stage="validate-routing"
+            )
+        with tempfile.TemporaryDirectory(prefix="network-isolation-netplan-") as tmp:
+            self._stage(Path(tmp), netplan)
+            result = self.system.run(self.system.tools.netplan, "generate", "--root-dir", tmp)
+            if result.returncode != 0:
+                why = first_error(result.stderr + result.stdout, strip=[tmp])
+                raise InvalidArtefactsError(f"netplan rejected: {why}", stage="validate-netplan")
+
+    def _foreign_files(self) -> list[Path]:
+        """The host's netplan files (lib, etc, run) other than ours, in netplan's order."""
+        found: list[Path] = []
+        for directory in NETPLAN_DIRS:
+            source = self.system.root / directory
+            for path in sorted(source.glob("*.yaml")) if source.is_dir() else []:
+                if path.is_file() and path != self.path:
+                    found.append(path)
+        return found
+
+    def interface_kinds(self) -> dict[str, InterfaceKind]:
+        """Which netplan section (ethernets, vlans, bonds, bridges) defines each interface.
+
+        Our netplan file must name each interface in the section MAAS used, else netplan
+        refuses it ("changes device type"). Unreadable files are skipped: netplan's own
+        validation of our file will then say what is wrong.
+        """
+        kinds: dict[str, InterfaceKind] = {}
+        for path in self._foreign_files():
+            try:
+                network = (yaml.safe_load(path.read_text()) or {}).get("network") or {}
+            except (OSError, yaml.YAMLError, AttributeError) as e:
+                logger.warning("cannot read %s: %s", path, e)
+                continue
+            for kind in get_args(InterfaceKind):
+                section = network.get(kind) if isinstance(network, dict) else None
+                for name in section if isinstance(section, dict) else ():
+                    if isinstance(name, str):
+                        kinds[name] = kind
+        return kinds
+
+    def _stage(self, tmp: Path, netplan: str) -> None:
+        """The host's netplan files (lib, etc, run) under tmp, with ours replaced by `netplan`."""
+        for directory in NETPLAN_DIRS:
+            (tmp / directory).mkdir(parents=True, exist_ok=True)
+        for path in self._foreign_files():
+            shutil.copy2(path, tmp / path.relative_to(self.system.root))
+        ours = tmp / "etc/netplan" / NETPLAN_FILE_NAME
+        ours.write_text(netplan)
+        ours.chmod(0o600)
+
+    def install(self, netplan: str | None) -> None:
+        """Write (or, for None, delete) our file and `netplan apply`; ApplyError if it fails."""
+        if netplan is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            write_atomically(self.path, netplan, 0o600)
+        result = self.system.run(self.system.tools.netplan, "apply")
+        if result.returncode != 0:
+            why = first_error(result.stderr + result.stdout)
+            raise ApplyError(f"netplan apply failed: {why}", stage="netplan-apply")
+
+    def restore(self, saved: Path) -> str | None:
+        """Put back a saved copy of our file (none saved: no file) and apply; what went wrong."""
+        if saved.exists():
+            write_atomically(self.path, saved.read_bytes(), 0o600)
+        else:
+            self.path.unlink(missing_ok=True)
+        return self._apply_after_change()
+
+    def remove(self) -> list[str]:
+        """Delete our file, then `netplan apply`; what went wrong, if anything."""
+        if not self.path.exists():
+            return []
+        self.path.unlink()
+        error = self._apply_after_change()
+        return [error] if error else []
+
+    def _apply_after_change(self) -> str | None:
+        result = self.system.run(self.system.tools.netplan, "apply")
+        if result.returncode != 0:
+            return f"netplan apply: {first_error(result.stderr)}"
+        return None

@@ -1,0 +1,99 @@
+"""The machine's state directory, and the registry of this charm's units in it.
+
+Units that share a machine agree on one plan through the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from .system import write_atomically
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR_ENV = "NETWORK_ISOLATION_STATE_DIR"
+DEFAULT_STATE_DIR = Path("/var/lib/network-isolation")
+
+
+def state_dir() -> Path:
+    """Where this charm keeps its per-machine state (overridable for tests)."""
+    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+class UnitEntry(BaseModel):
+    """What one unit of this charm brings to its machine: roles and declared ports."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    unit: str
+    roles: tuple[str, ...]
+    # network -> ports as "tcp:5672" or "udp:6800-7300", as principals declared them
+    ports: dict[str, tuple[str, ...]] = {}
+
+
+class MachineRegistry:
+    """One small file per unit of this charm on the machine, naming what it brings.
+
+    A subordinate related to several principals on one machine has one unit per principal;
+    the registry lets each of them compute the plan for the union of all their roles and
+    declared ports.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def _path(self, unit: str) -> Path:
+        return self.directory / (re.sub(r"[^A-Za-z0-9-]", "-", unit) + ".json")
+
+    def record(
+        self, unit: str, roles: frozenset[str], ports: Mapping[str, Iterable[str]] | None = None
+    ) -> None:
+        """Register a unit's roles and ports; a no-op when they are already recorded."""
+        entry = {"unit": unit, "roles": sorted(roles)}
+        if ports:
+            entry["ports"] = {net: sorted(set(p)) for net, p in sorted(ports.items()) if p}
+        content = json.dumps(entry, sort_keys=True) + "\n"
+        path = self._path(unit)
+        try:
+            if path.read_text() == content:
+                return
+        except OSError:
+            pass
+        write_atomically(path, content)
+
+    def forget(self, unit: str) -> None:
+        """Drop a departing unit's entry."""
+        self._path(unit).unlink(missing_ok=True)
+
+    def _entries(self) -> list[UnitEntry]:
+        entries: list[UnitEntry] = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                entries.append(UnitEntry.model_validate_json(path.read_text()))
+            except (OSError, ValueError) as e:
+                logger.warning("ignoring unreadable registry entry %s: %s", path, e)
+        return entries
+
+    def entries(self) -> dict[str, frozenset[str]]:
+        """Every registered unit and its roles; an unreadable entry is skipped and logged."""
+        return {entry.unit: frozenset(entry.roles) for entry in self._entries()}
+
+    def roles_except(self, unit: str) -> frozenset[str]:
+        """The union of the roles of the other units on this machine."""
+        return frozenset().union(*(r for u, r in self.entries().items() if u != unit))
+
+    def ports_except(self, unit: str) -> dict[str, frozenset[str]]:
+        """The ports the other units' principals declared, per network."""
+        merged: dict[str, set[str]] = {}
+        for entry in self._entries():
+            if entry.unit != unit:
+                for network, ports in entry.ports.items():
+                    merged.setdefault(network, set()).update(ports)
+        return {network: frozenset(ports) for network, ports in merged.items()}
