@@ -197,20 +197,21 @@ class Host:
         force: bool,
         repair: bool,
     ) -> ApplyResult:
-        recovered = self.guard.recover_unconfirmed()
-        if not force and not recovered and self.is_applied(artefacts):
+        # The steps of the README's "Safety" section.
+        recovered = self.guard.recover_unconfirmed()  # a killed apply is undone first
+        if not force and not recovered and self.is_applied(artefacts):  # nothing changed
             self.boot.ensure()
             return ApplyResult(changed=False)
         wanted = fingerprint(artefacts)
         if not force:
             self.guard.refuse_rejected(wanted)
-        self.validate(artefacts)
+        self.validate(artefacts)  # validate before anything changes
         reachable, skipped = self.guard.baseline(targets)
         netplan_changes = not self.netplan.matches(artefacts.netplan)
-        self.guard.arm(wanted, netplan_changes)
-        with self.guard.rolling_back(wanted, netplan_changes) as progress:
-            self._change(artefacts, netplan_changes, progress)
-            self.guard.still_reachable(reachable)
+        self.guard.arm(wanted, netplan_changes)  # arm the dead-man timer
+        with self.guard.rolling_back(wanted, netplan_changes) as progress:  # or roll back
+            self._change(artefacts, netplan_changes, progress)  # apply atomically
+            self.guard.still_reachable(reachable)  # confirm
         self.guard.confirm()
         self._persist(forget_rejection=not repair)
         what = "ruleset and netplan" if netplan_changes else "ruleset"
