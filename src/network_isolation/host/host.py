@@ -135,10 +135,6 @@ class Host:
         """What the dead-man timer runs: restores the state from before the unconfirmed apply."""
         return self.guard.rollback_command()
 
-    def unit_text(self) -> str:
-        """Our boot unit: loads the confirmed ruleset before any network is configured."""
-        return self.boot.text()
-
     def boot_command(self) -> list[str]:
         """What the boot unit runs (its ExecStart)."""
         return self.boot.command()
