@@ -8,7 +8,7 @@ calls per hook however many peers there are.
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import ops
 import pydantic
@@ -19,7 +19,7 @@ from network_isolation.peers import (
     CloudView,
     MachineRecord,
     PeerError,
-    aggregate,
+    aggregate as aggregate_records,
     dump,
     parse_cloud_view,
     parse_record,
@@ -33,42 +33,61 @@ PEER_ENDPOINT = "cluster"
 ROLL_KEY = "roll"
 
 
+class CloudReading(NamedTuple):
+    """The cloud-wide view as this hook found it, and the untrusted data it ignored."""
+
+    view: CloudView
+    problems: tuple[str, ...]
+    aggregated: bool  # folded by this leader from every record: it publishes the view
+
+
 class Cluster:
     """This unit's side of the peer relation."""
 
-    def __init__(self, charm: ops.CharmBase, min_prefix: dict[int, int], warnings: list[str]):
+    def __init__(self, charm: ops.CharmBase, min_prefix: dict[int, int]):
         self._charm = charm
         self._min_prefix = min_prefix
-        self.warnings = warnings
-        self._view: CloudView | None = None
 
     @property
     def _relation(self) -> ops.Relation | None:
         return self._charm.model.get_relation(PEER_ENDPOINT)
 
-    def share(self, record: MachineRecord, *, lead: bool = True) -> None:
-        """Publish this unit's record; the leader (when `lead`) folds every record into the view.
+    def read(self, record: MachineRecord, *, aggregate: bool) -> CloudReading:
+        """The cloud-wide view: with `aggregate`, the leader folds every record into a new one.
 
         The leader is the only unit that reads every peer's databag; everyone else reads the one
         aggregate, so a non-leader's cost per hook does not grow with the cloud.
         """
         relation = self._relation
         if relation is None:
+            return CloudReading(CloudView(), (), aggregated=False)
+        problems: list[str] = []
+        if aggregate and self._charm.unit.is_leader():
+            records = {self._charm.unit.name: record}
+            for unit in relation.units:
+                try:
+                    parsed = parse_record(relation.data[unit].get(UNIT_KEY), self._min_prefix)
+                except PeerError as e:
+                    problems.append(_warn(f"ignored data from {unit.name}: {e}"))
+                    continue
+                if parsed is not None:
+                    records[unit.name] = parsed
+            return CloudReading(aggregate_records(records), tuple(problems), aggregated=True)
+        try:
+            view = parse_cloud_view(relation.data[self._charm.app].get(CLOUD_KEY), self._min_prefix)
+        except PeerError as e:
+            problems.append(_warn(f"ignored the shared cloud view: {e}"))
+            view = CloudView()
+        return CloudReading(view, tuple(problems), aggregated=False)
+
+    def share(self, record: MachineRecord, aggregate: CloudView | None = None) -> None:
+        """Publish this unit's record, and the view this leader has just aggregated, if any."""
+        relation = self._relation
+        if relation is None:
             return
         _set_if_changed(relation.data[self._charm.unit], UNIT_KEY, dump(record))
-        if not (lead and self._charm.unit.is_leader()):
-            return
-        records = {self._charm.unit.name: record}
-        for unit in relation.units:
-            try:
-                parsed = parse_record(relation.data[unit].get(UNIT_KEY), self._min_prefix)
-            except PeerError as e:
-                self._warn(f"ignored data from {unit.name}: {e}")
-                continue
-            if parsed is not None:
-                records[unit.name] = parsed
-        self._view = aggregate(records)
-        _set_if_changed(relation.data[self._charm.app], CLOUD_KEY, dump(self._view))
+        if aggregate is not None:
+            _set_if_changed(relation.data[self._charm.app], CLOUD_KEY, dump(aggregate))
 
     def report(self, roll: UnitRoll, *, lead: bool = True) -> None:
         """Publish this unit's apply state; the leader (when `lead`) hands out the next turn."""
@@ -92,25 +111,10 @@ class Cluster:
             return None
         return _parse_roll(relation.data[self._charm.app].get(ROLL_KEY), Roll)
 
-    def view(self) -> CloudView:
-        """The cloud-wide view: as just aggregated by this leader, else as the leader published."""
-        if self._view is not None:
-            return self._view
-        relation = self._relation
-        if relation is None:
-            return CloudView()
-        try:
-            self._view = parse_cloud_view(
-                relation.data[self._charm.app].get(CLOUD_KEY), self._min_prefix
-            )
-        except PeerError as e:
-            self._warn(f"ignored the shared cloud view: {e}")
-            self._view = CloudView()
-        return self._view
 
-    def _warn(self, message: str) -> None:
-        logger.warning(message)
-        self.warnings.append(message)
+def _warn(message: str) -> str:
+    logger.warning(message)
+    return message
 
 
 def _parse_roll(raw: str | None, model: type[T]) -> T:

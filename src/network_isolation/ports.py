@@ -18,6 +18,7 @@ Pure code: no Juju, no host access.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple, cast
@@ -25,6 +26,8 @@ from typing import Literal, NamedTuple, cast
 from .config import parse_port_range
 from .model import NETWORKS, Network
 from .planner import MachinePlan
+
+logger = logging.getLogger(__name__)
 
 Protocol = Literal["tcp", "udp"]
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp")
@@ -207,6 +210,24 @@ def declared_ports(
             except ValueError:
                 continue
     return {net: merge_ranges(ranges) for net, ranges in result.items()}
+
+
+def registered_ports(
+    *sources: Mapping[str, Iterable[str]],
+) -> dict[Network, tuple[PortRange, ...]]:
+    """Ports kept as text per network name (the machine registry's shape), merged and parsed.
+
+    Every unit on the machine writes the registry: an unreadable entry is logged and skipped.
+    """
+    triples: dict[str, list[tuple[str, int, int]]] = {}
+    for source in sources:
+        for network, texts in source.items():
+            for text in texts:
+                try:
+                    triples.setdefault(network, []).append(parse_port_range(text))
+                except ValueError:
+                    logger.warning("ignored unreadable registry port %r", text)
+    return declared_ports(triples)
 
 
 def machine_ports(

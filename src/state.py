@@ -1,0 +1,216 @@
+"""The charm's per-hook state: everything a hook decides from, read once, then frozen.
+
+A hook reads Juju (config, the principals' relations, the six bindings, the peer relation) and
+the machine (the registry of co-located units, the netplan sections MAAS wrote) here, once; the
+plan and the artefacts are computed from that by the pure code in `network_isolation`.
+Reconcile, status and actions read the `HookState`; what the hook then finds or does (blocked,
+waiting, warnings) goes into its one `Outcome`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import ops
+import pydantic
+from network_isolation_interface import NetworkIsolationRequirer
+
+from cluster import Cluster
+from network_isolation.config import CharmConfig, config_error
+from network_isolation.host import Host, MachineRegistry
+from network_isolation.model import BUILTIN_ROLES, NETWORKS, Network
+from network_isolation.peers import CloudView, MachineRecord
+from network_isolation.planner import (
+    InterfaceAddress,
+    MachinePlan,
+    NetworkView,
+    PlanInput,
+    plan_machine,
+)
+from network_isolation.ports import PortRange, denied_ports, machine_ports, registered_ports
+from network_isolation.render import Artefacts, RenderError, render
+
+logger = logging.getLogger(__name__)
+
+# Relating a principal over `<role>-node` gives this machine that role.
+ROLE_ENDPOINTS = {f"{role}-node": role for role in BUILTIN_ROLES}
+
+
+@dataclass(frozen=True)
+class HookState:
+    """What one hook knows: its inputs and what pure code made of them."""
+
+    unit: str
+    config: CharmConfig
+    related_roles: frozenset[str]  # from the principals related to this unit
+    networks: Mapping[Network, NetworkView]  # this machine's bindings, with the cloud's subnets
+    record: MachineRecord  # what this unit tells its peers
+    cloud: CloudView
+    aggregated: bool  # this leader folded the cloud view from every peer: it publishes it
+    own_ports: Mapping[str, tuple[str, ...]] | None  # the principal's declarations (None: unread)
+    declared: Mapping[Network, tuple[PortRange, ...]] | None  # with strict-ports: every principal's
+    plan: MachinePlan
+    artefacts: Artefacts | None  # None: not rendered (plan not active, not asked, or an error)
+    render_error: str | None
+    problems: tuple[str, ...]  # untrusted input that was ignored, in the order it was read
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The roles this unit records for the machine: its principals' and configured ones."""
+        return self.related_roles | self.config.roles
+
+
+@dataclass
+class Outcome:
+    """What the hook found and did beyond its inputs; collect-status reports it."""
+
+    blocked: str | None = None
+    waiting: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def status(self, state: HookState) -> ops.StatusBase:
+        """The unit's status: the plan's verdict, then what went wrong, then what waits."""
+        warnings = [*state.problems, *self.warnings]
+        warning = f"; {warnings[0]}" if warnings else ""
+        if state.plan.status == "blocked":
+            return ops.BlockedStatus(state.plan.message + warning)
+        if self.blocked:
+            return ops.BlockedStatus(self.blocked)
+        if self.waiting:
+            return ops.WaitingStatus(self.waiting)
+        return ops.ActiveStatus(state.plan.message + warning)
+
+
+def read_config(charm: ops.CharmBase) -> CharmConfig:
+    """The charm's config; raises ConfigError naming the option and the problem."""
+    try:
+        return charm.load_config(CharmConfig, errors="raise")
+    except pydantic.ValidationError as e:
+        raise config_error(e) from None
+
+
+def related_roles(charm: ops.CharmBase) -> frozenset[str]:
+    """Roles given by principals related on this machine (skipping other machines')."""
+    return frozenset(
+        role
+        for endpoint, role in ROLE_ENDPOINTS.items()
+        if any(relation.units for relation in charm.model.relations[endpoint])
+    )
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a hook reads besides the charm's own model: the principals' ports, the machine."""
+
+    service_ports: NetworkIsolationRequirer
+    registry: MachineRegistry
+    host: Host
+
+
+def read_state(
+    charm: ops.CharmBase,
+    sources: Sources,
+    *,
+    aggregate: bool = False,
+    declarations: bool = False,
+    artefacts: bool = False,
+) -> HookState:
+    """Read the hook's inputs and plan; raises ConfigError on invalid config.
+
+    `aggregate`: the leader folds its peers' records into a new cloud view (reconciling hooks
+    but update-status); `declarations`: read the principal's declared ports even without
+    strict-ports (reconciling hooks record them for the other units of the machine);
+    `artefacts`: render them. Only what a hook asks for is read: a hook-tool call each.
+    """
+    config = read_config(charm)
+    unit = charm.unit.name
+    roles = related_roles(charm)
+    bindings = {net: _binding_view(charm, net) for net in NETWORKS}
+    record = MachineRecord(
+        machine=_machine_name(charm),
+        roles=tuple(sorted(roles)),
+        subnets={
+            net: tuple(sorted({i.address.network for i in view.interfaces}, key=str))
+            for net, view in bindings.items()
+            if view.interfaces
+        },
+    )
+    problems: list[str] = []
+    own_ports: dict[str, tuple[str, ...]] | None = None
+    if declarations or (artefacts and config.strict_ports):
+        found = sources.service_ports.declarations()
+        problems += found.problems
+        own_ports = {
+            network: tuple(str(PortRange.of(triple)) for triple in triples)
+            for network, triples in found.by_network().items()
+        }
+    cloud = Cluster(charm, config.peer_min_prefix).read(record, aggregate=aggregate)
+    problems += cloud.problems
+    networks = {
+        net: view.model_copy(update={"subnets": cloud.view.subnets_of(net)})
+        for net, view in bindings.items()
+    }
+    plan = plan_machine(
+        PlanInput(
+            machine=record.machine,
+            roles=roles | sources.registry.roles_except(unit),
+            networks=networks,
+            config=config,
+            interface_kinds=sources.host.interface_kinds(),
+        )
+    )
+    declared = None
+    if config.strict_ports and own_ports is not None:
+        declared = registered_ports(own_ports, sources.registry.ports_except(unit))
+    rendered, render_error = None, None
+    if artefacts and plan.status == "active":
+        if declared is not None:
+            # extra-ports is application-wide: only a principal's own misfit is news here
+            problems += denied_ports(plan, declared, "declared")
+        try:
+            rendered = render(plan, machine_ports(plan, declared) if declared is not None else None)
+        except RenderError as e:
+            render_error = f"cannot render: {e}"
+    return HookState(
+        unit=unit,
+        config=config,
+        related_roles=roles,
+        networks=networks,
+        record=record,
+        cloud=cloud.view,
+        aggregated=cloud.aggregated,
+        own_ports=own_ports,
+        declared=declared,
+        plan=plan,
+        artefacts=rendered,
+        render_error=render_error,
+        problems=tuple(problems),
+    )
+
+
+def _machine_name(charm: ops.CharmBase) -> str:
+    machine_id = ops.JujuContext.from_environ().machine_id
+    return f"machine-{machine_id}" if machine_id else charm.unit.name
+
+
+def _binding_view(charm: ops.CharmBase, network: Network) -> NetworkView:
+    """This machine's addresses on one network (`network-get`)."""
+    try:
+        binding = charm.model.get_binding(network.value)
+        interfaces = binding.network.interfaces if binding else []
+    except ops.ModelError as e:
+        logger.warning("no binding information for %s: %s", network, e)
+        interfaces = []
+    return NetworkView(
+        interfaces=tuple(
+            InterfaceAddress(
+                name=i.name,
+                address=ipaddress.ip_interface(f"{i.address}/{i.subnet.prefixlen}"),
+            )
+            for i in interfaces
+            if i.name and i.address and i.subnet
+        )
+    )
