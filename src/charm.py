@@ -96,7 +96,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         # update-status only repairs drift: the leader re-reads its peers on their own events
         lead = not isinstance(event, ops.UpdateStatusEvent)
         try:
-            state = self._read(aggregate=lead, declarations=True, artefacts=True)
+            state = self._read(lead=lead, declarations=True, artefacts=True)
         except ConfigError:
             self.registry.record(self.unit.name, related_roles(self))
             return  # reported by collect-status; nothing on the host is changed

@@ -19,7 +19,7 @@ from network_isolation.peers import (
     CloudView,
     MachineRecord,
     PeerError,
-    aggregate as aggregate_records,
+    aggregate,
     dump,
     parse_cloud_view,
     parse_record,
@@ -52,8 +52,8 @@ class Cluster:
     def _relation(self) -> ops.Relation | None:
         return self._charm.model.get_relation(PEER_ENDPOINT)
 
-    def read(self, record: MachineRecord, *, aggregate: bool) -> CloudReading:
-        """The cloud-wide view: with `aggregate`, the leader folds every record into a new one.
+    def read(self, record: MachineRecord, *, lead: bool = True) -> CloudReading:
+        """The cloud-wide view: the leader (when `lead`) folds every record into a new one.
 
         The leader is the only unit that reads every peer's databag; everyone else reads the one
         aggregate, so a non-leader's cost per hook does not grow with the cloud.
@@ -62,7 +62,7 @@ class Cluster:
         if relation is None:
             return CloudReading(CloudView(), (), aggregated=False)
         problems: list[str] = []
-        if aggregate and self._charm.unit.is_leader():
+        if lead and self._charm.unit.is_leader():
             records = {self._charm.unit.name: record}
             for unit in relation.units:
                 try:
@@ -72,22 +72,24 @@ class Cluster:
                     continue
                 if parsed is not None:
                     records[unit.name] = parsed
-            return CloudReading(aggregate_records(records), tuple(problems), aggregated=True)
+            return CloudReading(aggregate(records), tuple(problems), aggregated=True)
         try:
-            view = parse_cloud_view(relation.data[self._charm.app].get(CLOUD_KEY), self._min_prefix)
+            view = parse_cloud_view(
+                relation.data[self._charm.app].get(CLOUD_KEY), self._min_prefix
+            )
         except PeerError as e:
             problems.append(_warn(f"ignored the shared cloud view: {e}"))
             view = CloudView()
         return CloudReading(view, tuple(problems), aggregated=False)
 
-    def share(self, record: MachineRecord, aggregate: CloudView | None = None) -> None:
-        """Publish this unit's record, and the view this leader has just aggregated, if any."""
+    def share(self, record: MachineRecord, view: CloudView | None = None) -> None:
+        """Publish this unit's record, and the `view` this leader has just aggregated, if any."""
         relation = self._relation
         if relation is None:
             return
         _set_if_changed(relation.data[self._charm.unit], UNIT_KEY, dump(record))
-        if aggregate is not None:
-            _set_if_changed(relation.data[self._charm.app], CLOUD_KEY, dump(aggregate))
+        if view is not None:
+            _set_if_changed(relation.data[self._charm.app], CLOUD_KEY, dump(view))
 
     def report(self, roll: UnitRoll, *, lead: bool = True) -> None:
         """Publish this unit's apply state; the leader (when `lead`) hands out the next turn."""

@@ -51,7 +51,7 @@ class HookState:
     cloud: CloudView
     aggregated: bool  # this leader folded the cloud view from every peer: it publishes it
     own_ports: Mapping[str, tuple[str, ...]] | None  # the principal's declarations (None: unread)
-    declared: Mapping[Network, tuple[PortRange, ...]] | None  # with strict-ports: every principal's
+    declared: Mapping[Network, tuple[PortRange, ...]] | None  # strict-ports: every principal's
     plan: MachinePlan
     artefacts: Artefacts | None  # None: not rendered (plan not active, not asked, or an error)
     render_error: str | None
@@ -114,14 +114,14 @@ def read_state(
     charm: ops.CharmBase,
     sources: Sources,
     *,
-    aggregate: bool = False,
+    lead: bool = False,
     declarations: bool = False,
     artefacts: bool = False,
 ) -> HookState:
     """Read the hook's inputs and plan; raises ConfigError on invalid config.
 
-    `aggregate`: the leader folds its peers' records into a new cloud view (reconciling hooks
-    but update-status); `declarations`: read the principal's declared ports even without
+    `lead`: the leader folds its peers' records into a new cloud view (reconciling hooks but
+    update-status); `declarations`: read the principal's declared ports even without
     strict-ports (reconciling hooks record them for the other units of the machine);
     `artefacts`: render them. Only what a hook asks for is read: a hook-tool call each.
     """
@@ -147,7 +147,7 @@ def read_state(
             network: tuple(str(PortRange.of(triple)) for triple in triples)
             for network, triples in found.by_network().items()
         }
-    cloud = Cluster(charm, config.peer_min_prefix).read(record, aggregate=aggregate)
+    cloud = Cluster(charm, config.peer_min_prefix).read(record, lead=lead)
     problems += cloud.problems
     networks = {
         net: view.model_copy(update={"subnets": cloud.view.subnets_of(net)})
@@ -171,7 +171,9 @@ def read_state(
             # extra-ports is application-wide: only a principal's own misfit is news here
             problems += denied_ports(plan, declared, "declared")
         try:
-            rendered = render(plan, machine_ports(plan, declared) if declared is not None else None)
+            rendered = render(
+                plan, machine_ports(plan, declared) if declared is not None else None
+            )
         except RenderError as e:
             render_error = f"cannot render: {e}"
     return HookState(

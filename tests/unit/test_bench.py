@@ -1,4 +1,4 @@
-"""The benchmark's pure helpers (tools/bench.py): cloud generation, counting, a tiny run.
+"""The benchmark's pure helpers (tools/bench/): cloud generation, counting, a tiny run.
 
 No timing is asserted: the benchmark measures, it does not test.
 """
