@@ -17,10 +17,7 @@ from .ruleset import CONNTRACK_ONLY, MeasurementError, Namespaces, count_rules, 
 
 LISTENER = """\
 import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(4096)
+s = socket.create_server((sys.argv[1], int(sys.argv[2])), backlog=4096)
 print("ready", flush=True)
 while True:
     try:

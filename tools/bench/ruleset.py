@@ -8,39 +8,35 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from network_isolation.model import Network
 
 from .cloud import machine_address
 
 
-def count_rules(ruleset: str) -> int:
-    """Rules in the chains of an nft file (not comments, hooks, braces or set elements)."""
-    count, in_chain = 0, False
+def _inside(ruleset: str, opening: str) -> Iterator[str]:
+    """The non-empty lines inside each block an `opening` line starts, up to its brace."""
+    inside = False
     for line in ruleset.splitlines():
         text = line.strip()
-        if text.startswith("chain "):
-            in_chain = True
-        elif in_chain and text == "}":
-            in_chain = False
-        elif in_chain and text and not text.startswith(("#", "type ")):
-            count += 1
-    return count
+        if text.startswith(opening):
+            inside = True
+        elif inside and text == "}":
+            inside = False
+        elif inside and text:
+            yield text
+
+
+def count_rules(ruleset: str) -> int:
+    """Rules in the chains of an nft file (not comments, hooks, braces or set elements)."""
+    return sum(1 for text in _inside(ruleset, "chain ") if not text.startswith(("#", "type ")))
 
 
 def count_elements(ruleset: str) -> int:
     """Elements of the sets of an nft file."""
-    count, in_elements = 0, False
-    for line in ruleset.splitlines():
-        text = line.strip()
-        if text.startswith("elements = {"):
-            in_elements = True
-        elif in_elements and text == "}":
-            in_elements = False
-        elif in_elements and text:
-            count += len([e for e in text.split(",") if e.strip()])
-    return count
+    elements = _inside(ruleset, "elements = {")
+    return sum(len([e for e in text.split(",") if e.strip()]) for text in elements)
 
 
 CONNTRACK_ONLY = """\
