@@ -21,7 +21,7 @@ import re
 import secrets
 import socket
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,14 +240,3 @@ def machine_namespaces(tmp_path: Path) -> Iterator[None]:
         for namespace in (MACHINE_NS, PEER_NS, SCRATCH_NS):
             sh(IP, "netns", "del", namespace, check=False)
     assert host_snapshot() == own, "this machine's own ruleset or policy routing changed"
-
-
-def fake_systemctl(root: Path, args: Sequence[str]) -> None:
-    """What `systemctl enable/disable` would do to ROOT/etc; anything else does nothing."""
-    wants = root / "etc/systemd/system/sysinit.target.wants"
-    if args[:1] == ["enable"]:
-        wants.mkdir(parents=True, exist_ok=True)
-        (wants / args[1]).unlink(missing_ok=True)
-        (wants / args[1]).symlink_to(f"/etc/systemd/system/{args[1]}")
-    elif args[:1] == ["disable"]:
-        (wants / args[1]).unlink(missing_ok=True)

@@ -41,6 +41,7 @@ import charm
 from charm import NetworkIsolationCharm
 from network_isolation.host import Host, ProbeTarget, Result, Tools, tcp_probe
 
+from .boundary import fake_systemctl
 from .conftest import need
 from .machine import (
     CONFIG,
@@ -57,7 +58,6 @@ from .machine import (
     cloud_init,
     connects,
     counter_names,
-    fake_systemctl,
     foreign,
     loaded_like,
     machine_namespaces,

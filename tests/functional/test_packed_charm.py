@@ -1,0 +1,263 @@
+"""The charm as packed: a deploy's hooks and the three actions through `dispatch`.
+
+The charm directory is built as charmcraft 4 builds it (packed.py), once per session, and
+deployed as unit network-isolation/0 on compute-1 of examples/microstack-maas.yaml: a private
+mount namespace inside the machine's network namespace (machine.py), the host's system commands
+and Juju's hook tools replaced by boundary.py, everything else real: the venv `dispatch` finds,
+ops, the charm's code as the uv plugin lays it out, `nft` loading the table into the namespace,
+`netplan generate`, the controller and gateway probes.
+
+The model: the six bindings of compute-1, its principal openstack-hypervisor over
+`compute-node` (joining after config-changed, as Juju orders a subordinate's hooks), the
+`cluster` peers on storage-1 and control-1. Needs root, nft, ip, netplan, unshare and nsenter:
+skipped with a message without them, failed under CI=true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import ROOT, need
+from .machine import (
+    CONFIG,
+    CONTROLLER_ADDRESS,
+    MACHINE,
+    MACHINE_NS,
+    STORAGE_CLUSTER_SOURCE,
+    addresses_by_network,
+    connects,
+    counter_names,
+    foreign,
+    loaded_like,
+    machine_namespaces,
+    our_table,
+    peer_record,
+    table_json,
+    verdicts,
+)
+from .packed import APP, UNIT, Hook, Machine, build_charm, copy_charm, machine, network_get
+
+PRINCIPAL = {"endpoint": "compute-node", "id": 3, "remote_app": "openstack-hypervisor"}
+PRINCIPAL_UNIT = "openstack-hypervisor/0"
+# What a hook with unchanged inputs may still run: the drift check and the gateways' lookup.
+READ_ONLY = [
+    ["nft", "-s", "list", "table", "inet", "network_isolation"],
+    ["nft", "-j", "list", "table", "inet", "network_isolation"],
+    ["ip", "-j", "-4", "route", "show", "default"],
+    ["ip", "-j", "-6", "route", "show", "default"],
+]
+
+
+def _prerequisites() -> None:
+    if os.geteuid() != 0:
+        need("the packed charm test needs root for namespaces and mounts")
+    for tool in ("/usr/sbin/nft", "/usr/sbin/netplan", "unshare", "nsenter"):
+        if not shutil.which(tool):
+            need(f"missing {tool}: apt-get install nftables netplan.io util-linux")
+
+
+@pytest.fixture(scope="session")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The charm directory, built once per session."""
+    _prerequisites()
+    return build_charm(tmp_path_factory.mktemp("packed") / "charm")
+
+
+def model(charm: Path) -> dict[str, Any]:
+    """What Juju knows of the unit: config with its defaults, bindings, relations, status."""
+    options = yaml.safe_load((charm / "config.yaml").read_text())["options"]
+    relation_data = {name: {} for name in (PRINCIPAL_UNIT, PRINCIPAL["remote_app"], UNIT, APP)}
+    return {
+        "unit": UNIT,
+        "leader": True,
+        "config": {name: o["default"] for name, o in options.items()} | CONFIG,
+        "networks": {
+            net: network_get(found) for net, found in addresses_by_network(MACHINE).items()
+        },
+        "relations": [
+            {**PRINCIPAL, "units": [], "data": relation_data},
+            {
+                "endpoint": "cluster",
+                "id": 1,
+                "remote_app": APP,
+                "units": [f"{APP}/1", f"{APP}/2"],
+                "data": {
+                    f"{APP}/1": {"machine": peer_record("storage-1", 31)},
+                    f"{APP}/2": {"machine": peer_record("control-1", 11)},
+                    UNIT: {},
+                    APP: {},
+                },
+            },
+        ],
+        "status": {"unit": {"status": "maintenance", "message": "installing charm software"}},
+    }
+
+
+@contextlib.contextmanager
+def deployed(packed: Path, tmp_path: Path, leave_out: str = "") -> Iterator[Machine]:
+    """A copy of the packed charm on compute-1, in namespaces removed again at the end."""
+    charm = copy_charm(packed, tmp_path / "charm", leave_out=leave_out)
+    with machine_namespaces(tmp_path), machine(tmp_path / "bed", charm, model(charm)) as unit:
+        yield unit
+
+
+@pytest.fixture
+def unit(packed: Path, tmp_path: Path) -> Iterator[Machine]:
+    with deployed(packed, tmp_path) as unit:
+        yield unit
+
+
+def children_cpu() -> float:
+    """CPU seconds (user and system) of every finished child process: the hooks' real cost."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def ran(hook: Hook, event: str, status: str) -> Hook:
+    """The hook exited 0, ops emitted `event`, every call was answered, the status is `status`."""
+    assert hook.returncode == 0, f"{hook.name} failed:\n{hook.stderr}"
+    assert f"Emitting Juju event {event}." in hook.logged(), hook.logged()[:5]
+    assert hook.unanswered() == [], "the stand-in could not answer these"
+    assert hook.status["status"] == status, hook.status
+    return hook
+
+
+def join_principal(unit: Machine) -> None:
+    unit.state["relations"][0]["units"] = [PRINCIPAL_UNIT]
+    unit.state["relations"][0]["data"][PRINCIPAL_UNIT] = {"private-address": "10.10.0.21"}
+    unit.save()
+
+
+def test_a_deploy_config_change_actions_and_removal_through_dispatch(unit: Machine):
+    began, cpu = time.monotonic(), children_cpu()
+    foreign_before = foreign()
+
+    # a subordinate's first hooks, before its principal joins: no role yet, nothing applied
+    for hook in ("install", "leader-elected", "config-changed", "start"):
+        done = ran(unit.dispatch(hook), hook.replace("-", "_"), "blocked")
+        assert "relate to a control, compute, storage" in done.status["message"]
+        assert done.host_calls() == []
+        assert our_table() is None
+    assert (unit.charm / "venv/bin/python").is_symlink()  # made by dispatch on its first run
+    shared = json.loads(unit.state["relations"][1]["data"][APP]["cloud"])  # the leader's view
+    assert shared, "the leader aggregated no peer records"
+
+    # the principal joins: compute-1 becomes a compute node and its table is loaded
+    join_principal(unit)
+    done = ran(
+        unit.dispatch(
+            "compute-node-relation-joined", relation=PRINCIPAL, remote_unit=PRINCIPAL_UNIT
+        ),
+        "compute_node_relation_joined",
+        "active",
+    )
+    assert done.status["message"].startswith("compute: "), done.status
+    assert "isolation maximum" in done.status["message"]
+    calls = done.host_calls()
+    assert ["netplan", "apply"] in calls
+    assert ["systemctl", "enable", "network-isolation.service"] in calls
+    assert any(c[:2] == ["nft", "-f"] for c in calls)
+    # what it wrote, under the overlays: the saved ruleset is the loaded one
+    written = unit.written()
+    netplan = written["/etc/netplan/90-network-isolation.yaml"]
+    saved = written["/var/lib/network-isolation/ruleset.nft"]
+    assert table_json(MACHINE_NS) == loaded_like(saved, unit.bed)
+    assert "/etc/systemd/system/network-isolation.service" in written
+    assert not Path("/etc/netplan/90-network-isolation.yaml").exists()  # only in the namespace
+    assert connects(CONTROLLER_ADDRESS), "management traffic must pass"
+    assert not connects(STORAGE_CLUSTER_SOURCE), "storage-cluster traffic must be dropped"
+
+    # unchanged inputs: not a single host command, or only the read-only drift check
+    for hook, allowed in (("compute-node-relation-changed", []), ("update-status", READ_ONLY)):
+        relation = PRINCIPAL if hook.startswith("compute") else None
+        done = unit.dispatch(
+            hook, relation=relation, remote_unit=PRINCIPAL_UNIT if relation else ""
+        )
+        ran(done, hook.replace("-", "_"), "active")
+        assert [c for c in done.host_calls() if c not in allowed] == [], done.host_calls()
+
+    # `juju config network-isolation enforcement=audit`: the table is replaced, drops nothing
+    unit.state["config"]["enforcement"] = "audit"
+    unit.save()
+    done = ran(unit.dispatch("config-changed"), "config_changed", "active")
+    assert "(audit only)" in done.status["message"]
+    assert any(c[:2] == ["nft", "-f"] for c in done.host_calls())
+    assert ["netplan", "apply"] not in done.host_calls(), "the netplan file did not change"
+
+    # show-plan: the plan and the rendered table, which is the one loaded in the namespace
+    done = ran(unit.dispatch("", action="show-plan", format="json"), "show_plan_action", "active")
+    results = done.action or {}
+    assert results["failed"] is None and results["results"]["diff"].startswith("(none")
+    plan = json.loads(results["results"]["plan"])
+    assert "compute" in json.dumps(plan["roles"]), plan
+    nftables = results["results"]["nftables"]
+    assert results["results"]["netplan"] == netplan
+    assert table_json(MACHINE_NS) == loaded_like(nftables, unit.bed)
+    live = table_json(MACHINE_NS)
+    assert verdicts(live, "drop") == [] and verdicts(live, "goto"), "audit drops nothing"
+    assert [c for c in done.host_calls() if c not in READ_ONLY] == []
+    assert connects(STORAGE_CLUSTER_SOURCE), "audit must let the packet through"
+
+    # show-counters: every counter of the rendered table, the would-be drop counted
+    done = ran(unit.dispatch("", action="show-counters"), "show_counters_action", "active")
+    counters = json.loads((done.action or {})["results"]["counters"])
+    assert set(counters) == counter_names(nftables)
+    assert counters["drop_in_storage_cluster"]["packets"] >= 1
+    assert [c for c in done.host_calls() if c not in READ_ONLY] == []
+
+    # reapply: applied again although nothing changed; the same table
+    done = ran(unit.dispatch("", action="reapply"), "reapply_action", "active")
+    assert (done.action or {})["results"] == {"result": "applied"}
+    assert any(c[:2] == ["nft", "-f"] for c in done.host_calls())
+    assert table_json(MACHINE_NS) == loaded_like(nftables, unit.bed)
+
+    # remove: the table, the netplan file, the boot unit and the state directory go
+    ran(unit.dispatch("remove"), "remove", "active")
+    assert our_table() is None
+    assert unit.written() == unit.baseline
+    assert connects(STORAGE_CLUSTER_SOURCE)
+    assert foreign() == foreign_before
+    took = time.monotonic() - began
+    each = ", ".join(f"{h.name} {h.seconds:.1f}" for h in unit.hooks)
+    print(
+        f"packed charm: {len(unit.hooks)} dispatches in {took:.1f} s wall,"
+        f" {children_cpu() - cpu:.1f} s CPU ({each})"
+    )
+
+
+@pytest.mark.parametrize("broken", ["templates", "dependency"])
+def test_a_packed_layout_that_would_not_start_is_caught(
+    broken: str, packed: Path, tmp_path: Path
+) -> None:
+    """Without the dump part's templates/, or with a dependency missing from pyproject.toml."""
+    charm, leave_out = packed, "templates"
+    if broken == "dependency":
+        pyproject = (ROOT / "pyproject.toml").read_text()
+        without = re.sub(r'(?m)^\s*"tenacity[^"]*",\n', "", pyproject, count=1)
+        assert without != pyproject, "tenacity is no longer a dependency: drop another one"
+        charm, leave_out = build_charm(tmp_path / "packed" / "charm", pyproject=without), ""
+    with deployed(charm, tmp_path, leave_out) as unit:
+        join_principal(unit)
+        done = unit.dispatch("install")
+        if broken == "templates":
+            assert done.returncode == 0, done.stderr
+            assert done.status["status"] == "blocked"
+            assert "cannot render: templates not found" in done.status["message"], done.status
+        else:
+            assert done.returncode != 0
+            assert "No module named 'tenacity'" in done.stderr, done.stderr
+        last = (done.stderr.strip().splitlines() or [""])[-1]
+        print(f"without {broken}: exit status {done.returncode}, {done.status}, stderr: {last}")
+        assert our_table() is None
