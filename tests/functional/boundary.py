@@ -11,8 +11,9 @@ namespace over `/usr/sbin/nft`, `/usr/sbin/netplan`, `/usr/bin/systemctl`,
   (the bed names where the namespace keeps it); `netplan apply`, `systemctl` and `systemd-run`
   would touch this machine, so they only do what their effect on the files would be.
 
-Every call is appended to `calls.jsonl` (tool, arguments, the hook running). Standard library
-only: it runs once per call, under any Python.
+Every call is appended to `calls.jsonl` (tool, arguments, the hook running, whether it could be
+answered). It runs once per call, as `python -IS`: the standard library only, and none of the
+slow-to-import parts (pathlib, typing), so a hook pays little more than Juju's own tools cost.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 STATE_FILE, CALLS_FILE = "juju.json", "calls.jsonl"
 HOST_TOOLS = ("nft", "netplan", "systemctl", "systemd-run", "ip")
@@ -33,15 +36,17 @@ class ToolError(Exception):
     """A call Juju (or the host tool) would reject: its message goes to stderr, exit 1."""
 
 
-def fake_systemctl(root: Path, args: Sequence[str]) -> None:
+def fake_systemctl(root: str | os.PathLike[str], args: Sequence[str]) -> None:
     """What `systemctl enable/disable` would do to ROOT/etc; anything else does nothing."""
-    wants = root / "etc/systemd/system/sysinit.target.wants"
+    wants = os.path.join(root, "etc/systemd/system/sysinit.target.wants")
     if args[:1] == ["enable"]:
-        wants.mkdir(parents=True, exist_ok=True)
-        (wants / args[1]).unlink(missing_ok=True)
-        (wants / args[1]).symlink_to(f"/etc/systemd/system/{args[1]}")
-    elif args[:1] == ["disable"]:
-        (wants / args[1]).unlink(missing_ok=True)
+        os.makedirs(wants, exist_ok=True)
+        link = os.path.join(wants, args[1])
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(f"/etc/systemd/system/{args[1]}", link)
+    elif args[:1] == ["disable"] and os.path.lexists(os.path.join(wants, args[1])):
+        os.unlink(os.path.join(wants, args[1]))
 
 
 # -- the hook tools ----------------------------------------------------------------------------
@@ -168,13 +173,14 @@ def _positional(args: list[str], *with_values: str) -> list[str]:
     return rest
 
 
-def hook_tool(name: str, args: list[str], bed: Path) -> int:
+def hook_tool(name: str, args: list[str], bed: str) -> int:
     """Answer one hook tool call; exit status 1 with Juju-like stderr for what Juju refuses."""
-    state_path = bed / STATE_FILE
-    juju = Juju(json.loads(state_path.read_text()))
     if name not in HOOK_TOOLS:
         print(f"ERROR {name}: not a hook tool this model provides", file=sys.stderr)
         return 1
+    state_path = os.path.join(bed, STATE_FILE)
+    with open(state_path) as f:
+        juju = Juju(json.load(f))
     method: Callable[[list[str]], Any] = getattr(juju, name.replace("-", "_"))
     try:
         answer = method(args)
@@ -182,7 +188,8 @@ def hook_tool(name: str, args: list[str], bed: Path) -> int:
         print(f"ERROR {e}", file=sys.stderr)
         return 1
     if juju.changed:
-        state_path.write_text(json.dumps(juju.state, indent=1, sort_keys=True))
+        with open(state_path, "w") as f:
+            json.dump(juju.state, f, indent=1, sort_keys=True)
     if "--format=json" in args:
         print(json.dumps(answer))
     return 0
@@ -202,27 +209,28 @@ def host_verdict(name: str, args: list[str]) -> str:
     return "refused"
 
 
-def host_tool(name: str, args: list[str], bed: Path) -> int:
+def host_tool(name: str, args: list[str], bed: str) -> int:
     """Run the real binary where it is safe in the namespace; fake what would touch the machine."""
     verdict = host_verdict(name, args)
     if verdict == "real":
-        real: str = json.loads((bed / STATE_FILE).read_text())["host"]["real"][name]
+        with open(os.path.join(bed, STATE_FILE)) as f:
+            real: str = json.load(f)["host"]["real"][name]
         os.execv(real, [real, *args])
     if verdict == "refused":
         print(f"{name}: refused in the test's namespace: {' '.join(args)}", file=sys.stderr)
         return 127
     if name == "systemctl":
-        fake_systemctl(Path("/"), args)
+        fake_systemctl("/", args)
     return 0
 
 
-def main(argv: list[str], bed: Path) -> int:
+def main(argv: list[str], bed: str) -> int:
     """Record the call, then act as the tool named by argv[0]."""
-    name, args = Path(argv[0]).name, argv[1:]
+    name, args = os.path.basename(argv[0]), argv[1:]
     answered = host_verdict(name, args) != "refused" if name in HOST_TOOLS else name in HOOK_TOOLS
     hook = os.environ.get("JUJU_DISPATCH_PATH", "")
     record = {"tool": name, "args": args, "hook": hook, "answered": answered}
-    with (bed / CALLS_FILE).open("a") as calls:
+    with open(os.path.join(bed, CALLS_FILE), "a") as calls:
         calls.write(json.dumps(record) + "\n")
     if name in HOST_TOOLS:
         return host_tool(name, args, bed)

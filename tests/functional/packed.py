@@ -226,10 +226,10 @@ class Machine:
         (bed / CALLS_FILE).touch()
         launcher = bed / "boundary"
         launcher.write_text(
-            f"#!{sys.executable} -IS\nimport sys\nfrom pathlib import Path\n"
+            f"#!{sys.executable} -IS\nimport sys\n"
             f"sys.path.insert(0, {str(ROOT)!r})\n"
             "from tests.functional.boundary import main\n"
-            f"sys.exit(main(sys.argv, Path({str(bed)!r})))\n"
+            f"sys.exit(main(sys.argv, {str(bed)!r}))\n"
         )
         launcher.chmod(0o755)
         for tool in JUJU_HOOK_TOOLS:
