@@ -151,8 +151,8 @@ def test_a_deploy_config_change_actions_and_removal_through_dispatch(unit: Machi
         assert done.host_calls() == []
         assert our_table() is None
     assert (unit.charm / "venv/bin/python").is_symlink()  # made by dispatch on its first run
-    shared = json.loads(unit.state["relations"][1]["data"][APP]["cloud"])  # the leader's view
-    assert shared, "the leader aggregated no peer records"
+    # the leader folded its peers' records into the application databag: storage-1's subnet
+    assert "10.60.0.0/24" in unit.state["relations"][1]["data"][APP]["cloud"]
 
     # the principal joins: compute-1 becomes a compute node and its table is loaded
     join_principal(unit)
@@ -203,6 +203,7 @@ def test_a_deploy_config_change_actions_and_removal_through_dispatch(unit: Machi
     plan = json.loads(results["results"]["plan"])
     assert "compute" in json.dumps(plan["roles"]), plan
     nftables = results["results"]["nftables"]
+    assert "10.60.0.0/24" in nftables  # storage-1's storage-cluster subnet, from the peers
     assert results["results"]["netplan"] == netplan
     assert table_json(MACHINE_NS) == loaded_like(nftables, unit.bed)
     live = table_json(MACHINE_NS)
