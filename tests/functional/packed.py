@@ -255,7 +255,9 @@ class Machine:
         self.holder = subprocess.Popen([IP, "netns", "exec", MACHINE_NS, *hold])
         comm = Path(f"/proc/{self.holder.pid}/comm")
         deadline = time.monotonic() + 5
-        while comm.read_text().strip() != "sleep" and time.monotonic() < deadline:
+        while comm.read_text().strip() != "sleep":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the namespace's holder did not start: ip netns exec, unshare")
             time.sleep(0.01)
         overlays = "".join(
             f'mkdir -p "$B/upper/{d}" "$B/work/{d}"\n'
