@@ -41,6 +41,7 @@ from network_isolation.host import (
 )
 
 from .conftest import need
+from .machine import FOREIGN as LXD_TABLE
 from .netns import in_netns, sh
 
 NFT, NETPLAN, IP = "/usr/sbin/nft", "/usr/sbin/netplan", "/usr/sbin/ip"
@@ -55,18 +56,10 @@ GATEWAY = gateway_target(CONTROLLER_ADDRESS)
 TARGETS = [CONTROLLER, GATEWAY]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples/microstack-maas.yaml"
 
-FOREIGN = """\
-table inet lxd {
-	set allowed {
-		type ipv4_addr
-		elements = { 203.0.113.5 }
-	}
-
-	chain pstrt {
-		type filter hook input priority -10; policy accept;
-		ip saddr @allowed accept
-	}
-}
+# the same foreign `inet lxd` table as the charm's end-to-end tests, and a Docker-like one
+FOREIGN = (
+    LXD_TABLE
+    + """\
 table ip filter {
 	chain INPUT {
 		type filter hook input priority filter; policy accept;
@@ -74,6 +67,7 @@ table ip filter {
 	}
 }
 """
+)
 
 
 def ours(body: str) -> str:
