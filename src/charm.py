@@ -146,9 +146,11 @@ class NetworkIsolationCharm(ops.CharmBase):
             return
         results: dict[str, str] = {}
         if event.params.get("format") == "json":
-            results["plan"] = json.dumps(machine_dict(state.plan), sort_keys=True)
+            results["plan"] = json.dumps(
+                machine_dict(state.plan, state.principal_warnings), sort_keys=True
+            )
         else:
-            results["plan"] = machine_text(state.plan)
+            results["plan"] = machine_text(state.plan, state.principal_warnings)
         artefacts = state.artefacts
         if artefacts is not None:
             results["nftables"] = artefacts.nftables

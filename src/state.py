@@ -21,7 +21,7 @@ from network_isolation_interface import NetworkIsolationRequirer
 from cluster import Cluster
 from network_isolation.config import CharmConfig, config_error
 from network_isolation.host import Host, MachineRegistry
-from network_isolation.model import BUILTIN_ROLES, NETWORKS, Network
+from network_isolation.model import NETWORKS, PRESET_ROLES, Network
 from network_isolation.peers import CloudView, MachineRecord
 from network_isolation.planner import (
     InterfaceAddress,
@@ -31,12 +31,13 @@ from network_isolation.planner import (
     plan_machine,
 )
 from network_isolation.ports import PortRange, denied_ports, machine_ports, registered_ports
+from network_isolation.principals import principal_warnings
 from network_isolation.render import Artefacts, RenderError, render
 
 logger = logging.getLogger(__name__)
 
 # Relating a principal over `<role>-node` gives this machine that role.
-ROLE_ENDPOINTS = {f"{role}-node": role for role in BUILTIN_ROLES}
+ROLE_ENDPOINTS = {f"{role}-node": role for role in PRESET_ROLES}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class HookState:
     artefacts: Artefacts | None  # None: not rendered (plan not active, not asked, or an error)
     render_error: str | None
     problems: tuple[str, ...]  # untrusted input that was ignored, in the order it was read
+    principal_warnings: tuple[str, ...] = ()  # networks this unit's principal needs and lacks
 
     @property
     def roles(self) -> frozenset[str]:
@@ -73,7 +75,7 @@ class Outcome:
 
     def status(self, state: HookState) -> ops.StatusBase:
         """The unit's status: the plan's verdict, then what went wrong, then what waits."""
-        warnings = [*state.problems, *self.warnings]
+        warnings = [*state.principal_warnings, *state.problems, *self.warnings]
         warning = f"; {warnings[0]}" if warnings else ""
         if state.plan.status == "blocked":
             return ops.BlockedStatus(state.plan.message + warning)
@@ -99,6 +101,20 @@ def related_roles(charm: ops.CharmBase) -> frozenset[str]:
         for endpoint, role in ROLE_ENDPOINTS.items()
         if any(relation.units for relation in charm.model.relations[endpoint])
     )
+
+
+def principals(charm: ops.CharmBase) -> frozenset[str]:
+    """Application names of this unit's principal (from its relations and Juju's context)."""
+    apps = {
+        relation.app.name
+        for endpoint in ROLE_ENDPOINTS
+        for relation in charm.model.relations[endpoint]
+        if relation.units
+    }
+    principal_unit = ops.JujuContext.from_environ().principal_unit
+    if principal_unit:
+        apps.add(principal_unit.split("/")[0])
+    return frozenset(apps)
 
 
 @dataclass(frozen=True)
@@ -190,6 +206,7 @@ def read_state(
         artefacts=rendered,
         render_error=render_error,
         problems=tuple(problems),
+        principal_warnings=tuple(principal_warnings(plan, principals(charm))),
     )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .host import write_atomically
 from .planner import MachinePlan, plan_machine
+from .principals import principal_warnings
 from .render import Artefacts, RenderError, render
 from .report import cloud_dict, cloud_text
 from .topology import TopologyError, load_topology
@@ -92,10 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render_dir is not None:
         _render_all(parser, args.render_dir, plans)
     isolation = topology.isolation()
+    warnings = {
+        name: principal_warnings(plan, topology.machines[name].principals)
+        for name, plan in plans.items()
+    }
     if args.format == "json":
-        sys.stdout.write(json.dumps(cloud_dict(isolation, plans), indent=2) + "\n")
+        sys.stdout.write(json.dumps(cloud_dict(isolation, plans, warnings), indent=2) + "\n")
     else:
-        sys.stdout.write(cloud_text(isolation, plans))
+        sys.stdout.write(cloud_text(isolation, plans, warnings))
     return 1 if any(plan.status == "blocked" for plan in plans.values()) else 0
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-from .model import BUILTIN_ROLES, NETWORK_NAMES, Network, role_table
+from .model import DEFAULT_ROLE_TABLE, NETWORK_NAMES, ROLE_TABLES, Network, role_table
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -94,7 +94,8 @@ class CharmConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # role_networks comes first: checking `roles` needs the custom roles it defines.
+    # role_table and role_networks come first: checking `roles` needs the rows they define.
+    role_table: str = DEFAULT_ROLE_TABLE
     role_networks: dict[str, frozenset[Network]] = {}
     roles: frozenset[str] = frozenset()
     network_cidrs: dict[Network, tuple[IPNetwork, ...]] = {}
@@ -117,7 +118,8 @@ class CharmConfig(BaseModel):
         roles = value.replace(",", " ").split() if isinstance(value, str) else value
         if not isinstance(roles, (list, tuple, set, frozenset)):
             return value
-        known = set(BUILTIN_ROLES) | set(info.data.get("role_networks", {}))
+        preset = ROLE_TABLES.get(info.data.get("role_table", DEFAULT_ROLE_TABLE), {})
+        known = set(preset) | set(info.data.get("role_networks", {}))
         for role in roles:
             if role not in known:
                 raise ValueError(
@@ -125,6 +127,15 @@ class CharmConfig(BaseModel):
                     " define custom roles in 'role-networks')"
                 )
         return frozenset(roles)
+
+    @field_validator("role_table", mode="before")
+    @classmethod
+    def _parse_role_table(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() not in ROLE_TABLES:
+            raise ValueError(
+                f"unknown role table '{value}' (tables: {', '.join(ROLE_TABLES)})"
+            )
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("role_networks", mode="before")
     @classmethod
@@ -165,9 +176,9 @@ class CharmConfig(BaseModel):
         return _per_network(value, parse_port_range)
 
     @property
-    def role_table(self) -> dict[str, frozenset[Network]]:
-        """The built-in role table with this config's overrides applied."""
-        return role_table(self.role_networks)
+    def networks_by_role(self) -> dict[str, frozenset[Network]]:
+        """The `role-table` preset with the `role-networks` overrides applied."""
+        return role_table(self.role_networks, self.role_table)
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> CharmConfig:

@@ -57,12 +57,43 @@ OTHER_NETWORKING: Mapping[str, TrafficKind] = {
     "private": TrafficKind("instance-to-openstack", "OpenStack internal"),
 }
 
-BUILTIN_ROLES: Mapping[str, frozenset[Network]] = {
+# The "Node roles" table of Canonical's guide: the default role table.
+GUIDE_ROLES: Mapping[str, frozenset[Network]] = {
     "juju-controller": frozenset({Network.MANAGEMENT}),
     "control": frozenset({Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC, Network.STORAGE}),
     "compute": frozenset({Network.MANAGEMENT, Network.INTERNAL, Network.DATA, Network.STORAGE}),
     "storage": frozenset({Network.MANAGEMENT, Network.STORAGE, Network.STORAGE_CLUSTER}),
 }
+
+# What Sunbeam itself checks its MAAS machines against: canonical/snap-openstack,
+# sunbeam-python/sunbeam/provider/maas/deployment.py, ROLE_NETWORK_MAPPING (the same on main,
+# stable/2025.1 and stable/2024.1). Control adds data (OVN chassis and the Geneve address of
+# openstack-network-agents run there), storage adds internal (cinder-volume runs there with
+# amqp, database and identity bound to internal). `region-controller` is Sunbeam's
+# `region_controller` (Juju endpoint names take dashes); `sunbeam` is the infra machines that
+# run clusterd in the `openstack-infra` model.
+SUNBEAM_ROLES: Mapping[str, frozenset[Network]] = {
+    "juju-controller": frozenset({Network.MANAGEMENT}),
+    "control": frozenset(
+        {Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC, Network.STORAGE, Network.DATA}
+    ),
+    "compute": frozenset({Network.MANAGEMENT, Network.INTERNAL, Network.DATA, Network.STORAGE}),
+    "storage": frozenset(
+        {Network.MANAGEMENT, Network.INTERNAL, Network.STORAGE, Network.STORAGE_CLUSTER}
+    ),
+    "network": frozenset({Network.MANAGEMENT, Network.INTERNAL, Network.DATA}),
+    "region-controller": frozenset({Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC}),
+    "sunbeam": frozenset({Network.MANAGEMENT}),
+}
+
+# The presets of the `role-table` option, by name; the first is the default.
+ROLE_TABLES: Mapping[str, Mapping[str, frozenset[Network]]] = {
+    "guide": GUIDE_ROLES,
+    "sunbeam": SUNBEAM_ROLES,
+}
+DEFAULT_ROLE_TABLE = "guide"
+# Every role some preset knows: each gets a `<role>-node` endpoint.
+PRESET_ROLES: tuple[str, ...] = tuple(dict.fromkeys(r for t in ROLE_TABLES.values() for r in t))
 
 # Client machines (operators, API users) need these; external networking too, which is
 # instance traffic that this charm never blocks.
@@ -80,9 +111,11 @@ class IsolationLevel(str, enum.Enum):
         return self.value
 
 
-def role_table(overrides: Mapping[str, frozenset[Network]]) -> dict[str, frozenset[Network]]:
-    """The role→networks table in force: the built-in rows, each overridable or extendable."""
-    table = dict(BUILTIN_ROLES)
+def role_table(
+    overrides: Mapping[str, frozenset[Network]], preset: str = DEFAULT_ROLE_TABLE
+) -> dict[str, frozenset[Network]]:
+    """The role→networks table in force: a preset's rows, each overridable or extendable."""
+    table = dict(ROLE_TABLES[preset])
     table.update(overrides)
     return table
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import CharmConfig, IPNetwork
-from .model import NETWORKS, IsolationLevel, Network, networks_for_roles
+from .model import NETWORKS, ROLE_TABLES, IsolationLevel, Network, networks_for_roles
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -210,7 +210,7 @@ def _missing_networks(
 ) -> list[str]:
     problems: list[str] = []
     reported: set[Network] = set()
-    table = config.role_table
+    table = config.networks_by_role
     for role in sorted(roles):
         for net in NETWORKS:
             if net in table[role] and not networks[net].addresses and net not in reported:
@@ -233,8 +233,8 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
     """The machine's plan: per-network access, domains, isolation degree, problems."""
     config = plan_input.config
     roles = tuple(sorted(plan_input.roles | config.roles))
-    unknown = sorted(set(roles) - set(config.role_table))
-    allowed = networks_for_roles((r for r in roles if r not in unknown), config.role_table)
+    unknown = sorted(set(roles) - set(config.networks_by_role))
+    allowed = networks_for_roles((r for r in roles if r not in unknown), config.networks_by_role)
     subnets = known_subnets(plan_input.networks, config)
     views = {net: plan_input.networks.get(net, NetworkView()) for net in NETWORKS}
 
@@ -251,7 +251,7 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
     isolation = isolation_of(subnets)
     domains = tuple(_domain(group, networks, views) for group in isolation.domains)
 
-    problems: list[str] = [f"unknown role '{r}': define it in 'role-networks'" for r in unknown]
+    problems = [_unknown_role(r, config) for r in unknown]
     if not roles:
         problems.append(NO_ROLE_MESSAGE)
     problems += _missing_networks((r for r in roles if r not in unknown), config, networks)
@@ -275,6 +275,12 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
         config=config,
         interface_kinds=plan_input.interface_kinds,
     )
+
+
+def _unknown_role(role: str, config: CharmConfig) -> str:
+    presets = " or ".join(f"role-table={p}" for p, table in ROLE_TABLES.items() if role in table)
+    fix = f"set {presets} or define it" if presets else "define it"
+    return f"unknown role '{role}' in role table '{config.role_table}': {fix} in 'role-networks'"
 
 
 def _domain(

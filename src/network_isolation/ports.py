@@ -84,27 +84,30 @@ class CatalogueEntry(NamedTuple):
 
 _MGMT = Network.MANAGEMENT
 _INT = Network.INTERNAL
-_PUB = Network.PUBLIC
 _DATA = Network.DATA
 _STO = Network.STORAGE
 _STOC = Network.STORAGE_CLUSTER
-_SUNBEAM_NODES = ("juju-controller", "control", "compute", "storage")
+_EVERY_ROLE = (
+    "juju-controller",
+    "control",
+    "compute",
+    "storage",
+    "network",
+    "region-controller",
+    "sunbeam",
+)
+_KUBERNETES = ("control", "region-controller")
+_OVN_CHASSIS = ("control", "compute", "network")
 
-# The built-in services, by network. Sources:
-# - Juju controller configuration: api-port 17070, SSH server 17022, mongo 37017, dqlite 17666;
-# - Canonical OpenStack (Sunbeam): clusterd 7000, and what snap-openstack binds where
-#   (openstack-hypervisor `data`/`migration` -> data, k8s `cluster` -> internal, microovn
-#   `ovsdb` -> internal and `cluster` -> management, microceph `cluster` -> storage-cluster and
-#   `public` -> storage); Traefik serves the APIs on VIPs on ports 80/443;
-# - OpenStack install guide, "Firewalls and default ports" (RabbitMQ, Nova metadata, libvirt
-#   and QEMU live migration);
-# - OVN/MicroOVN hardening docs (NB 6641, SB 6642, raft 6643/6644, Geneve 6081, cluster 6686);
-# - Ceph "Network configuration reference" and msgr2 docs (MON 3300/6789, OSD/MGR/MDS
-#   6800-7300 on the public and the cluster side, RGW, mgr prometheus 9283), MicroCeph 7443;
-# - Canonical Kubernetes "Ports and services" (API 6443, 6400, 9000, kubelet 10250, Cilium
-#   health 4240, VXLAN tunnel 8472).
+# The built-in services, by network, each with its source beside it. Abbreviations:
+# snap-openstack = canonical/snap-openstack sunbeam-python/sunbeam/; hypervisor =
+# canonical/snap-openstack-hypervisor; k8s-snap = canonical/k8s-snap release-1.32 (what Sunbeam
+# pins); microovn = canonical/microovn; charm-microceph = canonical/charm-microceph.
+# Clients reach Sunbeam's APIs (Traefik), RabbitMQ and Consul on load-balancer VIPs: that
+# traffic is DNATed and forwarded to a pod, it never reaches the input hook, so it is not here.
 SERVICES: tuple[CatalogueEntry, ...] = (
     # management
+    # Juju controller configuration: api-port, SSH server, mongo, dqlite.
     CatalogueEntry(
         ("juju-controller",),
         _MGMT,
@@ -117,43 +120,67 @@ SERVICES: tuple[CatalogueEntry, ...] = (
         "Juju controller HA (mongo, dqlite)",
         ("tcp:37017", "tcp:17666"),
     ),
-    CatalogueEntry(_SUNBEAM_NODES, _MGMT, "Sunbeam clusterd", ("tcp:7000",)),
+    # snap-openstack steps/clusterd.py (CLUSTERD_PORT); in MAAS mode clusterd runs only on
+    # the `sunbeam` machines of the `openstack-infra` model (provider/maas/deployment.py).
+    CatalogueEntry(("sunbeam",), _MGMT, "Sunbeam clusterd", ("tcp:7000",)),
     # A machine that takes its address by DHCP gets the server's offers on udp/68; replies to
     # a broadcast are not matched by connection tracking.
-    CatalogueEntry(_SUNBEAM_NODES, _MGMT, "DHCP client", ("udp:68",)),
-    CatalogueEntry(("control",), _MGMT, "Kubernetes API", ("tcp:6443",)),
-    CatalogueEntry(("control", "compute"), _MGMT, "MicroOVN cluster API", ("tcp:6686",)),
+    CatalogueEntry(_EVERY_ROLE, _MGMT, "DHCP client", ("udp:68",)),
+    # k8s-snap docs/canonicalk8s/snap/reference/ports-and-services.md (kube-apiserver *:6443).
+    CatalogueEntry(_KUBERNETES, _MGMT, "Kubernetes API", ("tcp:6443",)),
+    # microovn cmd/microovn/main.go (DefaultMicroClusterPort); snap-openstack core/ovn.py
+    # (MicroOVN on every control, compute and network node).
+    CatalogueEntry(_OVN_CHASSIS, _MGMT, "MicroOVN cluster API", ("tcp:6686",)),
+    # microovn cmd/microovn/cluster_bootstrap.go and cluster_join.go bootstrap and join on
+    # util.NetworkInterfaceAddress() (the first global address of the first interface), not on
+    # a Juju binding: the OVN central cluster (NB, SB, raft) meets there, typically management.
+    # snap-openstack core/role_assignments.py: central on control nodes.
+    CatalogueEntry(("control",), _MGMT, "OVN northbound, southbound and raft", ("tcp:6641-6644",)),
+    # hypervisor templates/nova.conf.j2 ([spice] server_listen = node.ip_address) and
+    # openstack_hypervisor/hooks.py (node.ip-address defaults to the default-route address):
+    # one port per instance console from 5900 up (libvirt's remote_display_port_min).
+    CatalogueEntry(("compute",), _MGMT, "SPICE consoles", ("tcp:5900-6099",)),
+    # snap-openstack features/instance_recovery/consul.py: the consul-client serf LAN ports per
+    # network (8301 management, 8311 data, 8321 storage), when instance recovery is enabled.
+    CatalogueEntry(("compute",), _MGMT, "Consul serf (management)", ("tcp:8301", "udp:8301")),
+    # charm-microceph; snap-openstack steps/microceph.py binds `admin` to management.
     CatalogueEntry(("storage",), _MGMT, "MicroCeph cluster API", ("tcp:7443",)),
     # internal
-    CatalogueEntry(("control",), _INT, "Traefik (internal VIP)", ("tcp:80", "tcp:443")),
-    CatalogueEntry(("control",), _INT, "RabbitMQ", ("tcp:5671", "tcp:5672")),
+    # microovn ovn/cluster/cluster.go: NB and SB listen on every address; snap-openstack
+    # steps/microovn.py binds MicroOVN's `ovsdb` endpoint (Neutron's way in) to internal.
+    CatalogueEntry(("control",), _INT, "OVN northbound and southbound", ("tcp:6641-6642",)),
+    # snap-openstack steps/k8s.py binds the Kubernetes `cluster` endpoint to internal: members
+    # meet there. k8s-snap ports-and-services.md: API, k8sd, k8s-dqlite, kubelet, Cilium health
+    # and VXLAN; etcd client and peer when the datastore is etcd (k8s-dqlite by default).
     CatalogueEntry(
-        ("control",), _INT, "OVN northbound, southbound, relay and raft", ("tcp:6641-6644",)
-    ),
-    # Sunbeam binds the Kubernetes `cluster` endpoint to internal: members meet there.
-    CatalogueEntry(
-        ("control",),
+        _KUBERNETES,
         _INT,
-        "Kubernetes cluster (API, datastore, kubelet, CNI)",
-        ("tcp:6443", "tcp:6400", "tcp:9000", "tcp:10250", "tcp:4240", "udp:8472"),
+        "Kubernetes cluster (API, k8sd, datastore, kubelet, CNI)",
+        ("tcp:6443", "tcp:6400", "tcp:9000", "tcp:2379-2380", "tcp:10250", "tcp:4240", "udp:8472"),
     ),
-    CatalogueEntry(("compute",), _INT, "Nova metadata", ("tcp:8775",)),
-    # public
-    CatalogueEntry(("control",), _PUB, "Traefik (public VIP)", ("tcp:80", "tcp:443")),
-    # data: every OVN chassis. Control is not on data in the default table, but Sunbeam's own
-    # table puts network agents there; an operator who adds data to control gets Geneve too.
-    CatalogueEntry(("compute", "control"), _DATA, "Geneve tunnels (OVN)", ("udp:6081",)),
+    # k8s-snap src/k8s/pkg/k8sd/features/metallb (MetalLB speaker, L2 mode): memberlist binds
+    # the node address on MetalLB's default port 7946, TCP and UDP, between speakers.
+    CatalogueEntry(_KUBERNETES, _INT, "MetalLB memberlist", ("tcp:7946", "udp:7946")),
+    # public: nothing listens on the hosts' own public addresses (the APIs are VIPs).
+    # data
+    # snap-openstack steps/microovn.py (openstack-network-agents `data` binding: the Geneve
+    # encapsulation address) and core/ovn.py (a chassis on control, compute and network).
+    CatalogueEntry(_OVN_CHASSIS, _DATA, "Geneve tunnels (OVN)", ("udp:6081",)),
+    # snap-openstack steps/hypervisor.py binds `migration` to data.
     CatalogueEntry(
         ("compute",),
         _DATA,
         "live migration (libvirt, QEMU, file transfer)",
         ("tcp:16509", "tcp:16514", "tcp:49152-49215", "tcp:10099"),
     ),
-    # storage
+    CatalogueEntry(("compute",), _DATA, "Consul serf (data)", ("tcp:8311", "udp:8311")),
+    # storage: Ceph "Network configuration reference" and msgr2 docs.
     CatalogueEntry(("storage",), _STO, "Ceph MON", ("tcp:3300", "tcp:6789")),
     CatalogueEntry(("storage",), _STO, "Ceph OSD, MGR, MDS (public side)", ("tcp:6800-7300",)),
-    CatalogueEntry(("storage",), _STO, "Ceph RADOS Gateway", ("tcp:80", "tcp:443", "tcp:7480")),
+    # charm-microceph src/charm.py (rgw_port 80, on the `public` binding's address).
+    CatalogueEntry(("storage",), _STO, "Ceph RADOS Gateway", ("tcp:80",)),
     CatalogueEntry(("storage",), _STO, "Ceph MGR Prometheus exporter", ("tcp:9283",)),
+    CatalogueEntry(("compute",), _STO, "Consul serf (storage)", ("tcp:8321", "udp:8321")),
     # storage-cluster
     CatalogueEntry(("storage",), _STOC, "Ceph OSD replication and heartbeats", ("tcp:6800-7300",)),
 )

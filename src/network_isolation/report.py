@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .model import NETWORKS
@@ -17,10 +17,12 @@ def isolation_dict(isolation: Isolation) -> dict[str, Any]:
     }
 
 
-def machine_dict(plan: MachinePlan) -> dict[str, Any]:
-    """One machine's plan as plain JSON-able data."""
+def machine_dict(plan: MachinePlan, warnings: Sequence[str] = ()) -> dict[str, Any]:
+    """One machine's plan as plain JSON-able data, with its principals' warnings."""
     return {
         "roles": list(plan.roles),
+        "role_table": plan.config.role_table,
+        "warnings": list(warnings),
         "status": plan.status,
         "message": plan.message,
         "problems": list(plan.problems),
@@ -38,15 +40,22 @@ def machine_dict(plan: MachinePlan) -> dict[str, Any]:
     }
 
 
-def cloud_dict(isolation: Isolation, plans: Mapping[str, MachinePlan]) -> dict[str, Any]:
+def cloud_dict(
+    isolation: Isolation,
+    plans: Mapping[str, MachinePlan],
+    warnings: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
     """A whole cloud's plans, machine by machine."""
+    warnings = warnings or {}
     return {
         "isolation": isolation_dict(isolation),
-        "machines": {name: machine_dict(plan) for name, plan in plans.items()},
+        "machines": {
+            name: machine_dict(plan, warnings.get(name, ())) for name, plan in plans.items()
+        },
     }
 
 
-def machine_text(plan: MachinePlan) -> str:
+def machine_text(plan: MachinePlan, warnings: Sequence[str] = ()) -> str:
     """A table of networks x (access, space, interfaces, addresses) and a one-line verdict."""
     rows = [("network", "access", "space", "interface", "address")]
     for net in NETWORKS:
@@ -61,18 +70,29 @@ def machine_text(plan: MachinePlan) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"{plan.machine} ({', '.join(plan.roles) or 'no role'})"]
+    lines = [
+        f"{plan.machine} ({', '.join(plan.roles) or 'no role'}; role table {plan.config.role_table})"
+    ]
     lines += [
         "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
     lines.append(f"  => {plan.status}: {plan.message}")
     lines += [f"     - {p}" for p in plan.problems[1:]]
+    lines += [f"  warning: {w}" for w in warnings]
     return "\n".join(lines)
 
 
-def cloud_text(isolation: Isolation, plans: Mapping[str, MachinePlan]) -> str:
-    """The cloud's isolation degree, then each machine's table."""
+def cloud_text(
+    isolation: Isolation,
+    plans: Mapping[str, MachinePlan],
+    warnings: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """The cloud's isolation degree and role table, then each machine's table."""
+    warnings = warnings or {}
     domains = "; ".join(",".join(n.value for n in d) for d in isolation.domains)
     head = f"isolation: {isolation.level} ({len(isolation.domains)} domains: {domains})"
-    return "\n\n".join([head, *(machine_text(p) for p in plans.values())]) + "\n"
+    tables = sorted({p.config.role_table for p in plans.values()})
+    head += "".join(f"\nrole table: {t}" for t in tables)
+    tables = [machine_text(plan, warnings.get(name, ())) for name, plan in plans.items()]
+    return "\n\n".join([head, *tables]) + "\n"

@@ -74,9 +74,10 @@ class HostInterface(_Strict):
 
 
 class Machine(_Strict):
-    """One host: the roles of its related principals and its interfaces."""
+    """One host: the roles and application names of its related principals, its interfaces."""
 
     roles: tuple[str, ...] = ()
+    principals: tuple[str, ...] = ()
     interfaces: dict[str, HostInterface] = {}
 
     @field_validator("interfaces", mode="before")
@@ -193,12 +194,13 @@ def load_topology(path: Path) -> Topology:
         config = topology.charm_config()
     except ConfigError as e:
         raise TopologyError(source, f"config.{e.option}", e.problem) from None
+    known = ", ".join(sorted(config.networks_by_role))
     for name, machine in topology.machines.items():
         for role in machine.roles:
-            if role not in config.role_table:
+            if role not in config.networks_by_role:
                 raise TopologyError(
                     source,
                     f"machines.{name}.roles",
-                    f"unknown role '{role}' (known: {', '.join(sorted(config.role_table))})",
+                    f"unknown role '{role}' in role table '{config.role_table}' (known: {known})",
                 )
     return topology

@@ -36,6 +36,18 @@ GUIDE_ROLE_NETWORKS: dict[str, frozenset[str]] = {
     "storage": frozenset({"management", "storage", "storage-cluster"}),
 }
 
+# Sunbeam's ROLE_NETWORK_MAPPING (canonical/snap-openstack,
+# sunbeam-python/sunbeam/provider/maas/deployment.py), written out by hand.
+SUNBEAM_ROLE_NETWORKS: dict[str, frozenset[str]] = {
+    "control": frozenset({"data", "internal", "management", "public", "storage"}),
+    "region-controller": frozenset({"internal", "management", "public"}),
+    "compute": frozenset({"data", "internal", "management", "storage"}),
+    "storage": frozenset({"internal", "management", "storage", "storage-cluster"}),
+    "network": frozenset({"internal", "management", "data"}),
+    "juju-controller": frozenset({"management"}),
+    "sunbeam": frozenset({"management"}),
+}
+
 # One subnet per network, all disjoint: the guide's "maximum isolation" layout.
 DISJOINT_SUBNETS: dict[str, str] = {
     "management": "10.10.0.0/24",
@@ -73,6 +85,12 @@ def state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def guide_table() -> dict[str, frozenset[str]]:
     """The guide's role -> networks table."""
     return dict(GUIDE_ROLE_NETWORKS)
+
+
+@pytest.fixture(scope="session")
+def sunbeam_table() -> dict[str, frozenset[str]]:
+    """Sunbeam's role -> networks table."""
+    return dict(SUNBEAM_ROLE_NETWORKS)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import yaml
 
 from charm import ROLE_ENDPOINTS
 from network_isolation.config import CharmConfig
-from network_isolation.model import BUILTIN_ROLES, Network
+from network_isolation.model import Network
 
 ROOT = Path(__file__).resolve().parents[2]
 META: dict[str, Any] = yaml.safe_load((ROOT / "charmcraft.yaml").read_text())
@@ -66,12 +66,15 @@ def test_examples_in_option_descriptions_parse():
         CharmConfig.from_options({name: text})
 
 
-def test_role_endpoints_map_to_the_builtin_roles(guide_table: dict[str, frozenset[str]]):
+def test_role_endpoints_map_to_every_role_of_both_tables(
+    guide_table: dict[str, frozenset[str]], sunbeam_table: dict[str, frozenset[str]]
+):
     requires = META["requires"]
     role_endpoints = {name for name in requires if name.endswith("-node")}
-    assert role_endpoints == {f"{role}-node" for role in guide_table}
-    assert ROLE_ENDPOINTS == {f"{role}-node": role for role in guide_table}
-    assert set(ROLE_ENDPOINTS.values()) == set(BUILTIN_ROLES)
+    roles = set(guide_table) | set(sunbeam_table)
+    assert role_endpoints == {f"{role}-node" for role in roles}
+    assert ROLE_ENDPOINTS == {f"{role}-node": role for role in roles}
+    assert "region-controller-node" in role_endpoints
     for endpoint in role_endpoints:
         assert requires[endpoint]["interface"] == "juju-info"
         assert requires[endpoint]["scope"] == "container"

@@ -135,7 +135,7 @@ def test_role_networks_parse_into_a_table(guide_table: dict[str, frozenset[str]]
         ),
         "network": frozenset({Network.MANAGEMENT, Network.DATA, Network.INTERNAL}),
     }
-    table = {role: {n.value for n in nets} for role, nets in config.role_table.items()}
+    table = {role: {n.value for n in nets} for role, nets in config.networks_by_role.items()}
     # The overridden row and the custom row, and every other guide row untouched.
     assert table["control"] == guide_table["control"] | {"data"}
     assert table["network"] == {"management", "data", "internal"}
@@ -144,8 +144,46 @@ def test_role_networks_parse_into_a_table(guide_table: dict[str, frozenset[str]]
 
 
 def test_role_table_without_overrides_is_the_guide_table(guide_table: dict[str, frozenset[str]]):
-    table = CharmConfig.from_options({}).role_table
+    config = CharmConfig.from_options({})
+    assert config.role_table == "guide"
+    table = config.networks_by_role
     assert {role: {n.value for n in nets} for role, nets in table.items()} == guide_table
+
+
+def test_role_table_sunbeam_is_sunbeams_table(sunbeam_table: dict[str, frozenset[str]]):
+    table = CharmConfig.from_options({"role-table": "sunbeam"}).networks_by_role
+    assert {role: {n.value for n in nets} for role, nets in table.items()} == sunbeam_table
+
+
+def test_role_networks_override_the_sunbeam_table(sunbeam_table: dict[str, frozenset[str]]):
+    config = CharmConfig.from_options(
+        {"role-table": "sunbeam", "role-networks": "storage=management,storage,storage-cluster"}
+    )
+    table = {role: {n.value for n in nets} for role, nets in config.networks_by_role.items()}
+    assert table["storage"] == {"management", "storage", "storage-cluster"}
+    assert table["network"] == sunbeam_table["network"]
+
+
+@pytest.mark.parametrize("value", ["bogus", "Sunbeam", "guide,sunbeam", ""])
+def test_unknown_role_table_names_the_option_and_the_tables(value: str):
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options({"role-table": value})
+    assert caught.value.option == "role-table"
+    assert str(caught.value) == (
+        f"invalid config 'role-table': unknown role table '{value}' (tables: guide, sunbeam)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "role", "known"), [("guide", "network", False), ("sunbeam", "network", True)]
+)
+def test_roles_option_knows_the_roles_of_the_chosen_table(table: str, role: str, known: bool):
+    options = {"role-table": table, "roles": role}
+    if known:
+        assert CharmConfig.from_options(options).roles == frozenset({role})
+    else:
+        with pytest.raises(ConfigError, match="unknown role 'network'"):
+            CharmConfig.from_options(options)
 
 
 @pytest.mark.parametrize(
@@ -159,7 +197,7 @@ def test_role_table_without_overrides_is_the_guide_table(guide_table: dict[str, 
 def test_custom_role_defined_in_role_networks_can_be_used_in_roles(options: dict[str, str]):
     config = CharmConfig.from_options(options)
     assert config.roles == frozenset({"network", "compute"})
-    assert config.role_table["network"] == frozenset(
+    assert config.networks_by_role["network"] == frozenset(
         {Network.MANAGEMENT, Network.INTERNAL, Network.DATA}
     )
 

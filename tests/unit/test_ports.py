@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from network_isolation.config import CharmConfig
-from network_isolation.model import BUILTIN_ROLES, Network
+from network_isolation.model import PRESET_ROLES, Network
 from network_isolation.planner import MachinePlan, NetworkView, PlanInput, plan_machine
 from network_isolation.ports import (
     CATALOGUE,
@@ -150,8 +150,8 @@ def test_by_protocol_splits_and_always_has_both_keys():
 # The catalogue
 
 
-def test_catalogue_has_only_builtin_roles():
-    assert {role for role, _ in CATALOGUE} <= set(BUILTIN_ROLES)
+def test_catalogue_has_only_the_roles_of_the_presets():
+    assert {role for role, _ in CATALOGUE} <= set(PRESET_ROLES)
 
 
 def test_catalogue_never_lists_ssh():
@@ -170,17 +170,23 @@ def test_catalogue_entries_are_merged():
     ("role", "network", "must_have"),
     [
         ("juju-controller", Network.MANAGEMENT, ["tcp:17070", "tcp:17022", "tcp:37017"]),
-        ("juju-controller", Network.MANAGEMENT, ["tcp:17666", "tcp:7000"]),
-        ("control", Network.MANAGEMENT, ["tcp:6443", "tcp:7000"]),
-        ("control", Network.INTERNAL, ["tcp:5672", "tcp:5671", "tcp:6641", "tcp:6644"]),
-        ("control", Network.INTERNAL, ["tcp:80", "tcp:443", "tcp:10250", "udp:8472"]),
-        ("control", Network.PUBLIC, ["tcp:80", "tcp:443"]),
-        ("compute", Network.INTERNAL, ["tcp:8775"]),
+        ("juju-controller", Network.MANAGEMENT, ["tcp:17666", "udp:68"]),
+        ("sunbeam", Network.MANAGEMENT, ["tcp:7000", "udp:68"]),
+        ("control", Network.MANAGEMENT, ["tcp:6443", "tcp:6686", "tcp:6641", "tcp:6644"]),
+        ("control", Network.INTERNAL, ["tcp:6641", "tcp:6642", "tcp:10250", "udp:8472"]),
+        ("control", Network.INTERNAL, ["tcp:7946", "udp:7946", "tcp:2379", "tcp:2380"]),
+        ("region-controller", Network.INTERNAL, ["tcp:6443", "tcp:7946", "udp:7946"]),
+        ("control", Network.DATA, ["udp:6081"]),
+        ("network", Network.DATA, ["udp:6081"]),
+        ("network", Network.MANAGEMENT, ["tcp:6686"]),
+        ("compute", Network.MANAGEMENT, ["tcp:6686", "tcp:5900", "tcp:6099"]),
+        ("compute", Network.MANAGEMENT, ["tcp:8301", "udp:8301"]),
         ("compute", Network.DATA, ["udp:6081", "tcp:16509", "tcp:16514", "tcp:10099"]),
-        ("compute", Network.DATA, ["tcp:49152", "tcp:49215"]),
+        ("compute", Network.DATA, ["tcp:49152", "tcp:49215", "tcp:8311", "udp:8311"]),
+        ("compute", Network.STORAGE, ["tcp:8321", "udp:8321"]),
         ("storage", Network.MANAGEMENT, ["tcp:7443"]),
         ("storage", Network.STORAGE, ["tcp:3300", "tcp:6789", "tcp:6800", "tcp:7300"]),
-        ("storage", Network.STORAGE, ["tcp:7480", "tcp:9283", "tcp:80", "tcp:443"]),
+        ("storage", Network.STORAGE, ["tcp:9283", "tcp:80"]),
         ("storage", Network.STORAGE_CLUSTER, ["tcp:6800", "tcp:7300"]),
     ],
 )
@@ -200,14 +206,29 @@ def test_catalogue_has_the_services_of_the_port_table(
     [
         # Live migration is between hypervisors; a control node only carries Geneve on data.
         ("control", Network.DATA, ["tcp:16509", "tcp:49152", "tcp:10099"]),
-        # RabbitMQ and OVN central live on control nodes, not on hypervisors.
-        ("compute", Network.INTERNAL, ["tcp:5672", "tcp:6641", "tcp:80"]),
+        # OVN central lives on control nodes, not on hypervisors.
+        ("compute", Network.INTERNAL, ["tcp:6641", "tcp:80"]),
         # Ceph daemons run on storage nodes; the others are clients only.
         ("compute", Network.STORAGE, ["tcp:6789", "tcp:6800"]),
         ("control", Network.STORAGE, ["tcp:6789", "tcp:6800"]),
-        ("juju-controller", Network.MANAGEMENT, ["tcp:6443"]),
+        ("juju-controller", Network.MANAGEMENT, ["tcp:6443", "tcp:7000"]),
         # VXLAN only when chosen: through extra-ports.
         ("compute", Network.DATA, ["udp:4789"]),
+        # Corrected: clusterd runs only on the `sunbeam` machines in MAAS mode.
+        ("control", Network.MANAGEMENT, ["tcp:7000"]),
+        ("compute", Network.MANAGEMENT, ["tcp:7000"]),
+        ("storage", Network.MANAGEMENT, ["tcp:7000"]),
+        # Corrected: the metadata agent reaches Nova metadata on the host's own address (lo).
+        ("compute", Network.INTERNAL, ["tcp:8775"]),
+        # Corrected: Traefik and RabbitMQ listen on VIPs (forwarded), not on the hosts.
+        ("control", Network.INTERNAL, ["tcp:80", "tcp:443", "tcp:5671", "tcp:5672"]),
+        ("control", Network.PUBLIC, ["tcp:80", "tcp:443"]),
+        # Corrected: OVN raft meets on the MicroOVN cluster address, not on internal.
+        ("control", Network.INTERNAL, ["tcp:6643", "tcp:6644"]),
+        # Corrected: MicroCeph's RGW listens on 80 only.
+        ("storage", Network.STORAGE, ["tcp:443", "tcp:7480"]),
+        # MetalLB speakers and the Kubernetes datastore are on the Kubernetes nodes only.
+        ("compute", Network.INTERNAL, ["tcp:7946", "udp:7946", "tcp:2379"]),
     ],
 )
 def test_catalogue_is_per_role(role: str, network: Network, must_not_have: list[str]):
@@ -220,7 +241,7 @@ def test_catalogue_is_per_role(role: str, network: Network, must_not_have: list[
 
 
 def test_catalogue_ports_of_unknown_or_custom_role_is_empty():
-    assert catalogue_ports(["network"], Network.DATA) == ()
+    assert catalogue_ports(["edge"], Network.DATA) == ()
     assert catalogue_ports([], Network.MANAGEMENT) == ()
 
 
@@ -237,23 +258,32 @@ def test_catalogue_ports_is_the_union_over_roles():
 def test_compute_machine_gets_only_its_allowed_networks():
     ports = machine_ports(make_plan({"compute"}))
     assert set(ports) == {Network.MANAGEMENT, Network.INTERNAL, Network.DATA, Network.STORAGE}
-    assert texts(ports[Network.INTERNAL]) == ["tcp:8775"]
+    assert texts(ports[Network.INTERNAL]) == []
     assert texts(ports[Network.DATA]) == [
+        "tcp:8311",
         "tcp:10099",
         "tcp:16509",
         "tcp:16514",
         "tcp:49152-49215",
         "udp:6081",
+        "udp:8311",
     ]
-    # Allowed, but nothing listens there: the network stays, with nothing to accept.
-    assert ports[Network.STORAGE] == ()
+    # Allowed, but nothing of the host listens there: the network stays, nothing to accept.
+    assert ports[Network.INTERNAL] == ()
+    assert texts(ports[Network.STORAGE]) == ["tcp:8321", "udp:8321"]
 
 
 def test_control_machine_has_no_data_ports_by_default():
     ports = machine_ports(make_plan({"control"}))
     assert Network.DATA not in ports
     assert set(ports) == {Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC, Network.STORAGE}
-    assert texts(ports[Network.PUBLIC]) == ["tcp:80", "tcp:443"]
+    # The public APIs are VIPs: forwarded to pods, never the host's own input.
+    assert ports[Network.PUBLIC] == ()
+
+
+def test_sunbeam_control_machine_has_geneve_on_data():
+    plan = make_plan({"control"}, {"role-table": "sunbeam"})
+    assert texts(machine_ports(plan)[Network.DATA]) == ["udp:6081"]
 
 
 def test_control_given_data_by_role_networks_gets_geneve_only():

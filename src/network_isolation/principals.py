@@ -1,0 +1,97 @@
+"""What Sunbeam's principal charms need, to warn when the role table in force denies it.
+
+A role table is a guess about what runs on a machine; the principals related on the machine say
+what really does. When a principal needs a network that the machine's roles deny (a
+`cinder-volume` on a storage node under the guide's table, a MicroOVN chassis on a control
+node), the cloud breaks even though the plan is consistent: the warning names the network,
+why the principal needs it, and the `role-table` preset that allows it.
+
+Pure code: no Juju, no host access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from .model import ROLE_TABLES, Network, networks_for_roles, role_table
+from .planner import MachinePlan
+
+
+class PrincipalNeed(NamedTuple):
+    """A network a principal application uses on its machine, and why."""
+
+    network: Network
+    why: str
+
+
+_MICROOVN = (
+    PrincipalNeed(Network.DATA, "its OVN chassis tunnels Geneve from the data address"),
+    PrincipalNeed(Network.INTERNAL, "its `ovsdb` endpoint is bound to internal"),
+)
+_NETWORK_AGENTS = (
+    PrincipalNeed(Network.DATA, "Sunbeam binds its `data` endpoint, the Geneve address, there"),
+)
+
+# By Juju application name as Sunbeam deploys it in the `openstack-machines` model (arm64
+# machines get `<name>-arm64`). Sources: canonical/snap-openstack, sunbeam-python/sunbeam/.
+PRINCIPAL_NEEDS: Mapping[str, tuple[PrincipalNeed, ...]] = {
+    # steps/cinder_volume.py: amqp, database, identity-credentials, storage-backend -> internal
+    "cinder-volume": (
+        PrincipalNeed(Network.INTERNAL, "Sunbeam binds its amqp, database and identity there"),
+    ),
+    # steps/microovn.py (endpoint bindings), core/ovn.py (a chassis on control, compute and
+    # network nodes)
+    "microovn": _MICROOVN,
+    "microovn-arm64": _MICROOVN,
+    # steps/microovn.py: openstack_network_agents_endpoint_bindings, `data` -> data
+    "openstack-network-agents": _NETWORK_AGENTS,
+    "openstack-network-agents-arm64": _NETWORK_AGENTS,
+    # steps/hypervisor.py: `data`/`migration` -> data, `ceph-access` -> storage, amqp -> internal
+    "openstack-hypervisor": (
+        PrincipalNeed(Network.DATA, "Geneve and live migration use it"),
+        PrincipalNeed(Network.STORAGE, "its `ceph-access` endpoint is bound there"),
+        PrincipalNeed(Network.INTERNAL, "Sunbeam binds its amqp and identity there"),
+    ),
+    # steps/microceph.py: `public` -> storage, `cluster` -> storage-cluster
+    "microceph": (
+        PrincipalNeed(Network.STORAGE, "Ceph's public side is bound there"),
+        PrincipalNeed(Network.STORAGE_CLUSTER, "Ceph's cluster side is bound there"),
+    ),
+    # steps/k8s.py: `cluster` -> internal
+    "k8s": (PrincipalNeed(Network.INTERNAL, "the Kubernetes `cluster` endpoint is bound there"),),
+}
+
+
+def principal_warnings(plan: MachinePlan, principals: Iterable[str]) -> list[str]:
+    """One warning per principal and network it needs that this machine's roles deny.
+
+    Each unit of this charm warns about its own principal: co-located units share one plan,
+    not their principals.
+    """
+    roles = list(plan.roles)
+    warnings: list[str] = []
+    for app in sorted(set(principals)):
+        for need in PRINCIPAL_NEEDS.get(app, ()):
+            if plan.networks[need.network].access:
+                continue
+            warnings.append(
+                f"{app} needs '{need.network}' ({need.why}), which role table"
+                f" '{plan.config.role_table}' denies to {'+'.join(roles) or 'this machine'}:"
+                f" {_remedy(need.network, roles, plan.config.role_networks)}"
+            )
+    return warnings
+
+
+def _remedy(network: Network, roles: list[str], overrides: Mapping[str, frozenset[Network]]) -> str:
+    """The presets whose rows for these roles allow the network, or the option to set."""
+    fixes = [
+        name
+        for name in ROLE_TABLES
+        if roles
+        and all(r in role_table(overrides, name) for r in roles)
+        and network in networks_for_roles(roles, role_table(overrides, name))
+    ]
+    if fixes:
+        return " or ".join(f"role-table={name}" for name in fixes) + " allows it"
+    return f"add '{network}' to a role's row in 'role-networks'"
