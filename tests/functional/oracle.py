@@ -2,11 +2,12 @@
 
 Three sources only:
 
-- the "Node roles" table of Canonical's "Network traffic isolation with MAAS" page (the guide),
-  written out below by hand, not imported from the charm;
+- the role table the topology's `role-table` names: the "Node roles" table of Canonical's
+  "Network traffic isolation with MAAS" page (the guide), or Sunbeam's own (snap-openstack's
+  ROLE_NETWORK_MAPPING), both written out below by hand, not imported from the charm;
 - the firewall's rules as the README states them, restated below and encoded step by step;
-- for `strict-ports`, a port table written out by hand below from the services' own port
-  documentation (Juju, Ceph, OVN, OpenStack, Kubernetes); the charm's own
+- for `strict-ports`, a port table written out by hand below from the services' own sources
+  (Juju, Ceph and MicroCeph, MicroOVN, Sunbeam, Kubernetes); the charm's own
   catalogue (network_isolation.ports) is never read for expected values.
 
 The rules, as encoded here. A *domain* is a set of networks that resolve to the same subnets
@@ -59,52 +60,78 @@ GUIDE_ROLE_TABLE: dict[str, frozenset[str]] = {
     "compute": frozenset({"management", "internal", "data", "storage"}),
     "storage": frozenset({"management", "storage", "storage-cluster"}),
 }
+# Sunbeam's own table (`role-table: sunbeam`), from snap-openstack's ROLE_NETWORK_MAPPING
+# (sunbeam-python/sunbeam/provider/maas/deployment.py), Sunbeam's `region_controller` spelt
+# with a dash.
+SUNBEAM_ROLE_TABLE: dict[str, frozenset[str]] = {
+    "control": frozenset({"data", "internal", "management", "public", "storage"}),
+    "region-controller": frozenset({"internal", "management", "public"}),
+    "compute": frozenset({"data", "internal", "management", "storage"}),
+    "storage": frozenset({"internal", "management", "storage", "storage-cluster"}),
+    "network": frozenset({"internal", "management", "data"}),
+    "juju-controller": frozenset({"management"}),
+    "sunbeam": frozenset({"management"}),
+}
+ROLE_TABLES = {"guide": GUIDE_ROLE_TABLE, "sunbeam": SUNBEAM_ROLE_TABLE}
 CLOUD_NETWORKS = ("data", "internal", "management", "public", "storage", "storage-cluster")
 
-# Ports per cloud network, from the services' documentation: (role, network) -> the
-# inbound ports the role's services listen on there. tcp/22 is the failsafe's, not listed;
-# Outbound-only traffic (DNS, DHCP, NTP, MAAS) are not inbound ports and are left out.
+# Ports per cloud network, from the services' own sources: (role, network) -> the inbound
+# ports the role's services listen on with the host's own addresses there. tcp/22 is the
+# failsafe's, not listed; outbound-only traffic (DNS, DHCP, NTP, MAAS) is left out. What
+# clients reach on load-balancer VIPs (Traefik for every API, RabbitMQ, Consul) is DNATed to a
+# pod and forwarded: it never reaches the host's input, so it is not here either.
 # The charm's catalogue opens a little more than this table (udp/68 for DHCP offers on
-# management, tcp/6443 on control's internal, clusterd's tcp/7000 on juju-controller): no
-# probe of the bed uses those ports yet; probing one would (rightly) show up as a mismatch
+# management): no probe of the bed uses it; probing it would (rightly) show up as a mismatch
 # to settle between this table and the catalogue, not be hidden by copying the catalogue here.
+_KUBERNETES_INTERNAL = (
+    # k8s-snap (release-1.32) ports-and-services: API, k8sd, k8s-dqlite, etcd (when it is the
+    # datastore), kubelet, Cilium health, Cilium VXLAN; MetalLB speakers' memberlist, TCP and
+    # UDP 7946. Sunbeam binds the Kubernetes `cluster` endpoint to internal.
+    "tcp:6443",
+    "tcp:6400",
+    "tcp:9000",
+    "tcp:2379",
+    "tcp:2380",
+    "tcp:10250",
+    "tcp:4240",
+    "udp:8472",
+    "tcp:7946",
+    "udp:7946",
+)
 PORT_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
-    # management: Juju controller API, SSH server and HA; Sunbeam clusterd on every node;
-    # Kubernetes API on control; MicroOVN cluster API on the OVN nodes; MicroCeph on storage.
+    # management: Juju controller API, SSH server and HA.
     ("juju-controller", "management"): ("tcp:17070", "tcp:17022", "tcp:37017", "tcp:17666"),
-    ("control", "management"): ("tcp:7000", "tcp:6443", "tcp:6686"),
-    ("compute", "management"): ("tcp:7000", "tcp:6686"),
-    ("storage", "management"): ("tcp:7000", "tcp:7443"),
-    # internal: Traefik VIP, RabbitMQ, OVN NB/SB/raft and SB relay, Kubernetes cluster traffic
-    # and its CNI tunnel on control; Nova metadata on compute.
-    ("control", "internal"): (
-        "tcp:80",
-        "tcp:443",
-        "tcp:5671",
-        "tcp:5672",
-        "tcp:6641-6644",
-        "tcp:6400",
-        "tcp:9000",
-        "tcp:10250",
-        "tcp:4240",
-        "udp:8472",
+    # Sunbeam clusterd runs only on the infra machines (the `sunbeam` role) in MAAS mode.
+    ("sunbeam", "management"): ("tcp:7000",),
+    # Kubernetes API; MicroOVN's cluster API; OVN central (NB 6641, SB 6642, raft 6643/6644) on
+    # the address MicroOVN bootstraps on: the first interface's, management in these clouds.
+    ("control", "management"): ("tcp:6443", "tcp:6686", "tcp:6641-6644"),
+    ("region-controller", "management"): ("tcp:6443",),
+    # MicroOVN on every chassis; on compute also SPICE consoles (from 5900, on the
+    # default-route address: management here) and Consul's serf for management (8301).
+    ("compute", "management"): ("tcp:6686", "tcp:5900-6099", "tcp:8301", "udp:8301"),
+    ("network", "management"): ("tcp:6686",),
+    ("storage", "management"): ("tcp:7443",),
+    # internal: the Kubernetes members, and OVN NB/SB for Neutron (MicroOVN's `ovsdb` binding).
+    ("control", "internal"): (*_KUBERNETES_INTERNAL, "tcp:6641", "tcp:6642"),
+    ("region-controller", "internal"): _KUBERNETES_INTERNAL,
+    # data: Geneve on every chassis; live migration and Consul's serf for data (8311) on
+    # compute.
+    ("compute", "data"): (
+        "udp:6081",
+        "tcp:16509",
+        "tcp:16514",
+        "tcp:49152-49215",
+        "tcp:10099",
+        "tcp:8311",
+        "udp:8311",
     ),
-    ("compute", "internal"): ("tcp:8775",),
-    # public: the Traefik VIP on control.
-    ("control", "public"): ("tcp:80", "tcp:443"),
-    # data: Geneve on every chassis; live migration between compute nodes.
-    ("compute", "data"): ("udp:6081", "tcp:16509", "tcp:16514", "tcp:49152-49215", "tcp:10099"),
     ("control", "data"): ("udp:6081",),
-    # storage: Ceph MON, OSD/MGR/MDS public side, RGW, mgr prometheus.
-    ("storage", "storage"): (
-        "tcp:3300",
-        "tcp:6789",
-        "tcp:6800-7300",
-        "tcp:80",
-        "tcp:443",
-        "tcp:7480",
-        "tcp:9283",
-    ),
+    ("network", "data"): ("udp:6081",),
+    # storage: Ceph MON, OSD/MGR/MDS public side, RGW (MicroCeph: port 80), mgr prometheus;
+    # Consul's serf for storage (8321) on compute.
+    ("storage", "storage"): ("tcp:3300", "tcp:6789", "tcp:6800-7300", "tcp:80", "tcp:9283"),
+    ("compute", "storage"): ("tcp:8321", "udp:8321"),
     # storage-cluster: OSD back side (replication, heartbeats).
     ("storage", "storage-cluster"): ("tcp:6800-7300",),
 }
@@ -197,7 +224,7 @@ class Policy:
             Domain(frozenset(nets), tuple(sorted(key, key=_net_key)))
             for key, nets in groups.items()
         )
-        table = dict(GUIDE_ROLE_TABLE)
+        table = dict(ROLE_TABLES[config.get("role-table", "guide")])
         for role, networks in _entries(config.get("role-networks", "")):
             table[role] = frozenset(networks)
         clients = tuple(

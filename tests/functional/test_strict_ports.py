@@ -44,20 +44,33 @@ Renders = Callable[..., Path]
 MACHINES = ("control-1", "compute-1", "compute-2", "storage-1", "storage-3")
 EXTRA_PORTS = "data=udp:4789 management=tcp:9100"
 # Probed ports of the oracle's port table (the charm calls its own the catalogue), by network.
+# Every entry the catalogue corrects from Sunbeam's sources has a probe: what it now opens and
+# what it now closes.
 TABLE_PORTS = [
-    ("tcp", 443),  # public and internal on control (Traefik), storage on storage (RGW)
-    ("tcp", 5672),  # internal on control (RabbitMQ)
+    ("tcp", 80),  # storage on storage (RGW); not on control's public or internal (VIPs)
+    ("tcp", 443),  # nowhere now: Traefik is a VIP, MicroCeph's RGW serves 80 only
+    ("tcp", 5672),  # nowhere now: RabbitMQ is a VIP
     ("tcp", 6800),  # storage and storage-cluster on storage (Ceph OSD)
-    ("tcp", 7000),  # management on every node (Sunbeam clusterd); also within Ceph's 6800-7300
+    ("tcp", 7000),  # clusterd: only on `sunbeam` machines now; within Ceph's 6800-7300
     ("udp", 6081),  # data on compute (Geneve)
+    ("tcp", 6641),  # OVN NB on control: management (MicroOVN's address) and internal (ovsdb)
+    ("tcp", 6643),  # OVN raft on control: management only now
+    ("tcp", 7946),  # MetalLB memberlist on control's internal
+    ("udp", 7946),
+    ("tcp", 2379),  # etcd on control's internal
+    ("tcp", 8775),  # Nova metadata: no longer on compute's internal (reached over lo)
+    ("tcp", 5900),  # SPICE consoles on compute's management
+    ("udp", 8301),  # Consul serf: compute's management, data (8311) and storage (8321)
+    ("tcp", 8311),
+    ("udp", 8321),
 ]
 EXTRA = [("udp", 4789), ("tcp", 9100)]  # from EXTRA_PORTS
-UNLISTED = [("tcp", 5999), ("udp", 5999)]  # in no table, no option, no declaration
+UNLISTED = [("tcp", 5899), ("udp", 5899)]  # in no table, no option, no declaration
 PORTS = [("tcp", FAILSAFE_PORT), *TABLE_PORTS, *EXTRA, *UNLISTED]
-# What the principal on compute-1 declares through the interface library: VNC consoles,
-# which the console proxy on the control nodes reaches over internal.
-DECLARED = PortDeclaration.tcp("internal", 5900, 5999, description="VNC consoles")
-DECLARED_PROBES = [("tcp", 5900), ("tcp", 5999), ("udp", 5999)]
+# What the principal on compute-1 declares through the interface library: a range of an
+# exporter's ports on internal, which the scrapers on the control nodes reach.
+DECLARED = PortDeclaration.tcp("internal", 9500, 9599, description="exporters")
+DECLARED_PROBES = [("tcp", 9500), ("tcp", 9599), ("udp", 9599)]
 TIMEOUT = 0.5
 
 
@@ -125,26 +138,29 @@ def test_oracle_spot_checks_strict(tmp_path: Path) -> None:
     def verdict(src: str, a: str, dst: str, b: str, proto: str, port: int) -> str:
         return oracle.expect(Flow(src, ip(a), dst, ip(b), proto, port)).verdict
 
-    # RabbitMQ on control's internal NIC, from internal; not on compute's.
-    assert verdict("compute-1", "10.20.0.21", "control-1", "10.20.0.11", "tcp", 5672) == "pass"
-    assert verdict("control-1", "10.20.0.11", "compute-1", "10.20.0.21", "tcp", 5672) == "drop"
+    # MetalLB memberlist on control's internal NIC, from internal; not on compute's.
+    assert verdict("compute-1", "10.20.0.21", "control-1", "10.20.0.11", "udp", 7946) == "pass"
+    assert verdict("control-1", "10.20.0.11", "compute-1", "10.20.0.21", "udp", 7946) == "drop"
+    # RabbitMQ is a VIP: not on the control node's own internal address.
+    assert verdict("compute-1", "10.20.0.21", "control-1", "10.20.0.11", "tcp", 5672) == "drop"
     # Unlisted: dropped even from the NIC's own subnet.
-    assert verdict("compute-2", "10.40.0.22", "compute-1", "10.40.0.21", "udp", 5999) == "drop"
+    assert verdict("compute-2", "10.40.0.22", "compute-1", "10.40.0.21", "udp", 5899) == "drop"
     assert verdict("compute-2", "10.40.0.22", "compute-1", "10.40.0.21", "udp", 6081) == "pass"
     # extra-ports: only on its network.
     assert verdict("compute-2", "10.40.0.22", "compute-1", "10.40.0.21", "udp", 4789) == "pass"
     assert verdict("compute-2", "10.20.0.22", "compute-1", "10.20.0.21", "udp", 4789) == "drop"
-    # Public: any source, listed ports only; management: clients too, listed ports only.
-    assert verdict("outsider", "203.0.113.2", "control-1", "10.30.0.11", "tcp", 443) == "pass"
+    # Public: any source, listed ports only (none: the APIs are VIPs); management: clients
+    # too, listed ports only.
+    assert verdict("outsider", "203.0.113.2", "control-1", "10.30.0.11", "tcp", 443) == "drop"
     assert verdict("outsider", "203.0.113.2", "control-1", "10.30.0.11", "tcp", 22) == "drop"
     assert verdict("client", "10.99.0.2", "control-1", "10.10.0.11", "tcp", 9100) == "pass"
-    assert verdict("client", "10.99.0.2", "control-1", "10.10.0.11", "tcp", 5999) == "drop"
+    assert verdict("client", "10.99.0.2", "control-1", "10.10.0.11", "tcp", 5899) == "drop"
     # The failsafe is for management and clients, not for the other networks' sources.
     assert verdict("client", "10.99.0.2", "storage-1", "10.60.0.31", "tcp", 22) == "pass"
     assert verdict("compute-1", "10.50.0.21", "storage-1", "10.50.0.31", "tcp", 22) == "drop"
     # A declaration opens its port on its network of its machine only.
-    declared = Oracle(cloud, declared={"compute-1": {"internal": ["tcp:5900-5999"]}})
-    flow = Flow("control-1", ip("10.20.0.11"), "compute-1", ip("10.20.0.21"), "tcp", 5999)
+    declared = Oracle(cloud, declared={"compute-1": {"internal": ["tcp:9500-9599"]}})
+    flow = Flow("control-1", ip("10.20.0.11"), "compute-1", ip("10.20.0.21"), "tcp", 9599)
     assert (oracle.expect(flow).verdict, declared.expect(flow).verdict) == ("drop", "pass")
     flow = replace(flow, dst="compute-2", dst_addr=ip("10.20.0.22"))
     assert declared.expect(flow).verdict == "drop"
@@ -162,20 +178,40 @@ def test_strict_ports(strict: Strict, report: Report) -> None:
     assert_matches(matrix)
 
     # By hand, whatever the oracle says: catalogue ports in their networks...
-    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 5672) == "pass"  # RabbitMQ
     assert got(matrix, "fd00:61::33", "fd00:60::31", "tcp", 6800) == "pass"  # OSD, two racks
     assert got(matrix, "10.50.0.21", "10.50.0.31", "tcp", 6800) == "pass"  # OSD public side
     assert got(matrix, "10.40.0.22", "10.40.0.21", "udp", 6081) == "pass"  # Geneve
-    assert got(matrix, "203.0.113.2", "10.30.0.11", "tcp", 443) == "pass"  # public API
-    assert got(matrix, "10.10.0.21", "10.10.0.31", "tcp", 7000) == "pass"  # clusterd
-    # ... extra-ports ...
+    # ... and every corrected entry: what now passes ...
+    assert got(matrix, "10.50.0.21", "10.50.0.31", "tcp", 80) == "pass"  # RGW on 80
+    assert got(matrix, "10.10.0.21", "10.10.0.11", "tcp", 6643) == "pass"  # OVN raft, mgmt
+    assert got(matrix, "10.10.0.21", "10.10.0.11", "tcp", 6641) == "pass"  # OVN NB, mgmt
+    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 6641) == "pass"  # OVN NB, ovsdb
+    assert got(matrix, "10.20.0.22", "10.20.0.11", "tcp", 7946) == "pass"  # MetalLB
+    assert got(matrix, "fd00:20::21", "fd00:20::11", "udp", 7946) == "pass"
+    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 2379) == "pass"  # etcd
+    assert got(matrix, "10.10.0.11", "10.10.0.21", "tcp", 5900) == "pass"  # SPICE
+    assert got(matrix, "10.10.0.22", "10.10.0.21", "udp", 8301) == "pass"  # Consul serf
+    assert got(matrix, "10.40.0.22", "10.40.0.21", "tcp", 8311) == "pass"
+    assert got(matrix, "fd00:50::22", "fd00:50::21", "udp", 8321) == "pass"
+    # ... and what is now dropped.
+    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 5672) == "drop"  # RabbitMQ: VIP
+    assert got(matrix, "203.0.113.2", "10.30.0.11", "tcp", 443) == "drop"  # Traefik: VIP
+    assert got(matrix, "203.0.113.2", "10.30.0.11", "tcp", 80) == "drop"
+    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 80) == "drop"
+    assert got(matrix, "10.10.0.21", "10.10.0.31", "tcp", 7000) == "drop"  # clusterd
+    assert got(matrix, "10.10.0.21", "10.10.0.11", "tcp", 7000) == "drop"
+    assert got(matrix, "10.20.0.11", "10.20.0.21", "tcp", 8775) == "drop"  # Nova metadata
+    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 6643) == "drop"  # raft: not internal
+    assert got(matrix, "10.50.0.21", "10.50.0.31", "tcp", 443) == "drop"  # RGW: 80 only
+    # extra-ports ...
     assert got(matrix, "fd00:40::22", "fd00:40::21", "udp", 4789) == "pass"
     assert got(matrix, "10.99.0.2", "10.10.0.11", "tcp", 9100) == "pass"
     # ... but not elsewhere: a port of one role or network is not opened on another.
-    assert got(matrix, "10.20.0.11", "10.20.0.21", "tcp", 5672) == "drop"
+    assert got(matrix, "10.20.0.11", "10.20.0.21", "udp", 7946) == "drop"
     assert got(matrix, "10.10.0.33", "10.10.0.31", "tcp", 6800) == "drop"
     assert got(matrix, "10.20.0.22", "10.20.0.21", "udp", 4789) == "drop"
     assert got(matrix, "10.99.0.2", "10.30.0.11", "tcp", 9100) == "drop"
+    assert got(matrix, "10.10.0.21", "10.10.0.11", "tcp", 5900) == "drop"  # SPICE: compute only
 
     # Unlisted ports: every NIC here is on an allowed network, and nothing gets through.
     unlisted = [r for r in matrix.rows if (r.flow.proto, r.flow.port) in UNLISTED]
@@ -226,8 +262,8 @@ def test_declared_port_passes(strict: Strict, report: Report) -> None:
 
     bed.load("compute-1", declared_render(strict, "compute-1", [DECLARED]))
     try:
-        oracle = Oracle(cloud, declared={"compute-1": {"internal": ["tcp:5900-5999"]}})
-        title = "compute-1 with a declared tcp/5900-5999 on internal"
+        oracle = Oracle(cloud, declared={"compute-1": {"internal": ["tcp:9500-9599"]}})
+        title = "compute-1 with a declared tcp/9500-9599 on internal"
         after = check(bed, oracle, flows, title, timeout=TIMEOUT)
     finally:
         bed.load_dir(strict.render, ["compute-1"])

@@ -536,6 +536,7 @@ def golden_topologies() -> Mapping[str, Topology]:
     """Every golden case: a directory of dumps/ per topology, one per machine inside."""
     maas = load_topology(EXAMPLES / "microstack-maas.yaml")
     single = load_topology(EXAMPLES / "single-space.yaml")
+    sunbeam = load_topology(EXAMPLES / "sunbeam-maas.yaml")
     strict: dict[str, str | bool] = {"strict-ports": True}
     return {
         "microstack-maas": maas,
@@ -548,6 +549,8 @@ def golden_topologies() -> Mapping[str, Topology]:
         "strict-microstack-maas": _configured(maas, **strict),
         "strict-single-space": _configured(single, **strict),
         "strict-extra-ports": _variant(maas, **strict, **{"extra-ports": EXTRA_PORTS}),
+        "sunbeam-maas": sunbeam,
+        "strict-sunbeam-maas": _configured(sunbeam, **strict),
     }
 
 

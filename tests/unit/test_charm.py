@@ -194,6 +194,7 @@ def test_no_role_is_blocked(make_networks: MakeNetworks, distinct_layout: Layout
     ("option", "value"),
     [
         ("roles", "boss"),
+        ("role-table", "bogus"),
         ("role-networks", "control=management,bogus"),
         ("network-cidrs", "internal=10.20.0.1/24"),
         ("client-cidrs", "0.0.0.0/0"),
@@ -214,6 +215,78 @@ def test_invalid_config_is_blocked_naming_the_option(
     with pytest.raises(testing.ActionFailed) as caught:
         ctx.run(ctx.on.action("show-plan"), st)
     assert first_quoted(caught.value.message) == option
+
+
+SUNBEAM_ONLY_ROLES = ("network", "region-controller", "sunbeam")
+
+
+@pytest.mark.parametrize("role", SUNBEAM_ONLY_ROLES)
+def test_sunbeam_role_from_its_endpoint(
+    role: str,
+    make_networks: MakeNetworks,
+    distinct_layout: Layout,
+    sunbeam_table: dict[str, frozenset[str]],
+):
+    ctx = context()
+    st = state(make_networks(distinct_layout), [principal(role)], {"role-table": "sunbeam"})
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    plan = plan_of(ctx, st)
+    assert (plan["roles"], plan["role_table"]) == ([role], "sunbeam")
+    assert access(plan) == sunbeam_table[role]
+
+
+@pytest.mark.parametrize("role", SUNBEAM_ONLY_ROLES)
+def test_sunbeam_role_with_the_guide_table_is_blocked_naming_the_preset(
+    role: str, make_networks: MakeNetworks, distinct_layout: Layout
+):
+    ctx = context()
+    out = ctx.run(ctx.on.config_changed(), state(make_networks(distinct_layout), [principal(role)]))
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert out.unit_status.message == (
+        f"unknown role '{role}' in role table 'guide': set role-table=sunbeam or define it in"
+        " 'role-networks'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("role", "app", "network"),
+    [("storage", "cinder-volume", "internal"), ("control", "microovn", "data")],
+)
+def test_principal_the_guide_table_breaks_is_warned_about(
+    role: str, app: str, network: str, make_networks: MakeNetworks, distinct_layout: Layout
+):
+    ctx = context()
+    st = state(make_networks(distinct_layout), [principal(role, app)])
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    message = out.unit_status.message
+    assert f"; {app} needs '{network}'" in message
+    assert message.endswith(f"which role table 'guide' denies to {role}: role-table=sunbeam allows it")
+    plan = plan_of(ctx, st)
+    assert len(plan["warnings"]) == 1 and plan["warnings"][0] in message
+    assert f"  warning: {plan['warnings'][0]}" in show_plan(ctx, st, "text").splitlines()
+
+    # Sunbeam's table gives the role that network: no warning, and the network is allowed.
+    st = state(make_networks(distinct_layout), [principal(role, app)], {"role-table": "sunbeam"})
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    assert app not in out.unit_status.message
+    plan = plan_of(ctx, st)
+    assert plan["warnings"] == [] and network in access(plan)
+
+
+def test_principal_from_juju_context_is_warned_about(
+    make_networks: MakeNetworks, distinct_layout: Layout
+):
+    # The role comes from config, not from a relation: JUJU_PRINCIPAL_UNIT names the principal.
+    ctx = testing.Context(
+        NetworkIsolationCharm, machine_id=MACHINE, principal_unit="cinder-volume/3"
+    )
+    st = state(make_networks(distinct_layout), config={"roles": "storage"})
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    assert "cinder-volume needs 'internal'" in out.unit_status.message
 
 
 def test_show_plan_text(

@@ -293,17 +293,17 @@ def test_control_given_data_by_role_networks_gets_geneve_only():
 
 
 def test_custom_role_has_allowed_networks_without_ports():
-    options = {"role-networks": "network=management,internal,data"}
-    ports = machine_ports(make_plan({"network"}, options))
+    options = {"role-networks": "edge=management,internal,data"}
+    ports = machine_ports(make_plan({"edge"}, options))
     assert ports == {Network.MANAGEMENT: (), Network.INTERNAL: (), Network.DATA: ()}
 
 
 def test_custom_role_with_extra_ports():
     options = {
-        "role-networks": "network=management,internal,data",
+        "role-networks": "edge=management,internal,data",
         "extra-ports": "data=udp:6081,udp:4789",
     }
-    ports = machine_ports(make_plan({"network"}, options))
+    ports = machine_ports(make_plan({"edge"}, options))
     assert texts(ports[Network.DATA]) == ["udp:4789", "udp:6081"]
 
 
@@ -321,7 +321,8 @@ def test_declared_ports_merge_and_deduplicate():
     }
     ports = machine_ports(make_plan({"compute"}), declared)
     assert texts(ports[Network.INTERNAL]) == ["tcp:8775-8776", "udp:8776"]
-    assert texts(ports[Network.STORAGE]) == ["tcp:9000-9020"]
+    # Merged with the catalogue's Consul serf port on storage, too.
+    assert texts(ports[Network.STORAGE]) == ["tcp:8321", "tcp:9000-9020", "udp:8321"]
 
 
 def test_ports_on_denied_networks_are_not_opened_and_are_reported():
@@ -396,12 +397,19 @@ def test_networks_sharing_a_space_share_their_ports():
         Network.PUBLIC: NetworkView(subnets=(shared,), space="internal-space"),
         Network.MANAGEMENT: NetworkView(subnets=(ipaddress.ip_network("10.10.0.0/24"),)),
     }
-    plan = make_plan({"compute"}, networks=views)
+    plan = make_plan({"region-controller"}, {"role-table": "sunbeam"}, views)
     ports = machine_ports(plan)
     by_domain = domain_ports(plan, ports)
     internal_public = (Network.INTERNAL, Network.PUBLIC)
     assert internal_public in by_domain
-    # Public is denied to compute, but the domain is allowed through internal.
-    assert texts(by_domain[internal_public]) == ["tcp:8775"]
+    # Both networks are allowed to a region controller: the domain gets the union (public has
+    # no ports of its own, internal has the Kubernetes ones).
+    assert texts(by_domain[internal_public]) == texts(ports[Network.INTERNAL])
+    assert "udp:7946" in texts(by_domain[internal_public])
+    # Compute is denied public, but the domain is allowed through internal, whose ports it has.
+    plan = make_plan({"compute"}, {"extra-ports": "internal=tcp:9101"}, views)
+    ports = machine_ports(plan)
+    by_domain = domain_ports(plan, ports)
+    assert texts(by_domain[internal_public]) == ["tcp:9101"]
     assert texts(by_domain[(Network.MANAGEMENT,)]) == texts(ports[Network.MANAGEMENT])
     assert (Network.STORAGE_CLUSTER,) not in by_domain

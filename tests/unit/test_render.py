@@ -212,7 +212,8 @@ def test_cli_render_dir_for_one_machine(tmp_path: Path, capsys: pytest.CaptureFi
         "netplan.yaml",
         "nftables.conf",
     ]
-    assert "storage-3 (storage)" in capsys.readouterr().out  # the plan is still printed
+    out = capsys.readouterr().out
+    assert "storage-3 (storage; role table guide)" in out  # the plan is still printed
 
 
 def test_cli_reports_what_cannot_be_rendered_or_written(

@@ -267,9 +267,10 @@ def test_strict_rule_layout_of_a_control_node(maas: Topology):
     assert "\tset ports_public_tcp {\n\t\ttype inet_service\n\t\tflags interval\n" in text
     view = firewall_view(_strict(plan_of(maas, "control-1")))
     assert view.set("ports_internal_tcp").elements == (
-        "80", "443", "4240", "5671-5672", "6400", "6443", "6641-6644", "9000", "10250"
+        "2379-2380", "4240", "6400", "6443", "6641-6642", "7946", "9000", "10250"
     )  # fmt: skip
-    assert view.set("ports_internal_udp").elements == ("8472",)
+    assert view.set("ports_internal_udp").elements == ("7946", "8472")
+    assert view.set("ports_public_tcp").elements == ()  # the APIs are VIPs, forwarded
     assert view.set("ports_storage_tcp").elements == ()  # a Ceph client only: nothing listens
 
 
@@ -278,21 +279,25 @@ def test_strict_semantics_of_a_control_node(maas: Topology):
     view = firewall_view(plan)
     cases = [
         # own subnets: the network's ports only, per protocol
-        ("enp2s0", "10.20.0.99", "tcp", 5672, "accept"),
+        ("enp2s0", "10.20.0.99", "tcp", 5672, "drop"),  # RabbitMQ is a VIP, forwarded
         ("enp2s0", "fd00:20::99", "tcp", 6642, "accept"),
+        ("enp2s0", "10.20.0.99", "tcp", 6643, "drop"),  # OVN raft: on management
+        ("enp2s0", "10.20.0.99", "udp", 7946, "accept"),
         ("enp2s0", "10.20.0.99", "udp", 8472, "accept"),
         ("enp2s0", "10.20.0.99", "tcp", 8472, "drop"),
         ("enp2s0", "10.20.0.99", "tcp", 3306, "drop"),
         ("enp4s0", "10.50.0.99", "tcp", 6789, "drop"),
-        # public: any source, public ports only
-        ("enp3s0", "203.0.113.9", "tcp", 443, "accept"),
-        ("enp3s0", "10.30.0.99", "tcp", 80, "accept"),
+        # public: any source, public ports only; none of the host's own (the APIs are VIPs)
+        ("enp3s0", "203.0.113.9", "tcp", 443, "drop"),
+        ("enp3s0", "10.30.0.99", "tcp", 80, "drop"),
         ("enp3s0", "203.0.113.9", "tcp", 8080, "drop"),
         ("enp3s0", "203.0.113.9", "udp", 443, "drop"),
         ("enp3s0", "10.20.0.99", "tcp", 443, "drop"),  # another cloud network's subnets
         # management: own subnets and client-cidrs, management ports only
         ("enp1s0", "10.99.0.9", "tcp", 6443, "accept"),
         ("enp1s0", "10.10.0.9", "udp", 68, "accept"),
+        ("enp1s0", "10.10.0.9", "tcp", 6643, "accept"),
+        ("enp1s0", "10.10.0.9", "tcp", 7000, "drop"),  # clusterd: on the infra machines
         ("enp1s0", "10.99.0.9", "tcp", 17070, "drop"),  # not a controller
         ("enp1s0", "203.0.113.9", "tcp", 6443, "drop"),
         # the failsafe wins, and interfaces of no cloud network are not ours
@@ -311,7 +316,7 @@ def test_strict_without_ports_uses_the_catalogue_and_extra_ports(maas: Topology)
     plan = _strict(plan_of(maas, "compute-1"), extra_ports={Network.DATA: (("udp", 4789, 4789),)})
     assert render(plan) == render(plan, machine_ports(plan))
     view = firewall_view(plan)
-    assert view.set("ports_data_udp").elements == ("4789", "6081")
+    assert view.set("ports_data_udp").elements == ("4789", "6081", "8311")
     assert verdict(view, "input", "enp5s0", "10.40.0.9", 4789, "udp") == "accept"
     assert strict_ports(plan) == {n: machine_ports(plan)[n] for n in machine_ports(plan)}
 
@@ -323,13 +328,16 @@ def test_declared_ports_open_only_with_the_declaration(maas: Topology):
     without = firewall_view(plan)
     assert verdict(with_declared, "input", "enp2s0", "10.20.0.9", 7777) == "accept"
     assert verdict(without, "input", "enp2s0", "10.20.0.9", 7777) == "drop"
-    assert verdict(with_declared, "input", "enp2s0", "10.20.0.9", 8775) == "accept"
+    assert verdict(with_declared, "input", "enp2s0", "10.20.0.9", 8775) == "drop"
     assert with_declared.rule_count == without.rule_count
     assert expected_input(plan, "enp2s0", "10.20.0.9", "tcp", 7777, machine_ports(plan, declared))
     assert listed_ports(plan, "enp2s0", machine_ports(plan, declared)) == [
         PortRange.parse("tcp:7777"),
-        PortRange.parse("tcp:8775"),
     ]
+    # On a network with catalogue ports, a declaration adds to them.
+    declared = {Network.DATA: (PortRange.parse("tcp:7777"),)}
+    listed = listed_ports(plan, "enp5s0", machine_ports(plan, declared)) or []
+    assert PortRange.parse("tcp:7777") in listed and PortRange.parse("tcp:16509") in listed
 
 
 def test_ports_of_networks_the_machine_may_not_use_are_never_opened(maas: Topology):
@@ -391,7 +399,7 @@ def test_ipv6_link_local_is_accepted_on_allowed_interfaces(maas: Topology, stric
     assert verdict(view, "input", "enp2s0", "fe80::1", 547, "udp") == (
         "drop" if strict else "accept"
     )
-    # tcp/8775 (Nova metadata) is in compute's internal catalogue, so strict mode keeps it
-    assert verdict(view, "input", "enp2s0", "fe80::1", 8775) == "accept"
+    # tcp/16509 (libvirt) is in compute's data catalogue, so strict mode keeps it
+    assert verdict(view, "input", "enp5s0", "fe80::1", 16509) == "accept"
     # an interface that belongs to no cloud network is not decided by this table
     assert verdict(view, "input", "tap0", "fe80::1", 22) == "accept"
