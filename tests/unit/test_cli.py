@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 MICROSTACK = EXAMPLES / "microstack-maas.yaml"
 SINGLE_SPACE = EXAMPLES / "single-space.yaml"
+SUNBEAM = EXAMPLES / "sunbeam-maas.yaml"
 
 
 def run_plan(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -57,7 +58,7 @@ def run_example(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def plan_json(*args: str | Path, blocked: bool = False) -> dict[str, Any]:
-    run = run_example if args[0] in (MICROSTACK, SINGLE_SPACE) else run_plan
+    run = run_example if args[0] in (MICROSTACK, SINGLE_SPACE, SUNBEAM) else run_plan
     result = run(*args, "--format", "json")
     assert result.returncode == (1 if blocked else 0), result.stderr
     assert result.stderr == ""
@@ -91,6 +92,43 @@ def test_every_machine_gets_the_union_of_its_roles_rows(
         assert access(machine) == expected_access(guide_table, roles), name
         assert sorted(machine["roles"]) == sorted(roles)
         assert machine["status"] == "active", (name, machine["problems"])
+
+
+def test_sunbeam_example_gets_sunbeams_rows_without_warnings(
+    sunbeam_table: dict[str, frozenset[str]],
+):
+    plan = plan_json(SUNBEAM)
+    stated = roles_in(SUNBEAM)
+    assert {"network", "sunbeam"} <= {r for roles in stated.values() for r in roles}
+    for name, roles in stated.items():
+        machine = plan["machines"][name]
+        assert machine["role_table"] == "sunbeam"
+        assert access(machine) == expected_access(sunbeam_table, roles), name
+        assert (machine["status"], machine["warnings"]) == ("active", []), name
+    assert run_example(SUNBEAM).stdout.splitlines()[1] == "role table: sunbeam"
+
+
+def test_sunbeam_example_with_the_guide_table_warns_naming_the_preset(tmp_path: Path):
+    data = yaml.safe_load(SUNBEAM.read_text())
+    data["config"]["role-table"] = "guide"
+    for name in ("infra-1", "network-1"):  # roles the guide's table does not have
+        del data["machines"][name]
+    path = tmp_path / "guide.yaml"
+    path.write_text(yaml.safe_dump(data))
+    machines = plan_json(path)["machines"]
+    expected = {
+        "control-1": ["microovn needs 'data'", "openstack-network-agents needs 'data'"],
+        "storage-1": ["cinder-volume needs 'internal'"],
+        "compute-1": [],
+        "juju-1": [],
+    }
+    for name, starts in expected.items():
+        warnings = machines[name]["warnings"]
+        assert [w.split(" (")[0] for w in warnings] == starts, name
+        assert all(w.endswith(": role-table=sunbeam allows it") for w in warnings)
+    text = run_plan(path).stdout
+    assert "role table: guide" in text
+    assert "  warning: cinder-volume needs 'internal'" in text
 
 
 def test_microstack_example_has_maximum_isolation(guide_networks: tuple[str, ...]):
@@ -220,6 +258,8 @@ BAD_FILES = [
         "machines.m1.interfaces",
     ),
     ("bad-config", GOOD + "config: {enforcement: block}\n", "config.enforcement"),
+    ("bad-role-table", GOOD + "config: {role-table: sunbeem}\n", "config.role-table"),
+    ("role-of-the-other-table", GOOD.replace("[compute]", "[network]"), "role table 'guide'"),
     ("bad-config-cidr", GOOD + "config: {client-cidrs: 0.0.0.0/0}\n", "config.client-cidrs"),
     ("not-a-mapping", "- spaces\n", ""),
 ]
