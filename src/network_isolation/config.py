@@ -132,9 +132,7 @@ class CharmConfig(BaseModel):
     @classmethod
     def _parse_role_table(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip() not in ROLE_TABLES:
-            raise ValueError(
-                f"unknown role table '{value}' (tables: {', '.join(ROLE_TABLES)})"
-            )
+            raise ValueError(f"unknown role table '{value}' (tables: {', '.join(ROLE_TABLES)})")
         return value.strip() if isinstance(value, str) else value
 
     @field_validator("role_networks", mode="before")

@@ -83,7 +83,9 @@ def principal_warnings(plan: MachinePlan, principals: Iterable[str]) -> list[str
     return warnings
 
 
-def _remedy(network: Network, roles: list[str], overrides: Mapping[str, frozenset[Network]]) -> str:
+def _remedy(
+    network: Network, roles: list[str], overrides: Mapping[str, frozenset[Network]]
+) -> str:
     """The presets whose rows for these roles allow the network, or the option to set."""
     fixes = [
         name

@@ -70,9 +70,8 @@ def machine_text(plan: MachinePlan, warnings: Sequence[str] = ()) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        f"{plan.machine} ({', '.join(plan.roles) or 'no role'}; role table {plan.config.role_table})"
-    ]
+    roles = ", ".join(plan.roles) or "no role"
+    lines = [f"{plan.machine} ({roles}; role table {plan.config.role_table})"]
     lines += [
         "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
         for row in rows

@@ -241,7 +241,9 @@ def test_sunbeam_role_with_the_guide_table_is_blocked_naming_the_preset(
     role: str, make_networks: MakeNetworks, distinct_layout: Layout
 ):
     ctx = context()
-    out = ctx.run(ctx.on.config_changed(), state(make_networks(distinct_layout), [principal(role)]))
+    out = ctx.run(
+        ctx.on.config_changed(), state(make_networks(distinct_layout), [principal(role)])
+    )
     assert isinstance(out.unit_status, ops.BlockedStatus)
     assert out.unit_status.message == (
         f"unknown role '{role}' in role table 'guide': set role-table=sunbeam or define it in"
@@ -262,7 +264,9 @@ def test_principal_the_guide_table_breaks_is_warned_about(
     assert isinstance(out.unit_status, ops.ActiveStatus)
     message = out.unit_status.message
     assert f"; {app} needs '{network}'" in message
-    assert message.endswith(f"which role table 'guide' denies to {role}: role-table=sunbeam allows it")
+    assert message.endswith(
+        f"which role table 'guide' denies to {role}: role-table=sunbeam allows it"
+    )
     plan = plan_of(ctx, st)
     assert len(plan["warnings"]) == 1 and plan["warnings"][0] in message
     assert f"  warning: {plan['warnings'][0]}" in show_plan(ctx, st, "text").splitlines()
