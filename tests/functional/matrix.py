@@ -212,6 +212,26 @@ def by_port(matrix: Matrix) -> list[str]:
     return lines
 
 
+def assert_matches(matrix: Matrix) -> None:
+    """No flow may differ from the oracle's prediction."""
+    assert not matrix.mismatches, (
+        f"{len(matrix.mismatches)} flows differ from the oracle:\n"
+        + matrix.table(only_mismatches=True)
+    )
+
+
+def got(matrix: Matrix, src: str, dst: str, proto: str, port: int) -> str:
+    """What the probe of one flow, by its addresses, saw."""
+    key = (ipaddress.ip_address(src), ipaddress.ip_address(dst), proto, port)
+    found = [
+        r
+        for r in matrix.rows
+        if (r.flow.src_addr, r.flow.dst_addr, r.flow.proto, r.flow.port) == key
+    ]
+    assert len(found) == 1, key
+    return found[0].got.got
+
+
 def check(
     bed: Bed, oracle: Oracle, flows: Sequence[Flow], title: str, timeout: float = DROP_TIMEOUT
 ) -> Matrix:

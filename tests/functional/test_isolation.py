@@ -26,6 +26,7 @@ from .matrix import (
     UDP_PORT,
     Matrix,
     Row,
+    assert_matches,
     check,
     flows_between,
     spare_address,
@@ -116,14 +117,6 @@ def maas(prerequisites: None) -> Iterator[Scene]:
     """examples/microstack-maas.yaml: every machine, six probed (one of each kind)."""
     with scene(MAAS) as built:
         yield built
-
-
-def assert_matches(matrix: Matrix) -> None:
-    """No flow may differ from the oracle's prediction."""
-    assert not matrix.mismatches, (
-        f"{len(matrix.mismatches)} flows differ from the oracle:\n"
-        + matrix.table(only_mismatches=True)
-    )
 
 
 def counters(bed: Bed, machine: str) -> dict[str, int]:

@@ -33,7 +33,15 @@ from network_isolation.render import render
 from network_isolation.topology import load_topology
 
 from .conftest import MAAS
-from .matrix import Matrix, by_port, check, flows_on_ports, management_addresses
+from .matrix import (
+    Matrix,
+    assert_matches,
+    by_port,
+    check,
+    flows_on_ports,
+    got,
+    management_addresses,
+)
 from .oracle import FAILSAFE_PORT, Flow, Oracle
 from .testbed import Bed, Cloud, cloud_of, running_bed
 
@@ -108,26 +116,6 @@ def strict(
             udp=sorted(p for proto, p in probed if proto == "udp"),
         )
         yield Strict(topology, cloud, bed, renders(topology))
-
-
-def assert_matches(matrix: Matrix) -> None:
-    """No flow may differ from the oracle's prediction."""
-    assert not matrix.mismatches, (
-        f"{len(matrix.mismatches)} flows differ from the oracle:\n"
-        + matrix.table(only_mismatches=True)
-    )
-
-
-def got(matrix: Matrix, src: str, dst: str, proto: str, port: int) -> str:
-    """What the probe of one flow, by addresses, saw."""
-    key = (ip(src), ip(dst), proto, port)
-    found = [
-        r
-        for r in matrix.rows
-        if (r.flow.src_addr, r.flow.dst_addr, r.flow.proto, r.flow.port) == key
-    ]
-    assert len(found) == 1, key
-    return found[0].got.got
 
 
 def test_oracle_spot_checks_strict(tmp_path: Path) -> None:

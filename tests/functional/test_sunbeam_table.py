@@ -26,7 +26,16 @@ import yaml
 from network_isolation.topology import load_topology
 
 from .conftest import EXAMPLES
-from .matrix import TCP_PORT, UDP_PORT, Matrix, check, flows_between, flows_on_ports
+from .matrix import (
+    TCP_PORT,
+    UDP_PORT,
+    Matrix,
+    assert_matches,
+    check,
+    flows_between,
+    flows_on_ports,
+    got,
+)
 from .oracle import FAILSAFE_PORT, Oracle
 from .testbed import Bed, Cloud, cloud_of, running_bed
 
@@ -73,26 +82,6 @@ def sunbeam(
     with running_bed(cloud) as bed:
         bed.listen(MACHINES, tcp=sorted(tcp), udp=sorted(udp))
         yield SunbeamBed(cloud, bed, renders(topology), directory)
-
-
-def assert_matches(matrix: Matrix) -> None:
-    """No flow may differ from the oracle's prediction."""
-    assert not matrix.mismatches, (
-        f"{len(matrix.mismatches)} flows differ from the oracle:\n"
-        + matrix.table(only_mismatches=True)
-    )
-
-
-def got(matrix: Matrix, src: str, dst: str, proto: str, port: int) -> str:
-    """What the probe of one flow, by addresses, saw."""
-    key = (ip(src), ip(dst), proto, port)
-    found = [
-        r
-        for r in matrix.rows
-        if (r.flow.src_addr, r.flow.dst_addr, r.flow.proto, r.flow.port) == key
-    ]
-    assert len(found) == 1, key
-    return found[0].got.got
 
 
 def test_sunbeam_table(sunbeam: SunbeamBed, report: Report) -> None:
