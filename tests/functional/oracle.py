@@ -4,7 +4,8 @@ Three sources only:
 
 - the role table the topology's `role-table` names: the "Node roles" table of Canonical's
   "Network traffic isolation with MAAS" page (the guide), or Sunbeam's own (snap-openstack's
-  ROLE_NETWORK_MAPPING), both written out below by hand, not imported from the charm;
+  ROLE_NETWORK_MAPPING), both written out by hand in tests/role_tables.py, not imported from
+  the charm;
 - the firewall's rules as the README states them, restated below and encoded step by step;
 - for `strict-ports`, a port table written out by hand below from the services' own sources
   (Juju, Ceph and MicroCeph, MicroOVN, Sunbeam, Kubernetes); the charm's own
@@ -50,28 +51,10 @@ from dataclasses import dataclass, field
 
 from network_isolation.ports import PortRange  # parsing only: no expected values from it
 from network_isolation.topology import Topology
+from tests.role_tables import GUIDE_ROLE_TABLE, SUNBEAM_ROLE_TABLE
 
 from .testbed import Cloud, Host, IPAddress, IPNetwork
 
-# The guide's "Node roles" table: node role -> cloud networks it needs.
-GUIDE_ROLE_TABLE: dict[str, frozenset[str]] = {
-    "juju-controller": frozenset({"management"}),
-    "control": frozenset({"management", "internal", "public", "storage"}),
-    "compute": frozenset({"management", "internal", "data", "storage"}),
-    "storage": frozenset({"management", "storage", "storage-cluster"}),
-}
-# Sunbeam's own table (`role-table: sunbeam`), from snap-openstack's ROLE_NETWORK_MAPPING
-# (sunbeam-python/sunbeam/provider/maas/deployment.py), Sunbeam's `region_controller` spelt
-# with a dash.
-SUNBEAM_ROLE_TABLE: dict[str, frozenset[str]] = {
-    "control": frozenset({"data", "internal", "management", "public", "storage"}),
-    "region-controller": frozenset({"internal", "management", "public"}),
-    "compute": frozenset({"data", "internal", "management", "storage"}),
-    "storage": frozenset({"internal", "management", "storage", "storage-cluster"}),
-    "network": frozenset({"internal", "management", "data"}),
-    "juju-controller": frozenset({"management"}),
-    "sunbeam": frozenset({"management"}),
-}
 ROLE_TABLES = {"guide": GUIDE_ROLE_TABLE, "sunbeam": SUNBEAM_ROLE_TABLE}
 CLOUD_NETWORKS = ("data", "internal", "management", "public", "storage", "storage-cluster")
 

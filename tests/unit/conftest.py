@@ -17,6 +17,7 @@ from ops import testing
 from render_helpers import EXAMPLES
 
 from network_isolation.topology import Topology, load_topology
+from tests.role_tables import GUIDE_ROLE_TABLE, SUNBEAM_ROLE_TABLE
 
 # The guide's "Cloud networks" table: the six network names.
 GUIDE_NETWORKS: tuple[str, ...] = (
@@ -28,25 +29,9 @@ GUIDE_NETWORKS: tuple[str, ...] = (
     "storage-cluster",
 )
 
-# The guide's "Node roles" table: role -> cloud network access.
-GUIDE_ROLE_NETWORKS: dict[str, frozenset[str]] = {
-    "juju-controller": frozenset({"management"}),
-    "control": frozenset({"management", "internal", "public", "storage"}),
-    "compute": frozenset({"management", "internal", "data", "storage"}),
-    "storage": frozenset({"management", "storage", "storage-cluster"}),
-}
-
-# Sunbeam's ROLE_NETWORK_MAPPING (canonical/snap-openstack,
-# sunbeam-python/sunbeam/provider/maas/deployment.py), written out by hand.
-SUNBEAM_ROLE_NETWORKS: dict[str, frozenset[str]] = {
-    "control": frozenset({"data", "internal", "management", "public", "storage"}),
-    "region-controller": frozenset({"internal", "management", "public"}),
-    "compute": frozenset({"data", "internal", "management", "storage"}),
-    "storage": frozenset({"internal", "management", "storage", "storage-cluster"}),
-    "network": frozenset({"internal", "management", "data"}),
-    "juju-controller": frozenset({"management"}),
-    "sunbeam": frozenset({"management"}),
-}
+# The two role tables, written out by hand (role -> cloud network access).
+GUIDE_ROLE_NETWORKS = GUIDE_ROLE_TABLE
+SUNBEAM_ROLE_NETWORKS = SUNBEAM_ROLE_TABLE
 
 # One subnet per network, all disjoint: the guide's "maximum isolation" layout.
 DISJOINT_SUBNETS: dict[str, str] = {

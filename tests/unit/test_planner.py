@@ -394,3 +394,16 @@ def test_network_cidrs_extend_the_whole_space_of_networks_bound_together():
     assert machine.status == "active", machine.problems
     assert extra in machine.networks[Network.STORAGE_CLUSTER].subnets
     assert machine.domain_of(Network.STORAGE) == machine.domain_of(Network.STORAGE_CLUSTER)
+
+
+@pytest.mark.parametrize("table", ["guide", "sunbeam"])
+def test_each_role_of_each_table_gets_exactly_its_row(
+    table: str, guide_table: dict[str, frozenset[str]], sunbeam_table: dict[str, frozenset[str]]
+):
+    rows = {"guide": guide_table, "sunbeam": sunbeam_table}[table]
+    config = CharmConfig.from_options({"role-table": table})
+    for role, networks in rows.items():
+        plan = plan_machine(
+            PlanInput(machine="m", roles=frozenset({role}), networks={}, config=config)
+        )
+        assert {n.value for n, item in plan.networks.items() if item.access} == networks, role
