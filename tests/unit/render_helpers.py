@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from network_isolation.render import (
     FirewallView,
     render,
 )
+from network_isolation.render.nft import NftRule
 from network_isolation.topology import Topology, load_topology
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -279,25 +281,82 @@ def net_overlap(first: Net, second: Net) -> bool:
 
 
 PORT_MATCH = re.compile(r"(tcp|udp) dport (?:(\d+)|@(\S+))")
+OUTSIDE_SET = re.compile(r"iifname != @(\S+) oifname != @(\S+)")
 
 
-def _extra_matches(
-    view: FirewallView, extra: str | None, interface: str, protocol: str, port: int | None
-) -> bool:
+@dataclass(frozen=True)
+class Packet:
+    """The first packet of a new connection, as the rules see it."""
+
+    interface: str  # input interface (for output: the output interface)
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address  # source (output: destination)
+    protocol: str
+    port: int | None
+    out_interface: str | None = None  # forward: where it leaves, and to which address
+    destination: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+
+
+def _extra_matches(view: FirewallView, extra: str | None, packet: Packet) -> bool:
     if extra is None:
         return True
     if extra in ('iifname "lo"', 'oifname "lo"'):
-        return interface == "lo"
+        return packet.interface == "lo"
     if extra.startswith(("icmp type", "icmpv6 type")) or "ct " in extra:
         return False  # the first packet of a new connection: no ct state, not a reply
+    outside = OUTSIDE_SET.fullmatch(extra)
+    if outside:
+        inside = view.set(outside.group(1)).elements
+        return packet.interface not in inside and packet.out_interface not in inside
     match = PORT_MATCH.fullmatch(extra)
     if match:
-        if protocol != match.group(1) or port is None:
+        if packet.protocol != match.group(1) or packet.port is None:
             return False
         if match.group(2):
-            return port == int(match.group(2))
-        return any(first <= port <= last for first, last in view.set(match.group(3)).ports())
+            return packet.port == int(match.group(2))
+        ranges = view.set(match.group(3)).ports()
+        return any(first <= packet.port <= last for first, last in ranges)
     raise AssertionError(f"unknown match '{extra}'")
+
+
+def _rule_matches(view: FirewallView, rule: NftRule, packet: Packet, output: bool) -> bool:
+    """Whether a rule's interface, address and other matches all hold."""
+    outbound = output or rule.side == "out"
+    interface = packet.interface if output or not outbound else packet.out_interface
+    address = packet.address if output or not outbound else packet.destination
+    if rule.interfaces and interface not in view.set(rule.interfaces).elements:
+        return False
+    if rule.addresses and (
+        address is None or not any(address in n for n in view.set(rule.addresses).networks())
+    ):
+        return False
+    return _extra_matches(view, rule.extra, packet)
+
+
+def _walk(view: FirewallView, name: str, packet: Packet, output: bool) -> str | None:
+    """A chain's verdict (accept or drop), or None when the packet returns from it.
+
+    An audit chain's log rule counts as the drop it stands for.
+    """
+    chain = view.chain(name)
+    assert chain is not None, f"no chain {name}"
+    for rule in chain.rules:
+        if rule.vmap is not None:
+            target = view.map(rule.vmap).target(packet.interface)
+            if target is None:
+                continue
+            how, called = target.split()
+            result = _walk(view, called, packet, output)
+            if result is not None or how == "goto":
+                return result
+            continue
+        if not _rule_matches(view, rule, packet, output):
+            continue
+        if rule.verdict == "return":
+            return None
+        if rule.verdict == "log":
+            return "drop"
+        return "drop" if rule.verdict == "drop" else "accept"
+    return None
 
 
 def verdict(
@@ -307,21 +366,25 @@ def verdict(
     address: str,
     port: int | None = None,
     protocol: str = "tcp",
+    out_interface: str | None = None,
+    destination: str | None = None,
 ) -> str:
-    """What the chain decides for the first packet of a new connection (policy accept)."""
-    base = view.chain(chain)
-    if base is None:
+    """What a base chain decides for the first packet of a new connection (policy accept).
+
+    Input: `interface` and `address` are where the packet comes from; output: where it goes;
+    forward: where it comes from, and `out_interface` and `destination` where it goes.
+    """
+    if view.chain(chain) is None:
         return "accept"
-    ip = ipaddress.ip_address(address)
-    for rule in base.rules:
-        if rule.interfaces and interface not in view.set(rule.interfaces).elements:
-            continue
-        if rule.addresses and not any(ip in n for n in view.set(rule.addresses).networks()):
-            continue
-        if not _extra_matches(view, rule.extra, interface, protocol, port):
-            continue
-        return rule.verdict
-    return "accept"
+    packet = Packet(
+        interface,
+        ipaddress.ip_address(address),
+        protocol,
+        port,
+        out_interface,
+        ipaddress.ip_address(destination) if destination else None,
+    )
+    return _walk(view, chain, packet, output=chain == "output") or "accept"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,22 +464,29 @@ def expected_input(
 
 
 def address_conflicts(view: FirewallView, interfaces: Iterable[str]) -> list[str]:
-    """Subnets both accepted and dropped by address rules for the same input interface."""
+    """Subnets both accepted and dropped (or handed back) for the same input interface.
+
+    Accepted: the address rules of the chain the interface map sends the interface to;
+    dropped: the input chain's address drops and the `return` rules of that chain.
+    """
     chain = view.chain("input")
     if chain is None:
         return []
     problems: list[str] = []
     for interface in [*interfaces, "ni-unknown0"]:
-        decided: dict[str, list[Net]] = {
-            "accept": [],
-            "drop": [],
-        }
-        for rule in chain.rules:
+        decided: dict[str, list[Net]] = {"accept": [], "drop": []}
+        rules = [r for r in chain.rules if r.vmap is None]
+        for lookup in (r for r in chain.rules if r.vmap == "by_interface"):
+            target = view.map(lookup.vmap or "").target(interface)
+            called = view.chain(target.split()[1]) if target else None
+            rules += list(called.rules) if called else []
+        for rule in rules:
             if rule.addresses is None or rule.extra is not None:
                 continue  # catch-all rules and port rules are not about subnets
             if rule.interfaces and interface not in view.set(rule.interfaces).elements:
                 continue
-            decided[rule.verdict] += view.set(rule.addresses).networks()
+            kind = "accept" if rule.verdict == "accept" else "drop"
+            decided[kind] += view.set(rule.addresses).networks()
         problems += [
             f"{interface}: {a} accepted, {d} dropped"
             for a in decided["accept"]

@@ -46,16 +46,31 @@ def test_rule_layout_of_a_storage_node(maas: Topology):
         "ip saddr @failsafe_v4 tcp dport 22 accept",
         "ip6 saddr @failsafe_v6 tcp dport 22 accept",
         'ip saddr @net_data_v4 counter name "drop_in_data" drop',
-        "iifname @if_storage ip saddr @net_storage_v4 accept",
-        'iifname @if_storage ip saddr @cross_storage_v4 counter name "drop_in_storage" drop',
-        'iifname @if_storage counter name "drop_in_storage" drop',
+        "iifname vmap @by_interface",
+        "iifname vmap @drop_in",
+        "chain forward {",
+        "ct state established,related accept",
+        "iifname != @if_space oifname != @if_space accept",
+        'ip saddr @net_data_v4 counter name "drop_fwd_data" drop',
+        'ip daddr @net_data_v4 counter name "drop_fwd_data" drop',
+        "iifname vmap @by_interface",
+        "iifname vmap @drop_fwd",
         "chain output {",
         'ip daddr @net_public_v4 counter name "drop_out_public" drop',
+        "chain net_storage {",
+        "ip saddr @net_storage_v4 accept",
+        "chain drop_in_storage {",
+        'counter name "drop_in_storage" drop',
+        "chain drop_fwd_storage {",
+        'counter name "drop_fwd_storage" drop',
     ]
     assert_in_order(text[text.index("chain input") :], order)
+    assert '"enp4s0" : jump net_storage' in text
+    assert '"enp4s0" : goto drop_fwd_storage' in text
     assert "table inet network_isolation\ndelete table inet network_isolation\n" in text
     assert "flush" not in text
-    assert "forward" not in text
+    # The forward hook, on purpose: it judges what the host routes (DNAT to a pod).
+    assert "type filter hook forward priority filter; policy accept;" in text
     assert re.search(r"\biif |\boif ", text) is None
     assert text.startswith("# network-isolation: nftables ruleset of machine 'storage-3'")
     assert "do not edit" in text
@@ -84,6 +99,49 @@ def test_semantics_of_a_control_node(maas: Topology):
     assert address_conflicts(view, ["enp1s0", "enp2s0", "enp3s0", "enp4s0"]) == []
 
 
+def test_forward_semantics_of_a_control_node(maas: Topology):
+    """Forwarded packets (a VIP DNATed to a pod) get the input verdicts of their interface."""
+    view = firewall_view(plan_of(maas, "control-1"))
+    pod = "10.1.0.5"
+
+    def forward(nic: str, source: str, out: str = "lxc1", to: str = pod, port: int = 443) -> str:
+        return verdict(view, "forward", nic, source, port, out_interface=out, destination=to)
+
+    # into a pod from an allowed network's interface: as if addressed to the host
+    assert forward("enp2s0", "10.20.0.99") == "accept"  # internal VIP from internal
+    assert forward("enp2s0", "203.0.113.9") == "drop"  # internal VIP from the internet
+    assert forward("enp2s0", "10.10.0.99") == "drop"  # internal VIP from management
+    assert forward("enp3s0", "203.0.113.9") == "accept"  # public VIP: API users
+    assert forward("enp3s0", "10.20.0.99") == "drop"  # public VIP from another network
+    assert forward("enp4s0", "10.99.0.9") == "drop"  # storage VIP from a client
+    assert forward("enp1s0", "10.99.0.9") == "accept"  # management from a client
+    assert forward("enp3s0", "10.40.0.7") == "drop"  # a denied network, any interface
+    # no failsafe for forwarded packets: SSH to a pod is a service like any other
+    assert forward("enp4s0", "10.10.0.9", port=22) == "drop"
+    # pod egress: out by a space interface, cut only towards denied networks
+    assert forward("lxc1", pod, out="enp1s0", to="10.10.0.9") == "accept"
+    assert forward("lxc1", pod, out="enp1s0", to="10.40.0.7") == "drop"
+    assert forward("lxc1", pod, out="enp1s0", to="fd00:60::7") == "drop"
+    # neither in on nor out by a space interface: pod to pod, instances, bridges
+    assert forward("vxlan.calico", "10.1.1.5") == "accept"
+    assert forward("tap1234", "10.40.0.7", out="tap5678", to="10.40.0.8") == "accept"
+
+
+def test_forward_counters_name_network_and_direction(maas: Topology):
+    plan = plan_of(maas, "control-1")
+    audit = plan.model_copy(
+        update={"config": plan.config.model_copy(update={"enforcement": "audit"})}
+    )
+    text = render(audit).nftables
+    assert 'log prefix "network-isolation audit forward internal: "' in text
+    assert 'log prefix "network-isolation audit forward data: "' in text
+    view = firewall_view(plan)
+    assert view.map("drop_fwd").target("enp2s0") == "goto drop_fwd_internal"
+    assert view.map("drop_in").target("enp2s0") == "goto drop_in_internal"
+    assert view.map("by_interface").target("enp2s0") == "jump net_internal"
+    assert view.map("by_interface").target("br-ex") is None
+
+
 def test_denied_nic_is_dropped_on_input_and_output():
     plan = plan_of(partial_topology(), "storage-1")  # a tenant NIC, but no compute role
     view = firewall_view(plan)
@@ -91,6 +149,13 @@ def test_denied_nic_is_dropped_on_input_and_output():
     assert verdict(view, "input", "enp3s0", "198.51.100.1", 80) == "drop"
     assert verdict(view, "output", "enp3s0", "198.51.100.1") == "drop"
     assert verdict(view, "input", "enp3s0", "10.1.0.9", 22) == "accept"  # failsafe
+    # forwarded: nothing in on it, nothing out by it
+    forward = verdict(view, "forward", "enp3s0", "10.1.0.9", 22, out_interface="lxc1")
+    assert forward == "drop"
+    out = verdict(
+        view, "forward", "lxc1", "10.1.0.9", out_interface="enp3s0", destination="10.9.9.9"
+    )
+    assert out == "drop"
 
 
 def test_shared_nic_accepts_every_allowed_network_it_carries():
@@ -105,8 +170,9 @@ def test_shared_nic_accepts_every_allowed_network_it_carries():
 def test_sole_space_drops_nothing_but_invalid_packets(single: Topology):
     for machine in single.machines:
         view = firewall_view(plan_of(single, machine))
-        drops = [r for c in view.chains for r in c.rules if r.verdict == "drop"]
+        drops = [r for c in view.chains for r in c.rules if r.verdict in ("drop", "return")]
         assert [r.extra for r in drops] == ["ct state invalid"]
+        assert [m.name for m in view.maps] == ["by_interface"]
 
 
 def test_client_cidrs_overlapping_a_cloud_subnet_stay_consistent():
@@ -130,6 +196,12 @@ def test_counters_are_named_per_network_and_direction(maas: Topology):
         "drop_in_storage",
         "drop_out_public",
         "drop_out_storage_cluster",
+        "drop_fwd_public",
+        "drop_fwd_storage_cluster",
+        "drop_fwd_data",
+        "drop_fwd_internal",
+        "drop_fwd_management",
+        "drop_fwd_storage",
     }
     for path in NFT_CASES:
         counters = re.findall(r"^\tcounter (\S+) \{$", GOLDEN[path], re.M)
@@ -139,10 +211,15 @@ def test_counters_are_named_per_network_and_direction(maas: Topology):
 
 
 def assert_in_order(text: str, statements: list[str]) -> None:
-    """Every statement is a line of text (stripped), and they come in this order."""
+    """Every statement is a line of text (stripped), and they come in this order.
+
+    Each is looked for after the one before it, so a statement may appear in several chains.
+    """
     lines = [line.strip() for line in text.splitlines()]
-    positions = [lines.index(statement) for statement in statements]
-    assert positions == sorted(positions)
+    position = -1
+    for statement in statements:
+        assert statement in lines[position + 1 :], f"{statement!r} missing after line {position}"
+        position = lines.index(statement, position + 1)
 
 
 def _statements(ruleset: str) -> list[str]:
@@ -251,17 +328,20 @@ def test_strict_rule_layout_of_a_control_node(maas: Topology):
         'ct state invalid counter name "drop_in_invalid" drop',
         "ip saddr @failsafe_v4 tcp dport 22 accept",
         'ip saddr @net_data_v4 counter name "drop_in_data" drop',
-        "iifname @if_internal ip saddr @net_internal_v4 tcp dport @ports_internal_tcp accept",
-        "iifname @if_internal ip saddr @net_internal_v4 udp dport @ports_internal_udp accept",
-        "iifname @if_internal ip6 saddr @net_internal_v6 tcp dport @ports_internal_tcp accept",
-        'iifname @if_internal ip saddr @cross_internal_v4 counter name "drop_in_internal" drop',
-        'iifname @if_internal counter name "drop_in_internal" drop',
-        "iifname @if_management ip saddr @clients_v4 tcp dport @ports_management_tcp accept",
-        'iifname @if_management counter name "drop_in_management" drop',
-        'iifname @if_public ip saddr @cross_public_v4 counter name "drop_in_public" drop',
-        "iifname @if_public tcp dport @ports_public_tcp accept",
-        "iifname @if_public udp dport @ports_public_udp accept",
-        'iifname @if_public counter name "drop_in_public" drop',
+        "iifname vmap @by_interface",
+        "iifname vmap @drop_in",
+        "chain net_internal {",
+        "ip saddr @net_internal_v4 tcp dport @ports_internal_tcp accept",
+        "ip saddr @net_internal_v4 udp dport @ports_internal_udp accept",
+        "ip6 saddr @net_internal_v6 tcp dport @ports_internal_tcp accept",
+        "chain net_management {",
+        "ip saddr @clients_v4 tcp dport @ports_management_tcp accept",
+        "chain net_public {",
+        "ip saddr @cross_public_v4 return",
+        "tcp dport @ports_public_tcp accept",
+        "udp dport @ports_public_udp accept",
+        "chain drop_in_public {",
+        'counter name "drop_in_public" drop',
     ]
     assert_in_order(text[text.index("chain input") :], order)
     assert "\tset ports_public_tcp {\n\t\ttype inet_service\n\t\tflags interval\n" in text
@@ -364,7 +444,8 @@ def test_strict_audit_logs_instead_of_dropping_on_public(maas: Topology):
     plan = _strict(plan_of(maas, "control-1"), enforcement="audit")
     text = render(plan).nftables
     assert all(re.search(r"(^|\s)drop(\s|$)", line) is None for line in _statements(text))
-    assert "iifname @if_public goto audit_drop_in_public" in text
+    assert '"enp3s0" : goto audit_drop_in_public' in text
+    assert '"enp3s0" : goto audit_drop_fwd_public' in text
     view = firewall_view(plan)
     assert verdict(view, "input", "enp3s0", "203.0.113.9", 8080) == "drop"  # would drop
 

@@ -1,24 +1,31 @@
 """The firewall's layout: which rules, in which order, in which chain, from a plan.
 
-The input chain: loopback and replies, essential ICMP, the failsafe, then the drops of denied
-networks and one section per group of allowed interfaces (`network_rules`). The output chain,
-when a network is denied: replies, then the drops towards denied networks.
+The input chain: loopback and replies, essential ICMP, the failsafe, the drops of denied
+networks' subnets, then one lookup of the input interface that jumps into its group's chain
+(`network_rules`) and one that drops what the group's chain returned. The forward chain:
+replies, then nothing more for traffic that neither arrives on nor leaves by a cloud network's
+interface; else the drops towards denied networks, as for output, and the same two lookups
+as input. The output chain, when a network is denied: replies, then the drops towards denied
+networks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ..model import Network
 from ..planner import MachinePlan
-from ..ports import PortRange
 from .common import file_header
 from .network_rules import (
     InterfaceGroup,
     PortMap,
-    denied_drops,
-    group_section,
+    denied_interface_drops,
+    denied_subnet_drops,
+    dispatch,
+    group_chain,
+    interface_drops,
     interface_groups,
     strict_ports,
 )
@@ -29,6 +36,8 @@ from .nft import (
     FirewallBuilder,
     Hook,
     NftChain,
+    NftMap,
+    NftRule,
     NftSection,
     NftSet,
 )
@@ -73,12 +82,17 @@ class FirewallView:
     enforcement: Enforcement
     counters: tuple[str, ...]
     sets: tuple[NftSet, ...]
+    maps: tuple[NftMap, ...]
     chains: tuple[NftChain, ...]
     groups: tuple[InterfaceGroup, ...]
 
     def set(self, name: str) -> NftSet:
         """A set by name."""
         return next(s for s in self.sets if s.name == name)
+
+    def map(self, name: str) -> NftMap:
+        """A map by name."""
+        return next(m for m in self.maps if m.name == name)
 
     def chain(self, name: str) -> NftChain | None:
         """A chain by name, if there is one."""
@@ -105,7 +119,9 @@ def firewall_view(plan: MachinePlan, ports: PortMap | None = None) -> FirewallVi
     ]
     if enforcement == "off":
         header.append("enforcement is off: this file only removes our table.")
-        return FirewallView(TABLE_FAMILY, TABLE_NAME, tuple(header), enforcement, (), (), (), ())
+        return FirewallView(
+            TABLE_FAMILY, TABLE_NAME, tuple(header), enforcement, (), (), (), (), ()
+        )
     accepted = strict_ports(plan, ports)
     if accepted is not None:
         header += [
@@ -113,15 +129,20 @@ def firewall_view(plan: MachinePlan, ports: PortMap | None = None) -> FirewallVi
             "ports_<networks>_tcp and ports_<networks>_udp are accepted (and tcp/22, failsafe).",
         ]
     build = FirewallBuilder(enforcement)
+    # Built in the order the file shows them, so the sets are declared in that order too.
+    input_head = _input_head(plan, build)
     groups = interface_groups(plan)
+    chained = [(g, group_chain(plan, build, g, accepted)) for g in groups]
+    by_interface = dispatch(build, chained)
     # The base chains, each named after its hook, in the order the file declares them; a chain
     # without rules is left out (the input chain always has some).
     base: tuple[tuple[Hook, tuple[NftSection, ...]], ...] = (
-        ("input", _input_sections(plan, build, groups, accepted)),
+        ("input", (*input_head, *_input_lookups(plan, build, chained, by_interface))),
+        ("forward", _forward_sections(plan, build, chained, by_interface)),
         ("output", _output_sections(plan, build)),
     )
     chains = [NftChain(hook, hook, sections) for hook, sections in base if sections]
-    chains += build.audit_chains
+    chains += [*(chain for _, chain in chained), *build.drop_chains]
     return FirewallView(
         family=TABLE_FAMILY,
         table=TABLE_NAME,
@@ -129,24 +150,33 @@ def firewall_view(plan: MachinePlan, ports: PortMap | None = None) -> FirewallVi
         enforcement=enforcement,
         counters=tuple(build.counters),
         sets=tuple(build.sets.values()),
+        maps=tuple(build.maps.values()),
         chains=tuple(chains),
         groups=groups,
     )
 
 
-def _input_sections(
+def _by_interface(
     plan: MachinePlan,
     build: FirewallBuilder,
-    groups: Sequence[InterfaceGroup],
-    ports: Mapping[Network, tuple[PortRange, ...]] | None,
-) -> tuple[NftSection, ...]:
+    groups: Sequence[tuple[InterfaceGroup, NftChain]],
+    by_interface: str | None,
+    direction: Literal["in", "fwd"],
+) -> list[NftRule]:
+    """The lookups of the input interface: into its group's chain, then to its drop."""
+    drops = interface_drops(plan, build, groups, direction)
+    return [build.lookup(m) for m in (by_interface, drops) if m]
+
+
+def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
+    """Input rules 1-4: loopback, replies, ICMP, the failsafe, denied networks' subnets."""
     sections: list[NftSection] = [
         NftSection(
             "1. loopback and replies: accept; invalid packets: drop",
             (
                 build.accept("in", extra='iifname "lo"'),
                 build.accept("in", extra="ct state established,related"),
-                build.drop("in", "drop_in_invalid", "in ct-invalid", extra="ct state invalid"),
+                build.drop("drop_in_invalid", "in ct-invalid", extra="ct state invalid"),
             ),
         ),
         NftSection(
@@ -170,22 +200,74 @@ def _input_sections(
             ),
         )
     )
-    from_denied, on_denied = denied_drops(plan, build, "in")
+    from_denied = denied_subnet_drops(plan, build, "in", "in")
     if from_denied:
         sections.append(
             NftSection(
                 "4. from a denied network's subnets, on any interface: drop", tuple(from_denied)
             )
         )
-    if on_denied:
-        sections.append(NftSection("5. on a denied network's interfaces: drop", tuple(on_denied)))
-    for group in groups:
-        sections.append(group_section(plan, build, group, ports))
+    return sections
+
+
+def _input_lookups(
+    plan: MachinePlan,
+    build: FirewallBuilder,
+    groups: Sequence[tuple[InterfaceGroup, NftChain]],
+    by_interface: str | None,
+) -> tuple[NftSection, ...]:
+    lookups = _by_interface(plan, build, groups, by_interface, "in")
+    return (NftSection(_LOOKUP_COMMENT.format(n="5-6"), tuple(lookups)),) if lookups else ()
+
+
+_LOOKUP_COMMENT = (
+    "{n}. by input interface: an allowed network's chain accepts what it may;"
+    " what it returns, and all on a denied network's interface: drop"
+)
+
+
+def _forward_sections(
+    plan: MachinePlan,
+    build: FirewallBuilder,
+    groups: Sequence[tuple[InterfaceGroup, NftChain]],
+    by_interface: str | None,
+) -> tuple[NftSection, ...]:
+    """Forwarded packets (DNAT to a pod, routed through the host) judged like input."""
+    space = build.interface_set("if_space", {i for d in plan.domains for i in d.interfaces})
+    if space is None:
+        return ()
+    sections = [
+        NftSection(
+            "1. replies: accept; neither in on nor out by a cloud network's interface: not ours",
+            (
+                build.accept("in", extra="ct state established,related"),
+                build.accept("in", extra=f"iifname != @{space} oifname != @{space}"),
+            ),
+        )
+    ]
+    from_denied = denied_subnet_drops(plan, build, "in", "fwd")
+    to_denied = [
+        *denied_subnet_drops(plan, build, "out", "fwd"),
+        *denied_interface_drops(plan, build, "fwd"),
+    ]
+    if from_denied:
+        sections.append(NftSection("2. from a denied network's subnets: drop", tuple(from_denied)))
+    if to_denied:
+        sections.append(
+            NftSection(
+                "3. to a denied network's subnets or out of its interfaces: drop",
+                tuple(to_denied),
+            )
+        )
+    lookups = _by_interface(plan, build, groups, by_interface, "fwd")
+    if lookups:
+        sections.append(NftSection(_LOOKUP_COMMENT.format(n="4"), tuple(lookups)))
     return tuple(sections)
 
 
 def _output_sections(plan: MachinePlan, build: FirewallBuilder) -> tuple[NftSection, ...]:
-    to_denied, out_denied = denied_drops(plan, build, "out")
+    to_denied = denied_subnet_drops(plan, build, "out", "out")
+    out_denied = denied_interface_drops(plan, build, "out")
     if not to_denied and not out_denied:
         return ()
     sections = [

@@ -15,7 +15,7 @@ from ..model import NETWORKS, Network
 from ..planner import MachinePlan
 from ..ports import PortRange, machine_ports, merge_ranges
 from .common import network_names
-from .nft import FirewallBuilder, NftRule, NftSection, label_of
+from .nft import FirewallBuilder, NftChain, NftRule, NftSection, Side, label_of
 from .subnets import exclude
 
 IPV6_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
@@ -72,27 +72,21 @@ def strict_ports(
     return {net: merge_ranges(given.get(net, ())) for net in NETWORKS if plan.networks[net].access}
 
 
-def group_section(
+def group_chain(
     plan: MachinePlan,
     build: FirewallBuilder,
     group: InterfaceGroup,
     ports: Mapping[Network, tuple[PortRange, ...]] | None,
-) -> NftSection:
-    """Rule 6 for interfaces of allowed domains: own subnets in, other cloud subnets out.
+) -> NftChain:
+    """The chain of a group's interfaces, shared by the input and forward hooks.
 
-    With strict ports (`ports` given), every accept of the group also needs a tcp or udp port
-    of the group's sets, and the public group drops what its ports do not accept.
+    The hooks' interface map jumps here: own subnets accepted; other sources accepted on
+    public, from client-cidrs on management. Anything else returns to the hook's chain, which
+    drops it under its own counter (`drop_in_*`, `drop_fwd_*`). With strict ports (`ports`
+    given), every accept also needs a tcp or udp port of the group's sets.
     """
-    nics = build.interface_set(f"if_{group.label}", group.interfaces)
     own = [s for i in group.domains for s in plan.domains[i].subnets]
-    others = [
-        s
-        for i, d in enumerate(plan.domains)
-        if d.allowed and i not in group.domains
-        for s in d.subnets
-    ]
     names = network_names(group.networks)
-    counter, what = f"drop_in_{group.label}", f"in {names}"
     public = Network.PUBLIC in group.networks
     strict = ports is not None
     services: list[str | None] = [None]
@@ -109,55 +103,122 @@ def group_section(
         # IPv6 link-local sources (DHCPv6 servers, routers) are on this very link: never
         # another network's traffic, since no router forwards them.
         rules += [
-            build.accept("in", interfaces=nics, addresses=a, extra=service)
+            build.accept("in", addresses=a, extra=service)
             for a in build.address_sets(f"net_{group.label}", [*own, IPV6_LINK_LOCAL])
             for service in services
         ]
         parts.append(f"own subnets and IPv6 link-local{accept}")
-    rules += [
-        build.drop("in", counter, what, interfaces=nics, addresses=a)
-        for a in build.address_sets(f"cross_{group.label}", exclude(others, own))
-    ]
-    parts.append("other cloud subnets: drop")
     if public:
-        rules += [build.accept("in", interfaces=nics, extra=s) for s in services if s]
-        parts.append(f"any other source{accept} (public API users)")
+        # Only the any-source accepts below need other cloud networks kept out first.
+        others = [
+            s
+            for i, d in enumerate(plan.domains)
+            if d.allowed and i not in group.domains
+            for s in d.subnets
+        ]
+        rules += [
+            build.give_back(a)
+            for a in build.address_sets(f"cross_{group.label}", exclude(others, own))
+        ]
+        rules += [build.accept("in", extra=s) for s in services]
+        parts += ["other cloud subnets: drop", f"any other source{accept} (public API users)"]
     elif Network.MANAGEMENT in group.networks:
         cloud = [s for d in plan.domains for s in d.subnets]
         rules += [
-            build.accept("in", interfaces=nics, addresses=a, extra=service)
+            build.accept("in", addresses=a, extra=service)
             for a in build.address_sets("clients", exclude(plan.config.client_cidrs, cloud))
             for service in services
         ]
         parts.append(f"client-cidrs{accept}")
     if strict or not public:
-        rules.append(build.drop("in", counter, what, interfaces=nics))
         parts.append("any other packet: drop" if strict else "any other source: drop")
-    return NftSection(
-        f"6. on {names} ({', '.join(group.interfaces)}): {'; '.join(parts)}",
-        tuple(rules),
+    return NftChain(
+        f"net_{group.label}",
+        None,
+        (
+            NftSection(
+                f"on {names} ({', '.join(group.interfaces)}): {'; '.join(parts)}", tuple(rules)
+            ),
+        ),
+        footer="what returns from here is dropped by the hook's chain",
     )
 
 
-def denied_drops(
-    plan: MachinePlan, build: FirewallBuilder, direction: Literal["in", "out"]
-) -> tuple[list[NftRule], list[NftRule]]:
-    """Drops for denied domains in one direction: by their subnets, and by their own NICs."""
+def dispatch(
+    build: FirewallBuilder, groups: Iterable[tuple[InterfaceGroup, NftChain]]
+) -> str | None:
+    """The one map from an allowed interface to its group's chain (both hooks use it)."""
+    return build.interface_map(
+        "by_interface",
+        ((i, f"jump {chain.name}") for group, chain in groups for i in group.interfaces),
+    )
+
+
+def can_return(chain: NftChain) -> bool:
+    """Whether a packet can come back from a group's chain (it ends in no plain accept)."""
+    rules = chain.rules
+    return any(r.verdict == "return" for r in rules) or not rules or rules[-1].text != "accept"
+
+
+def interface_drops(
+    plan: MachinePlan,
+    build: FirewallBuilder,
+    groups: Iterable[tuple[InterfaceGroup, NftChain]],
+    direction: Literal["in", "fwd"],
+) -> str | None:
+    """The map that drops what a group's chain returned, and all on a denied interface.
+
+    Each interface's drop is counted per network and direction (`drop_fwd_internal`).
+    """
+    verdicts: list[tuple[str, str]] = []
+    every = [(g.networks, g.interfaces) for g, chain in groups if can_return(chain)]
+    denied = set(plan.denied_interfaces)
+    every += [
+        (d.networks, tuple(i for i in d.interfaces if i in denied)) for d in plan.denied_domains
+    ]
+    for networks, interfaces in every:
+        if not interfaces:
+            continue
+        label = label_of(networks)
+        target = build.drop_target(
+            f"drop_{direction}_{label}", f"{DIRECTION_WORDS[direction]} {network_names(networks)}"
+        )
+        verdicts += [(interface, target) for interface in interfaces]
+    return build.interface_map(f"drop_{direction}", verdicts)
+
+
+# How log prefixes and comments spell each direction.
+DIRECTION_WORDS = {"in": "in", "out": "out", "fwd": "forward"}
+
+
+def denied_subnet_drops(
+    plan: MachinePlan, build: FirewallBuilder, side: Side, direction: Literal["in", "out", "fwd"]
+) -> list[NftRule]:
+    """Drops of denied domains' subnets, as sources (`side` in) or destinations (out)."""
     allowed_subnets = [s for d in plan.allowed_domains for s in d.subnets]
-    by_subnet: list[NftRule] = []
-    by_interface: list[NftRule] = []
+    rules: list[NftRule] = []
+    for domain in plan.denied_domains:
+        label = label_of(domain.networks)
+        counter = f"drop_{direction}_{label}"
+        what = f"{DIRECTION_WORDS[direction]} {network_names(domain.networks)}"
+        for a in build.address_sets(f"net_{label}", exclude(domain.subnets, allowed_subnets)):
+            rules.append(build.drop(counter, what, side, addresses=a))
+    return rules
+
+
+def denied_interface_drops(
+    plan: MachinePlan, build: FirewallBuilder, direction: Literal["out", "fwd"]
+) -> list[NftRule]:
+    """Drops of what leaves by a denied domain's own interfaces."""
+    rules: list[NftRule] = []
     denied_interfaces = set(plan.denied_interfaces)
     for domain in plan.denied_domains:
         label = label_of(domain.networks)
-        counter, what = (
-            f"drop_{direction}_{label}",
-            f"{direction} {network_names(domain.networks)}",
-        )
-        for a in build.address_sets(f"net_{label}", exclude(domain.subnets, allowed_subnets)):
-            by_subnet.append(build.drop(direction, counter, what, addresses=a))
+        counter = f"drop_{direction}_{label}"
+        what = f"{DIRECTION_WORDS[direction]} {network_names(domain.networks)}"
         nics = build.interface_set(
             f"if_{label}", (i for i in domain.interfaces if i in denied_interfaces)
         )
         if nics:
-            by_interface.append(build.drop(direction, counter, what, interfaces=nics))
-    return by_subnet, by_interface
+            rules.append(build.drop(counter, what, "out", interfaces=nics))
+    return rules

@@ -1,8 +1,8 @@
 """The nftables data model: what a set, a rule, a section and a chain are, and their nft text.
 
 `FirewallBuilder` makes them while the layout (`firewall`) decides which rules come in which
-order: it declares each set once, names a counter for every drop and, in audit mode, turns a
-drop into a jump to a chain that logs and counts. The template lays the result out.
+order: it declares each set and map once, names a counter for every drop and, in audit mode,
+turns a drop into a jump to a chain that logs and counts. The template lays the result out.
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ LOG_PREFIX_MAX = 127
 
 Enforcement = Literal["enforce", "audit", "off"]
 SetType = Literal["ipv4_addr", "ipv6_addr", "ifname", "inet_service"]
-Verdict = Literal["accept", "drop", "log"]
+# `return` hands the packet back to the calling chain; `vmap` looks the verdict up in a map.
+Verdict = Literal["accept", "drop", "log", "return", "vmap"]
 # The hooks of our base chains.
-Hook = Literal["input", "output"]
+Hook = Literal["input", "forward", "output"]
+# Which end of the packet a rule matches: where it came from (iifname, saddr) or where it
+# goes (oifname, daddr).
+Side = Literal["in", "out"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,23 @@ class NftSet:
 
 
 @dataclass(frozen=True)
+class NftMap:
+    """A verdict map keyed by input interface: `iifname vmap @name`."""
+
+    name: str
+    verdicts: tuple[tuple[str, str], ...]  # (interface, "jump chain" or "goto chain")
+
+    @property
+    def literals(self) -> tuple[str, ...]:
+        """The elements as nft writes them."""
+        return tuple(f'"{interface}" : {verdict}' for interface, verdict in self.verdicts)
+
+    def target(self, interface: str) -> str | None:
+        """The verdict of an interface, if it is in the map."""
+        return dict(self.verdicts).get(interface)
+
+
+@dataclass(frozen=True)
 class NftRule:
     """One rule: what it matches, structured for checks, and its nft text."""
 
@@ -75,6 +96,8 @@ class NftRule:
     addresses: str | None = None  # name of an address set (saddr/daddr @set)
     extra: str | None = None  # any other match: ct state, icmp types, loopback, port
     counter: str | None = None  # named counter; every drop has one
+    vmap: str | None = None  # name of the interface map a `vmap` rule looks up
+    side: Side = "in"  # interfaces and addresses match the packet's input end, or its output
     text: str = ""
 
 
@@ -88,7 +111,7 @@ class NftSection:
 
 @dataclass(frozen=True)
 class NftChain:
-    """A chain: a base chain (hook, policy accept) or an audit chain (no hook)."""
+    """A chain: a base chain (hook, policy accept), or one that base chains jump to."""
 
     name: str
     hook: Hook | None
@@ -116,8 +139,9 @@ class FirewallBuilder:
     def __init__(self, enforcement: Enforcement):
         self.enforcement = enforcement
         self.sets: dict[str, NftSet] = {}
+        self.maps: dict[str, NftMap] = {}
         self.counters: list[str] = []
-        self.audit_chains: list[NftChain] = []
+        self.drop_chains: list[NftChain] = []
 
     def address_sets(
         self, name: str, nets: Iterable[IPNetwork], keep_empty: bool = False
@@ -158,6 +182,17 @@ class FirewallBuilder:
             found.append((protocol, set_name))
         return found
 
+    def interface_map(self, name: str, verdicts: Iterable[tuple[str, str]]) -> str | None:
+        """Declare a verdict map by input interface; None when it would be empty."""
+        pairs = tuple(sorted((check_interface_name(i), v) for i, v in dict(verdicts).items()))
+        if not pairs:
+            return None
+        new = NftMap(name, pairs)
+        if self.maps.get(name, new) != new:
+            raise RenderError(f"map '{name}' is defined twice with different elements")
+        self.maps[name] = new
+        return name
+
     def _add_set(self, new: NftSet) -> None:
         old = self.sets.get(new.name)
         if old is not None and old != new:
@@ -166,26 +201,39 @@ class FirewallBuilder:
 
     def accept(
         self,
-        direction: str,
+        side: Side,
         interfaces: str | None = None,
         addresses: tuple[str, str] | None = None,
         extra: str | None = None,
     ) -> NftRule:
         """An accept rule."""
-        match = _match(direction, interfaces, addresses, extra)
-        return NftRule(
-            verdict="accept",
-            interfaces=interfaces,
-            addresses=addresses[1] if addresses else None,
-            extra=extra,
-            text=f"{match} accept" if match else "accept",
-        )
+        return _plain("accept", side, interfaces, addresses, extra)
+
+    def give_back(self, addresses: tuple[str, str]) -> NftRule:
+        """`return` for sources in a set: the calling chain decides (it drops them)."""
+        return _plain("return", "in", None, addresses, None)
+
+    @staticmethod
+    def lookup(interface_map: str) -> NftRule:
+        """`iifname vmap @map`: the map's verdict for the input interface, if it has one."""
+        return NftRule(verdict="vmap", vmap=interface_map, text=f"iifname vmap @{interface_map}")
+
+    def drop_target(self, counter: str, what: str) -> str:
+        """`goto` a chain that drops (audit: logs) and counts: a verdict for an interface map."""
+        if self.enforcement == "audit":
+            return self.drop(counter, what).text
+        chain = counter
+        if all(c.name != chain for c in self.drop_chains):
+            rule = self.drop(counter, what)
+            section = NftSection(f"drop: {what}", (rule,))
+            self.drop_chains.append(NftChain(chain, None, (section,)))
+        return f"goto {chain}"
 
     def drop(
         self,
-        direction: str,
         counter: str,
         what: str,
+        side: Side = "in",
         interfaces: str | None = None,
         addresses: tuple[str, str] | None = None,
         extra: str | None = None,
@@ -193,11 +241,11 @@ class FirewallBuilder:
         """A drop rule with its named counter; in audit mode, a jump to log-and-count."""
         if counter not in self.counters:
             self.counters.append(counter)
-        match = _match(direction, interfaces, addresses, extra)
+        match = _match(side, interfaces, addresses, extra)
         if self.enforcement == "audit":
             chain = f"audit_{counter}"
-            if all(c.name != chain for c in self.audit_chains):
-                self.audit_chains.append(self._audit_chain(chain, counter, what))
+            if all(c.name != chain for c in self.drop_chains):
+                self.drop_chains.append(self._audit_chain(chain, counter, what))
             statement = f"goto {chain}"
         else:
             statement = f'counter name "{counter}" drop'
@@ -207,6 +255,7 @@ class FirewallBuilder:
             addresses=addresses[1] if addresses else None,
             extra=extra,
             counter=counter,
+            side=side,
             text=f"{match} {statement}" if match else statement,
         )
 
@@ -231,18 +280,36 @@ class FirewallBuilder:
         )
 
 
+def _plain(
+    verdict: Literal["accept", "return"],
+    side: Side,
+    interfaces: str | None,
+    addresses: tuple[str, str] | None,
+    extra: str | None,
+) -> NftRule:
+    match = _match(side, interfaces, addresses, extra)
+    return NftRule(
+        verdict=verdict,
+        interfaces=interfaces,
+        addresses=addresses[1] if addresses else None,
+        extra=extra,
+        side=side,
+        text=f"{match} {verdict}" if match else verdict,
+    )
+
+
 def _match(
-    direction: str,
+    side: Side,
     interfaces: str | None,
     addresses: tuple[str, str] | None,
     extra: str | None,
 ) -> str:
     parts: list[str] = []
     if interfaces:
-        parts.append(f"{'iifname' if direction == 'in' else 'oifname'} @{interfaces}")
+        parts.append(f"{'iifname' if side == 'in' else 'oifname'} @{interfaces}")
     if addresses:
         family, name = addresses
-        parts.append(f"{family} {'saddr' if direction == 'in' else 'daddr'} @{name}")
+        parts.append(f"{family} {'saddr' if side == 'in' else 'daddr'} @{name}")
     if extra:
         parts.append(extra)
     return " ".join(parts)
