@@ -32,6 +32,16 @@ Every other packet arriving on that NIC is dropped; rules 1-5 and 7 do not chang
 from a source that is neither management nor a client is therefore dropped on such a NIC).
 Output: replies to connections the input chain let in are let out first (so the failsafe's
 replies too); otherwise, to a denied domain's subnets, or out of a denied NIC: drop.
+Forward (what a host routes: a Kubernetes VIP DNATed to a pod, pod egress), first match wins:
+  F1. ct state established,related: accept (replies);
+  F2. arriving on and leaving by NICs of no cloud network: accept (pods, instances: not ours);
+  F3. from a denied domain's subnets: drop;
+  F4. to a denied domain's subnets (after DNAT: where it really goes), or out of a denied
+      NIC: drop, as for output;
+  F5. arriving on a denied NIC: drop;
+  F6. arriving on an allowed domain's NIC: rule 6 above, as if addressed to the host (there is
+      no failsafe for forwarded packets), strict-ports included;
+  F7. anything else: accept.
 Audit: the same, but a drop only counts; the packet goes on. Off: no table.
 
 Consequences the bed makes visible (the kernel's, not a choice of ours):
@@ -53,7 +63,7 @@ from network_isolation.ports import PortRange  # parsing only: no expected value
 from network_isolation.topology import Topology
 from tests.role_tables import GUIDE_ROLE_TABLE, SUNBEAM_ROLE_TABLE
 
-from .testbed import Cloud, Host, IPAddress, IPNetwork
+from .testbed import Cloud, Host, IPAddress, IPNetwork, space_of
 
 ROLE_TABLES = {"guide": GUIDE_ROLE_TABLE, "sunbeam": SUNBEAM_ROLE_TABLE}
 CLOUD_NETWORKS = ("data", "internal", "management", "public", "storage", "storage-cluster")
@@ -119,6 +129,7 @@ PORT_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("storage", "storage-cluster"): ("tcp:6800-7300",),
 }
 FAILSAFE_PORT = 22
+VXLAN_PORT = 8472  # the pod network's tunnel (Cilium, flannel)
 Mode = str  # "enforce" | "audit" | "off"
 
 
@@ -132,12 +143,21 @@ class Flow:
     dst_addr: IPAddress
     proto: str  # "tcp" | "udp"
     port: int
+    # What the flow is: between hosts ("host"); to a Kubernetes VIP on `dst`, announced on its
+    # NIC `nic` and DNATed to a pod ("vip"); from a pod on node `via` out to a host ("egress");
+    # between pods on nodes `via` and `to_node`, over the pod network ("pods"); between two
+    # instances on the compute node `via` ("instances").
+    kind: str = "host"
+    via: str | None = None
+    to_node: str | None = None
+    nic: str | None = None
     spoofed: bool = False  # src_addr is not the sender's: one-way, seen at the server
 
     @property
     def label(self) -> str:
-        """proto/port, for the matrix."""
-        return f"{self.proto}/{self.port}" + (" spoofed" if self.spoofed else "")
+        """proto/port (and the kind when not between hosts), for the matrix."""
+        kind = "" if self.kind == "host" else f" {self.kind}"
+        return f"{self.proto}/{self.port}{kind}" + (" spoofed" if self.spoofed else "")
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,7 @@ class Hit:
     """A drop rule that the flow meets, on a machine, in one direction."""
 
     machine: str
-    direction: str  # "in" | "out"
+    direction: str  # "in" | "out" | "fwd"
     reason: str
 
 
@@ -266,6 +286,24 @@ def _entries(text: str) -> Iterable[tuple[str, list[str]]]:
         yield key, [v for v in values.split(",") if v]
 
 
+class _Tally:
+    """The drop rules a flow meets, and the first that enforces."""
+
+    def __init__(self, modes: Mapping[str, Mode]):
+        self.modes = modes
+        self.hits: list[Hit] = []
+        self.first_drop: Hit | None = None
+
+    def meet(self, machine: str, direction: str, reason: str | None) -> None:
+        """A rule of `machine` in `direction` drops the flow for `reason` (None: no rule)."""
+        if reason is None or self.modes.get(machine, "off") == "off":
+            return
+        hit = Hit(machine, direction, reason)
+        self.hits.append(hit)
+        if self.first_drop is None and self.modes[machine] == "enforce":
+            self.first_drop = hit
+
+
 class Oracle:
     """Predicts each flow's verdict from the policy and the bed's routing."""
 
@@ -329,26 +367,29 @@ class Oracle:
             return f"out of denied NIC {egress.name}"
         return None
 
-    def _neighbour(self, machine: str, address: IPAddress) -> str | None:
+    def _neighbour(self, machine: str, address: IPAddress, nic: str | None = None) -> str | None:
         """IPv6 only: the advertisement for an address on a denied NIC is dropped."""
         if address.version != 6:
             return None
-        nic = self.cloud.machines[machine].iface_of(address).name
+        nic = nic or self.cloud.machines[machine].iface_of(address).name
         if self.denied_nic(machine, nic):
             return f"IPv6 neighbour advertisement out of denied NIC {nic}"
         return None
 
-    def _input(self, machine: str, flow: Flow) -> tuple[str, str]:
-        """Rules 3-7 for a new packet: (accept|drop, why)."""
+    def _input(self, machine: str, flow: Flow, nic: str | None = None) -> tuple[str, str]:
+        """Rules 3-7 for a new packet: (accept|drop, why).
+
+        With `nic`, rules F3, F5 and F6 for a packet forwarded from that NIC (no failsafe).
+        """
         p, src = self.policy, flow.src_addr
         src_domain = p.domain_of(src)
         management = p.domain_with("management")
-        if flow.proto == "tcp" and flow.port == FAILSAFE_PORT:
+        if nic is None and flow.proto == "tcp" and flow.port == FAILSAFE_PORT:
             if management.has(src) or p.in_clients(src):
                 return "accept", "failsafe tcp/22"
         if src_domain is not None and not p.is_allowed(machine, src_domain):
             return "drop", f"from denied {src_domain.name}"
-        nic = self.cloud.machines[machine].iface_of(flow.dst_addr).name
+        nic = nic or self.cloud.machines[machine].iface_of(flow.dst_addr).name
         domains = self._nic_domains(self.cloud.machines[machine], nic)
         allowed = [d for d in domains if p.is_allowed(machine, d)]
         if domains and not allowed:
@@ -389,37 +430,85 @@ class Oracle:
         `no-reply` (UDP only): the server got the request but its reply was dropped. A TCP
         connection whose SYN-ACK is dropped is simply `drop`: the server never sees it.
         """
-        hits: list[Hit] = []
-        first_drop: Hit | None = None
-
-        def meet(machine: str, direction: str, reason: str | None) -> None:
-            nonlocal first_drop
-            if reason is None or self.modes.get(machine, "off") == "off":
-                return
-            hit = Hit(machine, direction, reason)
-            hits.append(hit)
-            if first_drop is None and self.modes[machine] == "enforce":
-                first_drop = hit
-
-        if flow.src in self.cloud.machines:
-            meet(flow.src, "out", self._output(flow.src, flow.dst_addr))
-        meet(flow.dst, "out", self._neighbour(flow.dst, flow.dst_addr))
-        verdict, why = self._input(flow.dst, flow)
-        meet(flow.dst, "in", why if verdict == "drop" else None)
-        request_dropped = first_drop is not None
+        if flow.kind == "pods":
+            return self._pods(flow)
+        if flow.kind == "instances":
+            return Expectation(
+                "pass", f"F2: routed by {flow.via} between NICs of no cloud network"
+            )
+        tally = _Tally(self.modes)
+        flow, why = self._request(flow, tally)
+        request_dropped = tally.first_drop is not None
         if not flow.spoofed and not request_dropped:
             # The reply: out of the destination (replies to what the input chain let in are
             # always let out), then into the source (established: accepted); only the
             # source's neighbour advertisement can still be lost.
             if flow.src in self.cloud.machines:
-                meet(flow.src, "out", self._neighbour(flow.src, flow.src_addr))
-        if first_drop is not None:
-            drop: Hit = first_drop
+                tally.meet(flow.src, "out", self._neighbour(flow.src, flow.src_addr))
+        hits = tuple(tally.hits)
+        if tally.first_drop is not None:
+            drop: Hit = tally.first_drop
             lost = "drop" if request_dropped or flow.proto == "tcp" else "no-reply"
-            return Expectation(
-                lost, f"{drop.machine} {drop.direction}: {drop.reason}", tuple(hits)
-            )
+            return Expectation(lost, f"{drop.machine} {drop.direction}: {drop.reason}", hits)
         if hits:
             where = "; ".join(f"{h.machine} {h.direction}: {h.reason}" for h in hits)
-            return Expectation("pass", f"audit only ({where})", tuple(hits))
+            return Expectation("pass", f"audit only ({where})", hits)
         return Expectation("pass", why if self.modes.get(flow.dst) != "off" else "no ruleset")
+
+    def _request(self, flow: Flow, tally: _Tally) -> tuple[Flow, str]:
+        """The rules the request meets on its way; the flow as it arrives, and why it passes."""
+        if flow.src in self.cloud.machines:
+            tally.meet(flow.src, "out", self._output(flow.src, flow.dst_addr))
+        if flow.kind == "vip":
+            assert flow.nic is not None
+            tally.meet(flow.dst, "out", self._neighbour(flow.dst, flow.dst_addr, flow.nic))
+            verdict, why = self._input(flow.dst, flow, nic=flow.nic)
+            tally.meet(flow.dst, "fwd", why if verdict == "drop" else None)
+            return flow, f"VIP on {flow.nic}, forwarded to a pod: {why}"
+        if flow.kind == "egress":
+            assert flow.via is not None
+            tally.meet(flow.via, "fwd", self._output(flow.via, flow.dst_addr))
+            flow = self._masqueraded(flow)
+        if flow.dst not in self.cloud.machines:
+            return flow, f"{flow.dst} is outside the cloud"
+        tally.meet(flow.dst, "out", self._neighbour(flow.dst, flow.dst_addr))
+        verdict, why = self._input(flow.dst, flow)
+        tally.meet(flow.dst, "in", why if verdict == "drop" else None)
+        return flow, why
+
+    def _masqueraded(self, flow: Flow) -> Flow:
+        """A pod's packet as it leaves its node: from the node's address on the way out."""
+        assert flow.via is not None
+        node = self.cloud.machines[flow.via]
+        egress = node.egress(flow.dst_addr)
+        assert egress is not None, f"{flow.via} has no route to {flow.dst_addr}"
+        source = next(a.ip for a in egress.addresses if a.version == flow.dst_addr.version)
+        return Flow(flow.via, source, flow.dst, flow.dst_addr, flow.proto, flow.port)
+
+    def _pods(self, flow: Flow) -> Expectation:
+        """Pod to pod: F2 on both nodes; the VXLAN packets between them are host flows.
+
+        Each way is a new udp/8472 flow from one node's internal IPv4 address to the other's.
+        """
+        assert flow.via is not None and flow.to_node is not None
+        ends = (self._underlay(flow.via), self._underlay(flow.to_node))
+        ways = [
+            self.expect(Flow(a, x, b, y, "udp", VXLAN_PORT, spoofed=True))
+            for (a, x), (b, y) in (ends, ends[::-1])
+        ]
+        hits = tuple(h for w in ways for h in w.hits)
+        if ways[0].verdict == "drop":
+            return Expectation("drop", f"pod network: {ways[0].reason}", hits)
+        if ways[1].verdict == "drop":
+            lost = "drop" if flow.proto == "tcp" else "no-reply"
+            return Expectation(lost, f"pod network, way back: {ways[1].reason}", hits)
+        return Expectation("pass", "F2 on both nodes; pod network on internal udp/8472", hits)
+
+    def _underlay(self, machine: str) -> tuple[str, IPAddress]:
+        """A node's internal IPv4 address, which carries the pod network."""
+        space = space_of(self.cloud.topology, "internal")
+        host = self.cloud.machines[machine]
+        address = next(
+            a.ip for i in host.ifaces if i.segment == space for a in i.addresses if a.version == 4
+        )
+        return machine, address

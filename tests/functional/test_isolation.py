@@ -11,7 +11,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ import pytest
 
 from network_isolation.topology import load_topology
 
+from . import kubernetes
 from .conftest import MAAS, SINGLE
+from .kubernetes import Services, services_of
 from .matrix import (
     TCP_PORT,
     UDP_PORT,
@@ -32,10 +35,11 @@ from .matrix import (
     spare_address,
     spoofed_flows,
 )
-from .oracle import FAILSAFE_PORT, Oracle
-from .testbed import Bed, Cloud, cloud_of, running_bed
+from .oracle import FAILSAFE_PORT, Flow, Oracle
+from .testbed import OUTSIDER, Bed, Cloud, IPAddress, cloud_of, running_bed, space_of
 
 ip = ipaddress.ip_address
+SERVICE_PORTS = (("tcp", TCP_PORT), ("udp", UDP_PORT))
 SWEEP_TIMEOUT = 0.3  # unexpected drops are re-probed with patience anyway
 Report = Callable[[Matrix], None]
 Renders = Callable[..., Path]
@@ -100,16 +104,26 @@ class Scene:
     cloud: Cloud
     machines: list[str]
     topology: Path
+    services: Services
 
 
 @contextmanager
 def scene(topology: Path) -> Iterator[Scene]:
-    """Build a topology's bed, with echo servers on the probed machines."""
+    """Build a topology's bed, with echo servers on the probed machines.
+
+    Its control nodes run Kubernetes services (pods behind VIPs, a pod network) and a compute
+    node has instances, as in Sunbeam (`kubernetes`); the pods, instances and the outsider
+    listen too.
+    """
     cloud = cloud_of(load_topology(topology))
     machines = cloud.representatives()
+    services = services_of(cloud)
     with running_bed(cloud) as bed:
+        kubernetes.build(bed, services)
         bed.listen(machines, tcp=[FAILSAFE_PORT, TCP_PORT], udp=[UDP_PORT])
-        yield Scene(bed, cloud, machines, topology)
+        others = [*services.hosts, *(o for o in [OUTSIDER] if o in cloud.externals)]
+        bed.listen(others, tcp=[TCP_PORT], udp=[UDP_PORT])
+        yield Scene(bed, cloud, machines, topology, services)
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +169,129 @@ def test_microstack_maas(maas: Scene, renders: Renders, report: Report) -> None:
     assert row(matrix, "10.99.0.2", "10.20.0.11", "tcp", 22).got.got == "pass"  # failsafe
 
 
+def service_flows(scene: Scene, ports: Sequence[tuple[str, int]] = SERVICE_PORTS) -> list[Flow]:
+    """The flows of Kubernetes services and of what must stay untouched.
+
+    VIP probes from every probed machine's addresses, the client and the outsider; pod egress
+    from the first control node to the probed machines and the outsider; pod to pod between
+    the control nodes; instance to instance on a compute node.
+    """
+    cloud, services = scene.cloud, scene.services
+    senders = [*scene.machines, *cloud.externals]
+    flows = kubernetes.vip_flows(cloud, services, senders, ports)
+    if services.nodes:
+        first = next(iter(services.nodes))
+        targets = [*scene.machines, *(o for o in [OUTSIDER] if o in cloud.externals)]
+        flows += kubernetes.egress_flows(cloud, services, first, targets, ports)
+    flows += kubernetes.pod_to_pod_flows(services, ports)
+    return flows + kubernetes.instance_flows(services, ports)
+
+
+def test_kubernetes_services(maas: Scene, renders: Renders, report: Report) -> None:
+    """VIPs on every control node, DNATed to pods: forwarded, and judged like input."""
+    maas.bed.load_dir(renders(MAAS))
+    flows = service_flows(maas)
+    matrix = check(maas.bed, Oracle(maas.cloud), flows, "microstack-maas.yaml services (enforce)")
+    matrix.notes += by_kind(matrix)
+    report(matrix)
+    assert_matches(matrix)
+    # A few flows by hand, whatever the oracle says (VIPs of control-1: the top of each subnet).
+    vips = {
+        v.network + str(v.address.version): v.address
+        for v in maas.services.nodes["control-1"].vips
+    }
+    assert row(matrix, "203.0.113.2", str(vips["internal4"]), "tcp", TCP_PORT).got.got == "drop"
+    assert row(matrix, "203.0.113.2", str(vips["public4"]), "tcp", TCP_PORT).got.got == "pass"
+    assert row(matrix, "10.99.0.2", str(vips["storage4"]), "tcp", TCP_PORT).got.got == "drop"
+    assert row(matrix, "10.20.0.21", str(vips["internal4"]), "tcp", TCP_PORT).got.got == "pass"
+    assert row(matrix, "fd00:10::5", str(vips["internal6"]), "tcp", TCP_PORT).got.got == "drop"
+    kinds = {r.flow.kind for r in matrix.rows if r.got.got == "pass"}
+    assert kinds == {"vip", "egress", "pods", "instances"}
+    assert all(r.got.got == "pass" for r in matrix.rows if r.flow.kind in ("pods", "instances"))
+    egress = [r for r in matrix.rows if r.flow.kind == "egress"]
+    assert {r.got.got for r in egress if r.flow.dst_addr in tenant(maas)} == {"drop"}
+    assert any(r.got.got == "pass" for r in egress if r.flow.dst == OUTSIDER)
+
+
+def test_without_a_forward_chain_vips_are_open(
+    maas: Scene, renders: Renders, report: Report
+) -> None:
+    """Every machine's ruleset without its forward chain: what this cloud had before it.
+
+    VIP traffic never meets the input hook, so the matrix must show flows that the guide's
+    table forbids getting through.
+    """
+    render = renders(MAAS)
+    for machine in maas.bed.built_machines():
+        text = (render / machine / "nftables.conf").read_text()
+        maas.bed.load(machine, without_chain(text, "forward"))
+    try:
+        flows = [f for f in service_flows(maas) if f.kind == "vip"]
+        title = "services without forward chains (mismatches wanted)"
+        matrix = check(maas.bed, Oracle(maas.cloud), flows, title)
+    finally:
+        maas.bed.load_dir(render)
+    report(matrix)
+    leaks = [r for r in matrix.mismatches if (r.expected.verdict, r.got.got) == ("drop", "pass")]
+    assert leaks, "without forward chains no VIP flow leaked: the probes do not reach the pods"
+    assert any(r.flow.src == OUTSIDER for r in leaks)
+
+
+def without_chain(ruleset: str, name: str) -> str:
+    """A ruleset without one of its chains."""
+    start = ruleset.index(f"\tchain {name} {{\n")
+    end = ruleset.index("\t}\n", start) + len("\t}\n")
+    return ruleset[:start] + ruleset[end:]
+
+
+def tenant(scene: Scene) -> set[IPAddress]:
+    """Every address of the probed machines in the data network's space."""
+    subnets = scene.cloud.topology.spaces[space_of(scene.cloud.topology, "data")].subnets
+    return {
+        a.ip
+        for m in scene.machines
+        for a in scene.cloud.machines[m].addresses
+        if any(a.ip in s for s in subnets)
+    }
+
+
+def by_kind(matrix: Matrix) -> list[str]:
+    """Flow counts per kind and expected verdict, a line each (for the notes)."""
+    counts = Counter((r.flow.kind, r.expected.verdict) for r in matrix.rows)
+    kinds = sorted({kind for kind, _ in counts})
+    return [
+        f"  {kind}: "
+        + ", ".join(
+            f"{counts[kind, v]} {v}" for v in ("pass", "drop", "no-reply") if counts[kind, v]
+        )
+        for kind in kinds
+    ]
+
+
+def test_kubernetes_services_audit(maas: Scene, renders: Renders, report: Report) -> None:
+    """enforcement=audit: every service flow passes; forward counters count would-be drops."""
+    maas.bed.load_dir(renders(MAAS, enforcement="audit"))
+    audit = Oracle(maas.cloud, modes=dict.fromkeys(maas.cloud.machines, "audit"))
+    matrix = check(maas.bed, audit, service_flows(maas), "microstack-maas.yaml services (audit)")
+    report(matrix)
+    assert {r.got.got for r in matrix.rows} == {"pass"}
+    assert_matches(matrix)
+    forwarded = Counter(
+        h.machine for r in matrix.rows for h in r.expected.hits if h.direction == "fwd"
+    )
+    assert forwarded, "no flow would have been dropped on a forward hook"
+    for machine in maas.services.nodes:
+        packets = sum(
+            n for c, n in counters(maas.bed, machine).items() if c.startswith("drop_fwd_")
+        )
+        assert (packets > 0) == (forwarded[machine] > 0), (machine, counters(maas.bed, machine))
+
+
 def test_single_space_drops_nothing(renders: Renders, report: Report, prerequisites: None) -> None:
     """One space for everything: no isolation possible, and nothing may break."""
     with scene(SINGLE) as single:
         single.bed.load_dir(renders(SINGLE))
-        flows = flows_between(single.cloud, single.machines)
+        flows = flows_between(single.cloud, single.machines) + service_flows(single)
         matrix = check(single.bed, Oracle(single.cloud), flows, "single-space.yaml (enforce)")
     report(matrix)
     assert matrix.counts()["drop"] == 0
@@ -226,7 +358,7 @@ def test_denied_nic(tmp_path: Path, renders: Renders, report: Report, prerequisi
     with scene(topology) as denied:
         assert denied.machines == ["compute-x", "storage-1", "storage-2", "control-1"]
         denied.bed.load_dir(renders(topology))
-        flows = flows_between(denied.cloud, denied.machines)
+        flows = flows_between(denied.cloud, denied.machines) + service_flows(denied)
         matrix = check(denied.bed, Oracle(denied.cloud), flows, "denied NIC (compute-x eth4)")
     report(matrix)
     assert_matches(matrix)
@@ -287,33 +419,14 @@ def test_every_drop_rule_of_a_denied_nic_machine_is_needed(
 def assert_every_drop_rule_needed(
     scene: Scene, machine: str, enforce: Path, off: Path, report: Report
 ) -> None:
-    """Each drop rule's removal shows in the matrix, unless a later catch-all shadows it."""
+    """Each drop rule's removal shows in the matrix."""
     found, baseline = sweep(scene, machine, enforce, off)
     report(baseline)
     assert_matches(baseline)
     ruleset = (enforce / machine / "nftables.conf").read_text().splitlines()
     print("\n".join(f"{n:4} mismatches without: {ruleset[i].strip()}" for i, n in found.items()))
-    unnoticed = [
-        ruleset[i].strip() for i, n in found.items() if not n and not shadowed(ruleset, i)
-    ]
+    unnoticed = [ruleset[i].strip() for i, n in found.items() if not n]
     assert found and not unnoticed, f"drop rules whose removal no probe noticed: {unnoticed}"
-
-
-def shadowed(ruleset: list[str], index: int) -> bool:
-    """Whether a later rule of the chain drops everything else on the same interfaces.
-
-    Removing such a rule changes nothing but which counter counts the packet.
-    """
-    match = re.match(r"^iifname (@\S+) .*drop$", ruleset[index].strip())
-    if not match:
-        return False
-    catch_all = re.compile(rf'^iifname {match.group(1)} (counter name "\S+" )?drop$')
-    for line in ruleset[index + 1 :]:
-        if line.strip() == "}":
-            return False
-        if catch_all.match(line.strip()):
-            return True
-    return False
 
 
 def remove_first_source_drop(ruleset: str) -> tuple[str, str]:
@@ -329,10 +442,12 @@ def remove_first_source_drop(ruleset: str) -> tuple[str, str]:
     raise AssertionError("no input rule drops by source subnet: nothing to remove")
 
 
-def drop_rules(ruleset: str) -> list[int]:
-    """Line numbers of the input and output chains' drop rules.
+def drop_rules(ruleset: str, forward: bool = True) -> list[int]:
+    """Line numbers of the rules that make a drop happen.
 
-    `ct state invalid` is left out: no probe makes an invalid packet.
+    In the base chains: drops and the lookup of the drop map; in the networks' chains: the
+    `return`s (what returns is dropped). `ct state invalid` is left out: no probe makes an
+    invalid packet; so is the forward chain without `forward` (no probe goes through it).
     """
     found = []
     chain = ""
@@ -341,7 +456,9 @@ def drop_rules(ruleset: str) -> list[int]:
         if text.startswith("chain "):
             chain = text.split()[1]
         rule = not text.startswith("#") and "ct state" not in text
-        if chain in ("input", "output") and rule and text.endswith(" drop"):
+        base = chain in ("input", "output") or (forward and chain == "forward")
+        drops = text.endswith(" drop") or text.startswith("iifname vmap @drop_")
+        if rule and ((base and drops) or (chain.startswith("net_") and text.endswith(" return"))):
             found.append(i)
     return found
 
@@ -350,7 +467,8 @@ def sweep(scene: Scene, machine: str, enforce: Path, off: Path) -> tuple[dict[in
     """Remove each drop rule of one machine's ruleset in turn; count the mismatches each makes.
 
     Only that machine enforces (the others load the enforcement=off render), so no other
-    host's rules hide a hole. Probes: every UDP flow and the tcp/22 flows to or from it.
+    host's rules hide a hole. Probes: every UDP flow and the tcp/22 flows to or from it, and
+    the UDP service flows through it (VIPs and pod egress).
     """
     cloud, bed = scene.cloud, scene.bed
     bed.load_dir(off)
@@ -362,11 +480,16 @@ def sweep(scene: Scene, machine: str, enforce: Path, off: Path) -> tuple[dict[in
         for f in flows_between(cloud, scene.machines)
         if machine in (f.src, f.dst) and (f.proto == "udp" or f.port == FAILSAFE_PORT)
     ]
+    flows += [
+        f
+        for f in service_flows(scene, [("udp", UDP_PORT)])
+        if machine in (f.src, f.dst, f.via) and f.kind in ("vip", "egress")
+    ]
     found: dict[int, int] = {}
     try:
         bed.load(machine, original)
         baseline = check(bed, oracle, flows, f"only {machine} enforces", timeout=SWEEP_TIMEOUT)
-        for i in drop_rules(original):
+        for i in drop_rules(original, forward=machine in scene.services.nodes):
             bed.load(machine, "".join(lines[:i] + lines[i + 1 :]))
             mutant = check(bed, oracle, flows, f"without line {i + 1}", timeout=SWEEP_TIMEOUT)
             found[i] = len(mutant.mismatches)

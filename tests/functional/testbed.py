@@ -53,6 +53,18 @@ INSTALL_HINT = (
 )
 
 
+COMMON_SYSCTLS = {
+    "net.ipv6.conf.all.accept_dad": 0,
+    "net.ipv6.conf.default.accept_dad": 0,
+    "net.ipv6.conf.all.accept_ra": 0,
+    "net.ipv6.conf.default.accept_ra": 0,
+    # The bed tests the ruleset, not the kernel's reverse-path filter: off everywhere.
+    "net.ipv4.conf.all.rp_filter": 0,
+    "net.ipv4.conf.default.rp_filter": 0,
+}
+FORWARDING = {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1}
+
+
 class BedError(RuntimeError):
     """The bed could not be built or driven (not a verdict of the ruleset under test)."""
 
@@ -439,10 +451,11 @@ class Bed:
     cloud: Cloud
     sandbox: Sandbox
     ns: dict[str, str] = field(default_factory=dict)  # host name (or switch/router) -> netns
+    extra: dict[str, Host] = field(default_factory=dict)  # pods, instances: not machines
 
     # -- building ----------------------------------------------------------------------------
 
-    def _ip_batch(self, ns: str | None, lines: Iterable[str]) -> None:
+    def ip_batch(self, ns: str | None, lines: Iterable[str]) -> None:
         """Many `ip` commands in one process, inside a namespace (None: the sandbox's)."""
         text = "\n".join(lines) + "\n"
         if text.strip():
@@ -459,14 +472,14 @@ class Bed:
         )
         index = {s: k for k, s in enumerate(segments)}
         sw = self.ns["switch"]
-        self._ip_batch(
+        self.ip_batch(
             sw,
             (
                 f"link add b{k} type bridge mcast_snooping 0\nlink set b{k} up"
                 for k in index.values()
             ),
         )
-        self._ip_batch(self.ns["router"], self._router_lines(index))
+        self.ip_batch(self.ns["router"], self._router_lines(index))
         attach = [f"link set r{k} master b{k} up" for k in index.values()]
         for h, host in enumerate(hosts):
             lines = ["link set lo up"]
@@ -478,8 +491,8 @@ class Bed:
                 lines += [f"addr add {a} dev {iface.name}{_nodad(a.ip)}" for a in iface.addresses]
                 lines.append(f"link set {iface.name} up")
             lines += [f"route add default via {gw}" for _, gw in sorted(host.gateways.items())]
-            self._ip_batch(self.ns[host.name], lines)
-        self._ip_batch(sw, attach)
+            self.ip_batch(self.ns[host.name], lines)
+        self.ip_batch(sw, attach)
 
     def _namespaces(self, hosts: Sequence[Host]) -> None:
         """A namespace per host plus switch and router, with the bed's sysctls set."""
@@ -489,21 +502,27 @@ class Bed:
             self.ns[host.name] = (
                 f"{p}{host.name[:2] if host.name in self.cloud.externals else f'm{i}'}"
             )
-        self.sandbox.created.extend(self.ns.values())
-        self._ip_batch(None, (f"netns add {n}" for n in self.ns.values()))
-        common = {
-            "net.ipv6.conf.all.accept_dad": 0,
-            "net.ipv6.conf.default.accept_dad": 0,
-            "net.ipv6.conf.all.accept_ra": 0,
-            "net.ipv6.conf.default.accept_ra": 0,
-            # The bed tests the ruleset, not the kernel's reverse-path filter: off everywhere.
-            "net.ipv4.conf.all.rp_filter": 0,
-            "net.ipv4.conf.default.rp_filter": 0,
-        }
-        forwarding = {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1}
-        for role, ns in self.ns.items():
-            settings = {**common, **(forwarding if role == "router" else {})}
-            self.sandbox.request("sysctl", ns=ns, settings=settings)
+        self._make(self.ns)
+        self.set_sysctls("router", FORWARDING)
+
+    def _make(self, namespaces: Mapping[str, str]) -> None:
+        self.sandbox.created.extend(namespaces.values())
+        self.ip_batch(None, (f"netns add {n}" for n in namespaces.values()))
+        for role in namespaces:
+            self.set_sysctls(role, COMMON_SYSCTLS)
+
+    def add_hosts(self, hosts: Iterable[Host]) -> None:
+        """Namespaces for hosts that are not machines of the topology (pods, instances)."""
+        made = {}
+        for host in hosts:
+            made[host.name] = f"{self.sandbox.prefix}x{len(self.extra)}"
+            self.extra[host.name] = host
+        self.ns.update(made)
+        self._make(made)
+
+    def set_sysctls(self, host: str, settings: Mapping[str, int]) -> None:
+        """Write /proc/sys/net settings in a host's namespace."""
+        self.sandbox.request("sysctl", ns=self.ns[host], settings=dict(settings))
 
     def _router_lines(self, index: Mapping[str, int]) -> list[str]:
         """A leg on every bridge with the router's address in each subnet; one per external."""
@@ -535,6 +554,10 @@ class Bed:
         for name in machines if machines is not None else self.built_machines():
             self.load(name, (render_dir / name / "nftables.conf").read_text())
 
+    def host(self, name: str) -> Host:
+        """A machine, external host, pod or instance of the bed, by name."""
+        return self.extra[name] if name in self.extra else self.cloud.hosts[name]
+
     def built_machines(self) -> list[str]:
         """Machines that have a namespace in this bed."""
         return [n for n in self.cloud.machines if n in self.ns]
@@ -544,7 +567,7 @@ class Bed:
     def listen(self, hosts: Iterable[str], tcp: Sequence[int], udp: Sequence[int]) -> None:
         """Echo servers on every address of the hosts."""
         for name in hosts:
-            host = self.cloud.hosts[name]
+            host = self.host(name)
             addresses = [str(a.ip) for a in host.addresses]
             answer = self.sandbox.request(
                 "listen", ns=self.ns[name], addresses=addresses, tcp=list(tcp), udp=list(udp)
@@ -571,7 +594,7 @@ class Bed:
         delay the next probes past their timeout.
         """
         for ns in self.ns.values():
-            self._ip_batch(ns, ["neigh flush all"])
+            self.ip_batch(ns, ["neigh flush all"])
 
     def seen(self, tokens: Sequence[str]) -> set[str]:
         """The tokens that reached some echo server."""
