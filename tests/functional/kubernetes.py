@@ -358,6 +358,26 @@ def egress_flows(
     ]
 
 
+def spoofed_egress_flows(
+    cloud: Cloud,
+    services: Services,
+    machine: str,
+    sources: Iterable[IPAddress],
+    targets: Iterable[str],
+    port: int,
+) -> list[Flow]:
+    """UDP from a node's pod with source addresses that are not its own, to the targets."""
+    pod = services.nodes[machine].pod
+    return [
+        Flow(pod.name, spoof, dst, b.ip, "udp", port, "egress", machine, spoofed=True)
+        for spoof in sources
+        for dst in targets
+        if dst != machine
+        for b in cloud.hosts[dst].addresses
+        if b.version == spoof.version
+    ]
+
+
 def pod_to_pod_flows(services: Services, ports: Sequence[tuple[str, int]]) -> list[Flow]:
     """Between the pods of every two nodes, over the pod network."""
     nodes = list(services.nodes.values())

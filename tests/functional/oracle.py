@@ -467,14 +467,25 @@ class Oracle:
             return flow, f"VIP on {flow.nic}, forwarded to a pod: {why}"
         if flow.kind == "egress":
             assert flow.via is not None
-            tally.meet(flow.via, "fwd", self._output(flow.via, flow.dst_addr))
-            flow = self._masqueraded(flow)
+            tally.meet(flow.via, "fwd", self._forwarded_out(flow.via, flow))
+            if not flow.spoofed:  # the node masquerades its pods' own addresses only
+                flow = self._masqueraded(flow)
         if flow.dst not in self.cloud.machines:
             return flow, f"{flow.dst} is outside the cloud"
         tally.meet(flow.dst, "out", self._neighbour(flow.dst, flow.dst_addr))
         verdict, why = self._input(flow.dst, flow)
         tally.meet(flow.dst, "in", why if verdict == "drop" else None)
         return flow, why
+
+    def _forwarded_out(self, machine: str, flow: Flow) -> str | None:
+        """F3-F4 for a packet in on a NIC of no cloud network and out by the node's routing."""
+        reason = self._output(machine, flow.dst_addr)
+        if reason is not None:
+            return reason
+        domain = self.policy.domain_of(flow.src_addr)
+        if domain is not None and not self.policy.is_allowed(machine, domain):
+            return f"from denied {domain.name}"
+        return None
 
     def _masqueraded(self, flow: Flow) -> Flow:
         """A pod's packet as it leaves its node: from the node's address on the way out."""

@@ -205,8 +205,8 @@ def test_failsafe_is_always_there_first(cloud: tuple[Topology, MachinePlan]):
         assert view.chains == ()
         assert "chain" not in text
         return
-    assert "ip saddr @failsafe_v4 tcp dport 22 accept" in text
-    assert "ip6 saddr @failsafe_v6 tcp dport 22 accept" in text
+    assert "tcp dport 22 ip saddr @failsafe_v4 accept" in text
+    assert "tcp dport 22 ip6 saddr @failsafe_v6 accept" in text
     input_chain = view.chain("input")
     assert input_chain is not None
     failsafe = [i for i, r in enumerate(input_chain.rules) if r.extra == "tcp dport 22"]

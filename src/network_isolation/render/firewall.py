@@ -1,12 +1,13 @@
 """The firewall's layout: which rules, in which order, in which chain, from a plan.
 
-The input chain: loopback and replies, essential ICMP, the failsafe, the drops of denied
-networks' subnets, then one lookup of the input interface that jumps into its group's chain
-(`network_rules`) and one that drops what the group's chain returned. The forward chain:
-replies, then nothing more for traffic that neither arrives on nor leaves by a cloud network's
-interface; else the drops towards denied networks, as for output, and the same two lookups
-as input. The output chain, when a network is denied: replies, then the drops towards denied
-networks.
+The input chain: loopback and replies, essential ICMP, the failsafe, then one lookup of the
+input interface that jumps into its group's chain (`network_rules`) and one that drops what
+the group's chain returned (and all on a denied network's interface); what arrives on other
+interfaces is dropped only when it comes from a denied network. The forward chain: replies,
+then nothing more for traffic that neither arrives on nor leaves by a cloud network's
+interface; else the drops towards denied networks, as for output, and the same lookups and
+drops as input. The output chain, when a network is denied: replies, then the drops towards
+denied networks. The first packet of an accepted flow meets one set lookup by address.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def _by_interface(
 
 
 def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
-    """Input rules 1-4: loopback, replies, ICMP, the failsafe, denied networks' subnets."""
+    """Input rules 1-3: loopback, replies, ICMP, the failsafe."""
     sections: list[NftSection] = [
         NftSection(
             "1. loopback and replies: accept; invalid packets: drop",
@@ -200,13 +201,6 @@ def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
             ),
         )
     )
-    from_denied = denied_subnet_drops(plan, build, "in", "in")
-    if from_denied:
-        sections.append(
-            NftSection(
-                "4. from a denied network's subnets, on any interface: drop", tuple(from_denied)
-            )
-        )
     return sections
 
 
@@ -216,8 +210,21 @@ def _input_lookups(
     groups: Sequence[tuple[InterfaceGroup, NftChain]],
     by_interface: str | None,
 ) -> tuple[NftSection, ...]:
+    sections = []
     lookups = _by_interface(plan, build, groups, by_interface, "in")
-    return (NftSection(_LOOKUP_COMMENT.format(n="5-6"), tuple(lookups)),) if lookups else ()
+    if lookups:
+        sections.append(NftSection(_LOOKUP_COMMENT.format(n="4-5"), tuple(lookups)))
+    # On an interface of a cloud network the lookups above have decided: only other
+    # interfaces (br-ex, taps, bridges) get this far.
+    from_denied = denied_subnet_drops(plan, build, "in", "in")
+    if from_denied:
+        sections.append(
+            NftSection(
+                "6. from a denied network's subnets, on any other interface: drop",
+                tuple(from_denied),
+            )
+        )
+    return tuple(sections)
 
 
 _LOOKUP_COMMENT = (
@@ -245,23 +252,28 @@ def _forward_sections(
             ),
         )
     ]
-    from_denied = denied_subnet_drops(plan, build, "in", "fwd")
     to_denied = [
         *denied_subnet_drops(plan, build, "out", "fwd"),
         *denied_interface_drops(plan, build, "fwd"),
     ]
-    if from_denied:
-        sections.append(NftSection("2. from a denied network's subnets: drop", tuple(from_denied)))
     if to_denied:
         sections.append(
             NftSection(
-                "3. to a denied network's subnets or out of its interfaces: drop",
+                "2. to a denied network's subnets or out of its interfaces: drop",
                 tuple(to_denied),
             )
         )
     lookups = _by_interface(plan, build, groups, by_interface, "fwd")
     if lookups:
-        sections.append(NftSection(_LOOKUP_COMMENT.format(n="4"), tuple(lookups)))
+        sections.append(NftSection(_LOOKUP_COMMENT.format(n="3"), tuple(lookups)))
+    from_denied = denied_subnet_drops(plan, build, "in", "fwd")
+    if from_denied:
+        sections.append(
+            NftSection(
+                "4. from a denied network's subnets, in on another interface: drop",
+                tuple(from_denied),
+            )
+        )
     return tuple(sections)
 
 

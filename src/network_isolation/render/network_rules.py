@@ -80,10 +80,11 @@ def group_chain(
 ) -> NftChain:
     """The chain of a group's interfaces, shared by the input and forward hooks.
 
-    The hooks' interface map jumps here: own subnets accepted; other sources accepted on
-    public, from client-cidrs on management. Anything else returns to the hook's chain, which
-    drops it under its own counter (`drop_in_*`, `drop_fwd_*`). With strict ports (`ports`
-    given), every accept also needs a tcp or udp port of the group's sets.
+    The hooks' interface map jumps here: own subnets accepted; sources of no cloud network
+    accepted on public, from client-cidrs on management. Anything else (other cloud networks,
+    denied ones included) returns to the hook's chain, which drops it under its own counter
+    (`drop_in_*`, `drop_fwd_*`). With strict ports (`ports` given), every accept also needs a
+    tcp or udp port of the group's sets.
     """
     own = [s for i in group.domains for s in plan.domains[i].subnets]
     names = network_names(group.networks)
@@ -109,12 +110,10 @@ def group_chain(
         ]
         parts.append(f"own subnets and IPv6 link-local{accept}")
     if public:
-        # Only the any-source accepts below need other cloud networks kept out first.
+        # Only the any-source accepts below need other cloud networks, denied ones included,
+        # kept out first; elsewhere nothing but own subnets and clients is accepted.
         others = [
-            s
-            for i, d in enumerate(plan.domains)
-            if d.allowed and i not in group.domains
-            for s in d.subnets
+            s for i, d in enumerate(plan.domains) if i not in group.domains for s in d.subnets
         ]
         rules += [
             build.give_back(a)

@@ -304,12 +304,12 @@ def _match(
     addresses: tuple[str, str] | None,
     extra: str | None,
 ) -> str:
-    parts: list[str] = []
+    # The other match first: a port or a ct state is cheaper to test than a set lookup, and
+    # most packets fail it.
+    parts: list[str] = [extra] if extra else []
     if interfaces:
         parts.append(f"{'iifname' if side == 'in' else 'oifname'} @{interfaces}")
     if addresses:
         family, name = addresses
         parts.append(f"{family} {'saddr' if side == 'in' else 'daddr'} @{name}")
-    if extra:
-        parts.append(extra)
     return " ".join(parts)
