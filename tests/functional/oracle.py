@@ -36,8 +36,8 @@ Forward (what a host routes: a Kubernetes VIP DNATed to a pod, pod egress), firs
   F1. ct state established,related: accept (replies);
   F2. arriving on and leaving by NICs of no cloud network: accept (pods, instances: not ours);
   F3. from a denied domain's subnets: drop;
-  F4. to a denied domain's subnets (after DNAT: where it really goes), or out of a denied
-      NIC: drop, as for output;
+  F4. leaving by a NIC of a cloud network: to a denied domain's subnets (after DNAT: where
+      it really goes), or out of a denied NIC: drop, as for output;
   F5. arriving on a denied NIC: drop;
   F6. arriving on an allowed domain's NIC: rule 6 above, as if addressed to the host (there is
       no failsafe for forwarded packets), strict-ports included;
@@ -478,7 +478,11 @@ class Oracle:
         return flow, why
 
     def _forwarded_out(self, machine: str, flow: Flow) -> str | None:
-        """F3-F4 for a packet in on a NIC of no cloud network and out by the node's routing."""
+        """F3-F4 for a packet in on a NIC of no cloud network and out by the node's routing.
+
+        In the bed every cloud subnet is reached by a NIC of a cloud network, so F4 is the
+        output rule.
+        """
         reason = self._output(machine, flow.dst_addr)
         if reason is not None:
             return reason

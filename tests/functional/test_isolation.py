@@ -477,7 +477,7 @@ def drop_rules(ruleset: str, forward: bool = True) -> list[int]:
         if text.startswith("chain "):
             chain = text.split()[1]
         rule = not text.startswith("#") and "ct state" not in text
-        base = chain in ("input", "output") or (forward and chain == "forward")
+        base = chain in ("input", "output") or (forward and chain in ("forward", "fwd_to_denied"))
         drops = text.endswith(" drop") or text.startswith("iifname vmap @drop_")
         if rule and ((base and drops) or (chain.startswith("net_") and text.endswith(" return"))):
             found.append(i)

@@ -351,6 +351,12 @@ def _walk(view: FirewallView, name: str, packet: Packet, output: bool) -> str | 
             continue
         if not _rule_matches(view, rule, packet, output):
             continue
+        if rule.verdict == "jump":
+            assert rule.target is not None
+            result = _walk(view, rule.target, packet, output)
+            if result is not None:
+                return result
+            continue
         if rule.verdict == "return":
             return None
         if rule.verdict == "log":

@@ -51,7 +51,7 @@ def test_rule_layout_of_a_storage_node(maas: Topology):
         "chain forward {",
         "ct state established,related accept",
         "iifname != @if_space oifname != @if_space accept",
-        'ip daddr @net_data_v4 counter name "drop_fwd_data" drop',
+        "oifname @if_space jump fwd_to_denied",
         "iifname vmap @by_interface",
         "iifname vmap @drop_fwd",
         'ip saddr @net_data_v4 counter name "drop_fwd_data" drop',
@@ -61,6 +61,8 @@ def test_rule_layout_of_a_storage_node(maas: Topology):
         "ip saddr @net_storage_v4 accept",
         "chain drop_in_storage {",
         'counter name "drop_in_storage" drop',
+        "chain fwd_to_denied {",
+        'ip daddr @net_data_v4 counter name "drop_fwd_data" drop',
         "chain drop_fwd_storage {",
         'counter name "drop_fwd_storage" drop',
     ]

@@ -227,6 +227,9 @@ def _input_lookups(
     return tuple(sections)
 
 
+# The forward hook's cuts towards denied networks, for what leaves by a cloud network's NIC.
+FORWARD_CUTS = "fwd_to_denied"
+
 _LOOKUP_COMMENT = (
     "{n}. by input interface: an allowed network's chain accepts what it may;"
     " what it returns, and all on a denied network's interface: drop"
@@ -257,10 +260,16 @@ def _forward_sections(
         *denied_interface_drops(plan, build, "fwd"),
     ]
     if to_denied:
+        # Only what leaves by a cloud network's interface can reach one: a pod-bound packet
+        # (DNAT to a pod) skips these lookups.
+        cuts = NftSection(
+            "to a denied network's subnets or out of its interfaces", tuple(to_denied)
+        )
+        build.drop_chains.append(NftChain(FORWARD_CUTS, None, (cuts,)))
         sections.append(
             NftSection(
-                "2. to a denied network's subnets or out of its interfaces: drop",
-                tuple(to_denied),
+                "2. out by a cloud network's interface: to a denied network: drop",
+                (build.jump("out", space, FORWARD_CUTS),),
             )
         )
     lookups = _by_interface(plan, build, groups, by_interface, "fwd")

@@ -29,7 +29,7 @@ LOG_PREFIX_MAX = 127
 Enforcement = Literal["enforce", "audit", "off"]
 SetType = Literal["ipv4_addr", "ipv6_addr", "ifname", "inet_service"]
 # `return` hands the packet back to the calling chain; `vmap` looks the verdict up in a map.
-Verdict = Literal["accept", "drop", "log", "return", "vmap"]
+Verdict = Literal["accept", "drop", "log", "return", "vmap", "jump"]
 # The hooks of our base chains.
 Hook = Literal["input", "forward", "output"]
 # Which end of the packet a rule matches: where it came from (iifname, saddr) or where it
@@ -97,6 +97,7 @@ class NftRule:
     extra: str | None = None  # any other match: ct state, icmp types, loopback, port
     counter: str | None = None  # named counter; every drop has one
     vmap: str | None = None  # name of the interface map a `vmap` rule looks up
+    target: str | None = None  # the chain a `jump` rule calls
     side: Side = "in"  # interfaces and addresses match the packet's input end, or its output
     text: str = ""
 
@@ -141,7 +142,7 @@ class FirewallBuilder:
         self.sets: dict[str, NftSet] = {}
         self.maps: dict[str, NftMap] = {}
         self.counters: list[str] = []
-        self.drop_chains: list[NftChain] = []
+        self.drop_chains: list[NftChain] = []  # chains of drops that base chains call
 
     def address_sets(
         self, name: str, nets: Iterable[IPNetwork], keep_empty: bool = False
@@ -217,6 +218,18 @@ class FirewallBuilder:
     def lookup(interface_map: str) -> NftRule:
         """`iifname vmap @map`: the map's verdict for the input interface, if it has one."""
         return NftRule(verdict="vmap", vmap=interface_map, text=f"iifname vmap @{interface_map}")
+
+    @staticmethod
+    def jump(side: Side, interfaces: str, chain: str) -> NftRule:
+        """`jump` into a chain for packets on (side in) or out by (out) the set's interfaces."""
+        match = _match(side, interfaces, None, None)
+        return NftRule(
+            verdict="jump",
+            interfaces=interfaces,
+            side=side,
+            target=chain,
+            text=f"{match} jump {chain}",
+        )
 
     def drop_target(self, counter: str, what: str) -> str:
         """`goto` a chain that drops (audit: logs) and counts: a verdict for an interface map."""
