@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from network_isolation.model import Network
 
 from .cloud import NICS, machine_address
+from .forward import CONNTRACK_FORWARD, build_forwarded
 from .ruleset import CONNTRACK_ONLY, MeasurementError, Namespaces, count_rules, must, naive_ruleset
 
 LISTENER = """\
@@ -95,7 +96,7 @@ class PathResult:
     """One ruleset on the packet path."""
 
     label: str
-    kind: str  # none, conntrack, ours, naive
+    kind: str  # none, conntrack, ours, naive; forwarded: conntrack-fwd, ours-fwd
     peers: int | None
     rules: int
     rates: list[float] = field(default_factory=list)
@@ -203,7 +204,12 @@ def _rotated(pairs: Sequence[Pair], turn: int) -> list[Pair]:
 def packet_path(
     rulesets: dict[int, str], settings: PacketSettings, log: Callable[[str], None]
 ) -> list[PathResult]:
-    """Every ruleset side by side: rounds interleave the configurations."""
+    """Every ruleset side by side: rounds interleave the configurations.
+
+    The host path (to a listener on the server) for each ruleset, and the forwarded path (to
+    a VIP the node DNATs to a pod) under a conntrack-only forward chain and under our table
+    at the largest N.
+    """
     largest = max(rulesets)
     configs: list[tuple[PathResult, str | None, int]] = [
         (PathResult("no ruleset", "none", None, 0), None, largest),
@@ -215,11 +221,23 @@ def packet_path(
             (PathResult("ours", "ours", peers, count_rules(ours)), ours, peers),
             (PathResult("naive", "naive", peers, count_rules(naive)), naive, peers),
         ]
+    forwarded = [
+        (PathResult("conntrack only + DNAT", "conntrack-fwd", None, 1), CONNTRACK_FORWARD),
+        (
+            PathResult("ours + DNAT", "ours-fwd", largest, count_rules(rulesets[largest])),
+            rulesets[largest],
+        ),
+    ]
     with Namespaces("p") as spaces:
         pairs = [
             build_pair(spaces, i, result, ruleset, client)
             for i, (result, ruleset, client) in enumerate(configs)
         ]
+        for i, (result, ruleset) in enumerate(forwarded):
+            client, vip = build_forwarded(
+                spaces, i, ruleset, largest, LISTENER, LISTEN_PORT, measuring_cpu()
+            )
+            pairs.append(Pair(result, client, client, vip))
         log(f"packet path: {len(pairs)} namespace pairs ready")
         # Throughput first: the connection storms leave conntrack entries whose expiry would
         # take CPU from the flows.
@@ -230,7 +248,7 @@ def packet_path(
         for turn in range(settings.connect_rounds):
             for pair in _rotated(pairs, turn):
                 measure_rate(spaces, pair, settings)
-    return [c[0] for c in configs]
+    return [c[0] for c in configs] + [f[0] for f in forwarded]
 
 
 def packet_settings(quick: bool) -> PacketSettings:
