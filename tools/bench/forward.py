@@ -15,19 +15,12 @@ import sys
 from network_isolation.model import Network
 
 from .cloud import NICS, machine_address
-from .ruleset import MeasurementError, Namespaces, must
+from .ruleset import MeasurementError, Namespaces, conntrack_only, must
 
 POD_NET = ipaddress.IPv4Network("10.244.1.0/24")
 POD_VETH = "kpod0"  # an interface of no cloud network, as Cilium's lxc* or Calico's cali*
 
-CONNTRACK_FORWARD = """\
-table inet bench_conntrack_fwd {
-\tchain forward {
-\t\ttype filter hook forward priority filter; policy accept;
-\t\tct state established,related accept
-\t}
-}
-"""
+CONNTRACK_FORWARD = conntrack_only("forward")
 
 
 def vip() -> ipaddress.IPv4Address:

@@ -39,14 +39,19 @@ def count_elements(ruleset: str) -> int:
     return sum(len([e for e in text.split(",") if e.strip()]) for text in elements)
 
 
-CONNTRACK_ONLY = """\
-table inet bench_conntrack {
-\tchain input {
-\t\ttype filter hook input priority filter; policy accept;
-\t\tct state established,related accept
-\t}
-}
-"""
+def conntrack_only(hook: str = "input") -> str:
+    """The baseline: one chain on the hook that accepts replies, policy accept."""
+    return (
+        "table inet bench_conntrack {\n"
+        f"\tchain {hook} {{\n"
+        f"\t\ttype filter hook {hook} priority filter; policy accept;\n"
+        "\t\tct state established,related accept\n"
+        "\t}\n"
+        "}\n"
+    )
+
+
+CONNTRACK_ONLY = conntrack_only()
 
 
 def naive_ruleset(peers: int) -> str:

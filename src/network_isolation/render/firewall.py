@@ -210,21 +210,22 @@ def _input_lookups(
     groups: Sequence[tuple[InterfaceGroup, NftChain]],
     by_interface: str | None,
 ) -> tuple[NftSection, ...]:
-    sections = []
+    sections: list[NftSection] = []
     lookups = _by_interface(plan, build, groups, by_interface, "in")
     if lookups:
         sections.append(NftSection(_LOOKUP_COMMENT.format(n="4-5"), tuple(lookups)))
     # On an interface of a cloud network the lookups above have decided: only other
     # interfaces (br-ex, taps, bridges) get this far.
-    from_denied = denied_subnet_drops(plan, build, "in", "in")
-    if from_denied:
-        sections.append(
-            NftSection(
-                "6. from a denied network's subnets, on any other interface: drop",
-                tuple(from_denied),
-            )
-        )
+    sections += _from_denied(plan, build, "in", "6. from a denied network's subnets")
     return tuple(sections)
+
+
+def _from_denied(
+    plan: MachinePlan, build: FirewallBuilder, direction: Literal["in", "fwd"], what: str
+) -> list[NftSection]:
+    """The drops of denied networks' sources that arrive on other interfaces."""
+    rules = denied_subnet_drops(plan, build, "in", direction)
+    return [NftSection(f"{what}, in on any other interface: drop", tuple(rules))] if rules else []
 
 
 # The forward hook's cuts towards denied networks, for what leaves by a cloud network's NIC.
@@ -275,14 +276,7 @@ def _forward_sections(
     lookups = _by_interface(plan, build, groups, by_interface, "fwd")
     if lookups:
         sections.append(NftSection(_LOOKUP_COMMENT.format(n="3"), tuple(lookups)))
-    from_denied = denied_subnet_drops(plan, build, "in", "fwd")
-    if from_denied:
-        sections.append(
-            NftSection(
-                "4. from a denied network's subnets, in on another interface: drop",
-                tuple(from_denied),
-            )
-        )
+    sections += _from_denied(plan, build, "fwd", "4. from a denied network's subnets")
     return tuple(sections)
 
 
