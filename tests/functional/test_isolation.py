@@ -425,9 +425,10 @@ def assert_every_drop_rule_needed(
     assert_matches(baseline)
     ruleset = (enforce / machine / "nftables.conf").read_text().splitlines()
     print("\n".join(f"{n:4} mismatches without: {ruleset[i].strip()}" for i, n in found.items()))
-    # Drops of what comes in on an interface of no cloud network: only a machine that has one
-    # (br-ex) gets such probes.
-    other = "" if foreign_interface(scene, machine) else "on any other interface"
+    # On a cloud network's interface the drop map behind them drops denied sources too (under
+    # the interface's counter): only what comes in on an interface of no cloud network shows
+    # their removal: br-ex on input; on forward, the spoofed pod traffic of the sweep.
+    other = "" if foreign_interface(scene, machine) else "from a denied network's subnets"
     unnoticed = [
         ruleset[i].strip()
         for i, n in found.items()
@@ -437,7 +438,7 @@ def assert_every_drop_rule_needed(
 
 
 def foreign_interface(scene: Scene, machine: str) -> bool:
-    """Whether the machine has an interface of no cloud network in the topology."""
+    """Whether the machine has an interface of no cloud network in the topology (br-ex)."""
     cloud = scene.cloud
     return any(i.segment.startswith("~") for i in cloud.machines[machine].ifaces)
 

@@ -1,13 +1,13 @@
 """The firewall's layout: which rules, in which order, in which chain, from a plan.
 
 The input chain: loopback and replies, essential ICMP, the failsafe, then one lookup of the
-input interface that jumps into its group's chain (`network_rules`) and one that drops what
-the group's chain returned (and all on a denied network's interface); what arrives on other
-interfaces is dropped only when it comes from a denied network. The forward chain: replies,
-then nothing more for traffic that neither arrives on nor leaves by a cloud network's
-interface; else the drops towards denied networks, as for output, and the same lookups and
-drops as input. The output chain, when a network is denied: replies, then the drops towards
-denied networks. The first packet of an accepted flow meets one set lookup by address.
+input interface that jumps into its network's chain (`network_rules`), the drops of denied
+networks' sources, and one lookup that drops what the network's chain handed back (and all on
+a denied network's interface). The forward chain: replies, then nothing more for traffic that
+neither arrives on nor leaves by a cloud network's interface; else the drops towards denied
+networks, as for output, and the same lookups and drops as input. The output chain, when a
+network is denied: replies, then the drops towards denied networks. The first packet of an
+accepted flow meets one set lookup by address.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from .nft import (
     Hook,
     NftChain,
     NftMap,
-    NftRule,
     NftSection,
     NftSet,
 )
@@ -138,7 +137,7 @@ def firewall_view(plan: MachinePlan, ports: PortMap | None = None) -> FirewallVi
     # The base chains, each named after its hook, in the order the file declares them; a chain
     # without rules is left out (the input chain always has some).
     base: tuple[tuple[Hook, tuple[NftSection, ...]], ...] = (
-        ("input", (*input_head, *_input_lookups(plan, build, chained, by_interface))),
+        ("input", (*input_head, *_by_interface(plan, build, chained, by_interface, "in", 4))),
         ("forward", _forward_sections(plan, build, chained, by_interface)),
         ("output", _output_sections(plan, build)),
     )
@@ -155,18 +154,6 @@ def firewall_view(plan: MachinePlan, ports: PortMap | None = None) -> FirewallVi
         chains=tuple(chains),
         groups=groups,
     )
-
-
-def _by_interface(
-    plan: MachinePlan,
-    build: FirewallBuilder,
-    groups: Sequence[tuple[InterfaceGroup, NftChain]],
-    by_interface: str | None,
-    direction: Literal["in", "fwd"],
-) -> list[NftRule]:
-    """The lookups of the input interface: into its group's chain, then to its drop."""
-    drops = interface_drops(plan, build, groups, direction)
-    return [build.lookup(m) for m in (by_interface, drops) if m]
 
 
 def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
@@ -204,37 +191,50 @@ def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
     return sections
 
 
-def _input_lookups(
+def _by_interface(
     plan: MachinePlan,
     build: FirewallBuilder,
     groups: Sequence[tuple[InterfaceGroup, NftChain]],
     by_interface: str | None,
-) -> tuple[NftSection, ...]:
-    sections: list[NftSection] = []
-    lookups = _by_interface(plan, build, groups, by_interface, "in")
-    if lookups:
-        sections.append(NftSection(_LOOKUP_COMMENT.format(n="4-5"), tuple(lookups)))
-    # On an interface of a cloud network the lookups above have decided: only other
-    # interfaces (br-ex, taps, bridges) get this far.
-    sections += _from_denied(plan, build, "in", "6. from a denied network's subnets")
-    return tuple(sections)
-
-
-def _from_denied(
-    plan: MachinePlan, build: FirewallBuilder, direction: Literal["in", "fwd"], what: str
+    direction: Literal["in", "fwd"],
+    first: int,
 ) -> list[NftSection]:
-    """The drops of denied networks' sources that arrive on other interfaces."""
-    rules = denied_subnet_drops(plan, build, "in", direction)
-    return [NftSection(f"{what}, in on any other interface: drop", tuple(rules))] if rules else []
+    """Judged by input interface: its network's chain, denied sources, then what is left.
+
+    The first packet of an accepted flow leaves at the chain (one address lookup); denied
+    sources are counted under their own network; the drop map counts the rest under the
+    interface's network. On other interfaces only denied sources are dropped.
+    """
+    sections = []
+    if by_interface:
+        sections.append(
+            NftSection(
+                f"{first}. by input interface: its network's chain accepts what may arrive there",
+                (build.lookup(by_interface),),
+            )
+        )
+    from_denied = denied_subnet_drops(plan, build, "in", direction)
+    if from_denied:
+        sections.append(
+            NftSection(
+                f"{first + 1}. from a denied network's subnets, on any interface: drop",
+                tuple(from_denied),
+            )
+        )
+    drops = interface_drops(plan, build, groups, direction)
+    if drops:
+        sections.append(
+            NftSection(
+                f"{first + 2}. what a network's chain handed back, and all on a denied"
+                " network's interface: drop",
+                (build.lookup(drops),),
+            )
+        )
+    return sections
 
 
 # The forward hook's cuts towards denied networks, for what leaves by a cloud network's NIC.
 FORWARD_CUTS = "fwd_to_denied"
-
-_LOOKUP_COMMENT = (
-    "{n}. by input interface: an allowed network's chain accepts what it may;"
-    " what it returns, and all on a denied network's interface: drop"
-)
 
 
 def _forward_sections(
@@ -273,10 +273,7 @@ def _forward_sections(
                 (build.jump("out", space, FORWARD_CUTS),),
             )
         )
-    lookups = _by_interface(plan, build, groups, by_interface, "fwd")
-    if lookups:
-        sections.append(NftSection(_LOOKUP_COMMENT.format(n="3"), tuple(lookups)))
-    sections += _from_denied(plan, build, "fwd", "4. from a denied network's subnets")
+    sections += _by_interface(plan, build, groups, by_interface, "fwd", 3)
     return tuple(sections)
 
 
