@@ -178,16 +178,20 @@ def interface_drops(
     for networks, interfaces in every:
         if not interfaces:
             continue
-        label = label_of(networks)
-        target = build.drop_target(
-            f"drop_{direction}_{label}", f"{DIRECTION_WORDS[direction]} {network_names(networks)}"
-        )
+        target = build.drop_target(*drop_counter(direction, networks))
         verdicts += [(interface, target) for interface in interfaces]
     return build.interface_map(f"drop_{direction}", verdicts)
 
 
 # How log prefixes and comments spell each direction.
 DIRECTION_WORDS = {"in": "in", "out": "out", "fwd": "forward"}
+
+
+def drop_counter(direction: str, networks: Iterable[Network]) -> tuple[str, str]:
+    """The counter of drops in a direction for networks, and how the audit log names them."""
+    networks = tuple(networks)
+    what = f"{DIRECTION_WORDS[direction]} {network_names(networks)}"
+    return f"drop_{direction}_{label_of(networks)}", what
 
 
 def denied_subnet_drops(
@@ -198,8 +202,7 @@ def denied_subnet_drops(
     rules: list[NftRule] = []
     for domain in plan.denied_domains:
         label = label_of(domain.networks)
-        counter = f"drop_{direction}_{label}"
-        what = f"{DIRECTION_WORDS[direction]} {network_names(domain.networks)}"
+        counter, what = drop_counter(direction, domain.networks)
         for a in build.address_sets(f"net_{label}", exclude(domain.subnets, allowed_subnets)):
             rules.append(build.drop(counter, what, side, addresses=a))
     return rules
@@ -213,8 +216,7 @@ def denied_interface_drops(
     denied_interfaces = set(plan.denied_interfaces)
     for domain in plan.denied_domains:
         label = label_of(domain.networks)
-        counter = f"drop_{direction}_{label}"
-        what = f"{DIRECTION_WORDS[direction]} {network_names(domain.networks)}"
+        counter, what = drop_counter(direction, domain.networks)
         nics = build.interface_set(
             f"if_{label}", (i for i in domain.interfaces if i in denied_interfaces)
         )
