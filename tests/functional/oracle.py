@@ -25,6 +25,9 @@ Input, first match wins:
      subnets drop; from any other source: accept on public, accept from client-cidrs on
      management, drop elsewhere;
   7. anything else (NICs of no cloud network): not decided here (accept).
+(The ruleset looks the interface up before it drops denied sources, so that an accepted
+packet meets one set lookup; since no NIC's own subnets, public's other sources or the
+clients include a denied domain's subnets, the verdicts are the same as in this order.)
 With strict-ports, rule 6 accepts only the ports listed for the NIC: per network of
 its allowed domains that the machine's roles allow, the port table's ports of those roles,
 plus `extra-ports` for that network, plus what the machine's principals declared for it.
