@@ -6,6 +6,8 @@
   - `nftables`: our table (check, load, list, drift, counters, removal);
   - `netplan`: our netplan file (policy-routing checks, `netplan generate` over the host's
     files, write and apply, restore, removal);
+  - `networkd`: the systemd-networkd drop-in that keeps other software's routing-policy rules
+    and routes through our `netplan apply`, and the clean-up of our own stale ones;
   - `guard`: baseline and confirm probes, the dead-man timer and its rollback script, the
     rejected fingerprints;
   - `boot`: the systemd unit that loads the confirmed ruleset at boot;
