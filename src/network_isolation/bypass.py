@@ -4,7 +4,7 @@ An XDP program runs in the driver, before the kernel's stack; a tc ingress BPF p
 `cil_from_netdev`, attached with tc or, on newer kernels, tcx) runs before the prerouting hook.
 Either may redirect a packet straight to a pod or drop it: what it redirects never reaches our
 rules. This module only reads what the tools print (`ip -details -json link show`,
-`tc -json filter show dev IF ingress`, `bpftool -json net show`); the host module runs them.
+`tc -json filter show dev IF ingress`, `bpftool --json net show`); the host module runs them.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def from_tc_filters(interface: str, text: str) -> list[Bypass]:
 
 
 def from_bpftool_net(text: str) -> list[Bypass]:
-    """XDP and tc/tcx ingress programs in `bpftool -json net show` output.
+    """XDP and tc/tcx ingress programs in `bpftool --json net show` output.
 
     bpftool 7.3 and later also list tcx attachments (kernels 6.6+), which neither `ip` nor
     `tc` show. Egress programs run after netfilter's output hooks and are not listed.

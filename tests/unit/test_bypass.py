@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from network_isolation.bypass import (
     merge,
     warning,
 )
+from network_isolation.host import Host, Result, Tools
 
 RECORDED = Path(__file__).parent / "recorded" / "bpf"
 
@@ -116,3 +118,35 @@ def test_str_and_dict_name_the_program():
     bypass = Bypass("enp2s0", "xdp", "xdp_lb", 7, "driver")
     assert str(bypass) == "enp2s0: xdp (driver) program xdp_lb id 7"
     assert bypass.as_dict()["program_id"] == 7
+
+
+class RecordedMachine:
+    """A runner answering with the recorded outputs; bpftool prints garbage."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def run(self, argv: Sequence[str]) -> Result:
+        self.calls.append(list(argv))
+        if argv[0].endswith("ip"):
+            return Result(0, recorded("ip-link.json"))
+        if argv[0].endswith("tc"):
+            name = argv[argv.index("dev") + 1]
+            path = RECORDED / f"tc-ingress-{name}.json"
+            return Result(0, path.read_text()) if path.exists() else Result(1, "", "no dev")
+        return Result(0, "Error: garbage")
+
+
+def test_host_reads_each_tool_once_and_skips_what_it_cannot_read(tmp_path: Path):
+    bpftool = tmp_path / "bpftool"
+    bpftool.touch()
+    machine = RecordedMachine()
+    host = Host(tmp_path, machine, tools=Tools(bpftool=str(bpftool)))
+    found = host.packet_bypasses(["v0", "v1", "v9"])
+    assert [(b.interface, b.program) for b in found] == [
+        ("v0", "classic BPF"),
+        ("v0", "cls"),
+        ("v1", "xdp_pass"),
+    ]
+    assert [c[0] for c in machine.calls] == ["/sbin/ip", *["/sbin/tc"] * 3, str(bpftool)]
+    assert host.packet_bypasses([]) == []

@@ -15,6 +15,8 @@
 - `registry`: the state directory, and the per-machine registry of this charm's co-located
   units, through which units that share a machine agree on one plan.
 - `probes`: probe targets (controllers, gateways) and the TCP probe.
+- `bypasses`: BPF programs (XDP, tc/tcx ingress) that see an interface's packets before
+  netfilter, read with `ip`, `tc` and `bpftool` (parsed by `network_isolation.bypass`).
 - `system` and `outcomes`: the boundary (runner, tools, files under a root) and what comes
   back (results, records, errors).
 
