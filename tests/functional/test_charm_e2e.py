@@ -10,8 +10,9 @@ public subnets. `charm.Host` is patched to a factory of the REAL `Host` with:
 - a runner that runs `nft` in the network namespace `ni-e2e-m-*` (the machine: its NIC
   `enp1s0` at 10.10.0.21/24, default route via 10.10.0.1), the real `netplan generate` (it
   writes only under its --root-dir) and the read-only `ip -j route show default` in that
-  namespace too; `netplan apply`, `systemctl` and `systemd-run` are faked (they would touch
-  this machine) and any other command is refused;
+  namespace too, and the deletion of stale rules and routes of ours there; `netplan apply`,
+  `systemctl` and `systemd-run` are faked (they would touch this machine) and any other
+  command is refused;
 - the real TCP probe, run inside the machine's namespace.
 
 The namespaces, the controller and gateway in them and the foreign `inet lxd` table that must
@@ -153,6 +154,8 @@ class Boundary:
             ["-j", v, "route", "show", "default"] for v in ("-4", "-6")
         ):
             return self._real([IP, "-n", MACHINE_NS, *args])  # read-only, in the namespace
+        if tool == TOOLS.ip and args[1:2] in (["rule"], ["route"]) and args[2:3] == ["del"]:
+            return self._real([IP, "-n", MACHINE_NS, *args])  # stale routing of ours, if any
         self.refused.append(argv)
         return Result(127, "", f"{tool}: refused by the test")
 
