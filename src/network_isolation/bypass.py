@@ -179,3 +179,9 @@ def warning(bypasses: Iterable[Bypass]) -> str | None:
         return None
     found = "; ".join(f"{name}: {', '.join(what)}" for name, what in by_interface.items())
     return f"BPF before netfilter, traffic it redirects is not filtered ({found})"
+
+
+def describe(bypasses: Iterable[Bypass]) -> str:
+    """One line per program, for people; a line saying so when there is none."""
+    lines = [str(b) for b in sorted(bypasses)]
+    return "\n".join(lines) if lines else "none found on the space interfaces"

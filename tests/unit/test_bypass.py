@@ -11,6 +11,7 @@ import pytest
 from network_isolation.bypass import (
     Bypass,
     BypassParseError,
+    describe,
     from_bpftool_net,
     from_ip_link,
     from_tc_filters,
@@ -150,3 +151,9 @@ def test_host_reads_each_tool_once_and_skips_what_it_cannot_read(tmp_path: Path)
     ]
     assert [c[0] for c in machine.calls] == ["/sbin/ip", *["/sbin/tc"] * 3, str(bpftool)]
     assert host.packet_bypasses([]) == []
+
+
+def test_describe_lists_one_program_a_line_or_says_there_is_none():
+    found = from_ip_link(recorded("ip-link.json"))
+    assert describe(found).splitlines() == [str(b) for b in sorted(found)]
+    assert describe([]) == "none found on the space interfaces"
