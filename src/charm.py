@@ -11,6 +11,7 @@ import ops
 from network_isolation_interface import NetworkIsolationRequirer
 
 from cluster import Cluster
+from network_isolation import bypass
 from network_isolation.config import ConfigError
 from network_isolation.host import (
     ApplyError,
@@ -34,8 +35,11 @@ logger = logging.getLogger(__name__)
 class NetworkIsolationCharm(ops.CharmBase):
     """Subordinate that derives a machine's network access from its node roles."""
 
+    _stored = ops.StoredState()
+
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
+        self._stored.set_default(bypass_warning="")  # kept between update-status hooks
         self.registry = MachineRegistry(state_dir() / "units")
         self.host = Host(state=state_dir())
         self.service_ports = NetworkIsolationRequirer(self, endpoint="service-ports")
@@ -79,8 +83,10 @@ class NetworkIsolationCharm(ops.CharmBase):
         self._reconcile(event)
 
     def _on_update_status(self, event: ops.UpdateStatusEvent) -> None:
-        """Reconcile, then repair drift: our table changed or removed behind our back."""
+        """Reconcile, look for BPF before netfilter, then repair drift of our table."""
         self._reconcile(event)
+        if self._state is not None:
+            self._packet_bypasses(self._state)
         if self.outcome.blocked or self.outcome.waiting:
             return
         try:
@@ -136,6 +142,8 @@ class NetworkIsolationCharm(ops.CharmBase):
         except ConfigError as e:
             event.add_status(ops.BlockedStatus(str(e)))
             return
+        if self._stored.bypass_warning:
+            self.outcome.warnings.insert(0, self._stored.bypass_warning)
         event.add_status(self.outcome.status(state))
 
     def _on_show_plan(self, event: ops.ActionEvent) -> None:
@@ -145,12 +153,15 @@ class NetworkIsolationCharm(ops.CharmBase):
             event.fail(str(e))
             return
         results: dict[str, str] = {}
+        found = self._packet_bypasses(state)
         if event.params.get("format") == "json":
             results["plan"] = json.dumps(
                 machine_dict(state.plan, state.principal_warnings), sort_keys=True
             )
+            results["bypasses"] = json.dumps([b.as_dict() for b in found])
         else:
             results["plan"] = machine_text(state.plan, state.principal_warnings)
+            results["bypasses"] = bypass.describe(found)
         artefacts = state.artefacts
         if artefacts is not None:
             results["nftables"] = artefacts.nftables
@@ -184,6 +195,12 @@ class NetworkIsolationCharm(ops.CharmBase):
         if self._state.render_error:
             self.outcome.blocked = self._state.render_error
         return self._state
+
+    def _packet_bypasses(self, state: HookState) -> list[bypass.Bypass]:
+        """BPF programs on the space interfaces that netfilter comes after; kept for status."""
+        found = self.host.packet_bypasses(state.plan.space_interfaces)
+        self._stored.bypass_warning = bypass.warning(found) or ""
+        return found
 
     def _probe_targets(self) -> list[ProbeTarget]:
         """What must stay reachable after an apply: the Juju controllers and the gateways.
