@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from conftest import DISJOINT_SUBNETS, GUIDE_NETWORKS, _binding
+from bindings import DISJOINT_SUBNETS, GUIDE_NETWORKS, binding
 from fake_host import FakeHost
 from ops import testing
 
@@ -107,7 +107,7 @@ class Cloud:
 
     def networks(self, unit: Unit) -> list[testing.Network]:
         layout = {name: (NICS[k], DISJOINT_SUBNETS[name]) for k, name in enumerate(GUIDE_NETWORKS)}
-        return [_binding(name, layout[name], host=10 + unit.index) for name in GUIDE_NETWORKS]
+        return [binding(name, layout[name], host=10 + unit.index) for name in GUIDE_NETWORKS]
 
     def _state(self, unit: Unit) -> testing.State:
         leader = unit.index == self.leader
