@@ -10,7 +10,7 @@ import os
 import ops
 from network_isolation_interface import NetworkIsolationRequirer
 
-from cluster import Cluster, FoldStore, Woken, woken_by
+from cluster import NO_PEER, Cluster, FoldStore, Woken, woken_by
 from network_isolation import bypass
 from network_isolation.config import ConfigError
 from network_isolation.host import (
@@ -202,7 +202,7 @@ class NetworkIsolationCharm(ops.CharmBase):
 
     # Reading and host-facing steps
 
-    def _read(self, woken: Woken = Woken(), **asked: bool) -> HookState:
+    def _read(self, woken: Woken = NO_PEER, **asked: bool) -> HookState:
         """The hook's state (see `read_state`); a render error blocks the hook."""
         self._state = read_state(self, self.sources, woken=woken, **asked)
         if self._state.render_error:

@@ -59,6 +59,9 @@ class Woken(NamedTuple):
     peer: str | None = None
 
 
+NO_PEER = Woken()
+
+
 def woken_by(event: ops.EventBase) -> Woken:
     """Elected or upgraded: read every peer; a peer's relation event: read that one."""
     if isinstance(event, (ops.LeaderElectedEvent, ops.UpgradeCharmEvent)):
@@ -138,7 +141,7 @@ class Cluster:
     def _leads(self) -> bool:
         return self._charm.unit.is_leader()
 
-    def read(self, record: MachineRecord, woken: Woken = Woken()) -> CloudReading:
+    def read(self, record: MachineRecord, woken: Woken = NO_PEER) -> CloudReading:
         """The cloud-wide view: the leader folds what woke it into what it knew; others read it.
 
         The leader reads at most the one peer whose change woke it (every peer when `woken`

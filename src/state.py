@@ -19,7 +19,7 @@ import ops
 import pydantic
 from network_isolation_interface import NetworkIsolationRequirer
 
-from cluster import Cluster, FoldStore, Woken
+from cluster import NO_PEER, Cluster, FoldStore, Woken
 from network_isolation.config import CharmConfig, IPNetwork, config_error
 from network_isolation.host import Host, MachineRegistry
 from network_isolation.model import NETWORKS, PRESET_ROLES, Network
@@ -135,7 +135,7 @@ def read_state(
     charm: ops.CharmBase,
     sources: Sources,
     *,
-    woken: Woken = Woken(),
+    woken: Woken = NO_PEER,
     declarations: bool = False,
     artefacts: bool = False,
 ) -> HookState:
