@@ -17,6 +17,7 @@ from .model import NETWORKS, ROLE_TABLES, IsolationLevel, Network, networks_for_
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_REASONS = 10  # refused learnt subnets named in a plan; the rest are counted
 # A subnet with its domain's index and a tag (own, learnt, ...) for the overlap sweep.
 Tagged = tuple[IPNetwork, int, int]
 InterfaceKind = Literal["ethernets", "vlans", "bonds", "bridges"]
@@ -189,26 +190,22 @@ def learnt_subnets(
     index = domain_index(domains)
     management = index[Network.MANAGEMENT]
     bound = [*own[Network.MANAGEMENT], *config.client_cidrs]
-    refused: dict[tuple[int, IPNetwork], str] = {}
+    # (domain, learnt subnet) -> why it is refused: outside management's bound, or the
+    # subnet (and its domain) it overlaps
+    refused: dict[tuple[int, IPNetwork], tuple[IPNetwork, int] | None] = {}
     entries: list[Tagged] = [(s, index[net], 1) for net in NETWORKS for s in own[net]]
     for net in NETWORKS:
         for subnet in networks.get(net, NetworkView()).learnt:
             if index[net] == management and not any(within(subnet, b) for b in bound):
-                refused[(management, subnet)] = (
-                    f"{subnet} learnt for {net} is outside its own subnets and client-cidrs"
-                )
+                refused[(management, subnet)] = None
             else:
                 entries.append((subnet, index[net], 0))
     for outer, inner in nested_pairs(entries):
         if outer[1] == inner[1]:
             continue
         for (subnet, domain, trusted), other in ((outer, inner), (inner, outer)):
-            if not trusted:
-                refused.setdefault(
-                    (domain, subnet),
-                    f"{subnet} learnt for {domains[domain][0]} overlaps {other[0]} of"
-                    f" {domains[other[1]][0]}",
-                )
+            if not trusted and (domain, subnet) not in refused:
+                refused[(domain, subnet)] = (other[0], other[1])
     extended = {
         net: _sorted_unique(
             [
@@ -223,7 +220,18 @@ def learnt_subnets(
         )
         for net in NETWORKS
     }
-    return extended, sorted(set(refused.values()))
+    reasons = [
+        f"{subnet} learnt for {domains[domain][0]} "
+        + (
+            f"overlaps {why[0]} of {domains[why[1]][0]}"
+            if why
+            else "is outside its own subnets and client-cidrs"
+        )
+        for (domain, subnet), why in list(refused.items())[:MAX_REASONS]
+    ]
+    if len(refused) > MAX_REASONS:
+        reasons.append(f"(+{len(refused) - MAX_REASONS} more learnt subnets refused)")
+    return extended, reasons
 
 
 def within(inner: IPNetwork, outer: IPNetwork) -> bool:

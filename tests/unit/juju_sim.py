@@ -97,6 +97,7 @@ class Cloud:
         self.seen_app_bag: dict[str, str] = {}
         self.units: dict[int, Unit] = {}
         self.leader_reads: list[int] = []  # relation-get calls per leader peer hook
+        self.calls: list[tuple[bool, str, int]] = []  # (leader?, event kind, hook-tool calls)
         for i, role in enumerate(sunbeam_roles(machines)):
             host = type(f"Machine{i}Host", (FakeHost,), {})
             host.reset()
@@ -228,8 +229,10 @@ class Cloud:
                 counter.reset()
             out = ctx.run(self._event(ctx, unit, event), self._state(unit))
         self.hooks += 1
-        if counter is not None and unit.index == self.leader and event.kind == "changed":
-            self.leader_reads.append(counter.calls["relation-get"])
+        if counter is not None:
+            self.calls.append((unit.index == self.leader, event.kind, counter.total))
+            if unit.index == self.leader and event.kind == "changed":
+                self.leader_reads.append(counter.calls["relation-get"])
         unit.state = out
         after = unit.host.applied_state.nftables
         if after != before and after is not None:

@@ -31,12 +31,16 @@ def normalize(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
 
     Adjacent subnets are kept apart, so the sets show the subnets the cloud defines.
     """
-    ordered = sorted(set(nets), key=lambda n: (*_key(n), n.prefixlen))
+    ordered = sorted(
+        (n.version, int(n.network_address), -int(n.broadcast_address), n) for n in set(nets)
+    )
     kept: list[IPNetwork] = []
-    for net in ordered:
-        if kept and within(net, kept[-1]):
-            continue
+    reach = (0, -1)  # (version, last address) of the last subnet kept
+    for version, _, negative_end, net in ordered:
+        if (version, -negative_end) <= reach and version == reach[0]:
+            continue  # inside the last subnet kept: CIDR blocks nest or are disjoint
         kept.append(net)
+        reach = (version, -negative_end)
     return tuple(kept)
 
 
