@@ -10,6 +10,7 @@ stated cost model. Also measured: rendering the largest cloud view the peer chec
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import random
 import tempfile
@@ -17,9 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from juju_sim import Cloud
-
-from network_isolation.config import CharmConfig
+from network_isolation.config import CharmConfig, IPNetwork
 from network_isolation.model import NETWORKS, Network
 from network_isolation.peers import MAX_SUBNETS_PER_NETWORK
 from network_isolation.planner import InterfaceAddress, NetworkView, PlanInput, plan_machine
@@ -27,9 +26,10 @@ from network_isolation.render import render
 from network_isolation.rollout import Schedule
 
 from .hooks import HookToolCounter
-from .rollout_model import Calls, CostModel, Outcome, RolloutModel
+from .rollout_model import Calls, CostModel, Design, Outcome, RolloutModel
 
 CHANGE = {"client_cidrs": "10.99.0.0/24"}
+DESIGNS: tuple[Design, ...] = ("waves", "turns")
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,9 @@ class CharmRollout:
 def charm_rollout(machines: int) -> CharmRollout:
     """Deploy `machines` units, settle, change `client-cidrs` and run to the last report."""
     counter = HookToolCounter()
+    stand_in = importlib.import_module("juju_sim")  # tests/unit: the unit tests' Juju stand-in
     with tempfile.TemporaryDirectory() as tmp:
-        cloud = Cloud(machines, Path(tmp), random.Random(0))
+        cloud = stand_in.Cloud(machines, Path(tmp), random.Random(0))
         cloud.broadcast("config")
         cloud.settle(limit=400)
         hooks = cloud.hooks
@@ -87,7 +88,7 @@ def modelled(
     for n in sizes:
         runs = [
             RolloutModel(n, design, calls, cost, Schedule(), timed=timed).run()
-            for design in ("waves", "turns")
+            for design in DESIGNS
             for timed in (False, True)
         ]
         rows.append((runs[0], runs[1], runs[2], runs[3]))
@@ -101,7 +102,7 @@ def worst_view_render_seconds() -> float:
     the flood that took minutes when subtraction was quadratic.
     """
 
-    def flood(k: int) -> tuple[ipaddress.IPv4Network, ...]:
+    def flood(k: int) -> tuple[IPNetwork, ...]:
         first = k * MAX_SUBNETS_PER_NETWORK
         hosts = range(first, first + MAX_SUBNETS_PER_NETWORK)
         return tuple(ipaddress.ip_network(f"10.99.{i // 256}.{i % 256}/32") for i in hosts)

@@ -104,7 +104,8 @@ class RolloutModel:
     ):
         self.members = sunbeam_members(machines)
         self.units = [_Unit(i) for i in range(machines)]
-        self.design, self.calls, self.cost = design, calls, cost
+        self.design: Design = design
+        self.calls, self.cost = calls, cost
         self.schedule, self.timed = schedule, timed
         self.roll = Roll(generation="0" * 16)  # the previous rollout, long finished
         self.turn: int | None = None
