@@ -55,22 +55,22 @@ def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network(text)
 
 
-def compute_plan(learnt: dict[Network, list[str]], **options: str) -> MachinePlan:
-    networks = {
+def compute_networks(learnt: dict[Network, list[str]]) -> dict[Network, NetworkView]:
+    """compute-1's bindings, with subnets learnt from peers."""
+    return {
         n: NetworkView(
-            interfaces=(
-                (
-                    InterfaceAddress(
-                        name=COMPUTE_1[n][0], address=ipaddress.ip_interface(COMPUTE_1[n][1])
-                    ),
-                )
-                if n in COMPUTE_1
-                else ()
+            interfaces=tuple(
+                InterfaceAddress(name=nic, address=ipaddress.ip_interface(address))
+                for nic, address in ([COMPUTE_1[n]] if n in COMPUTE_1 else [])
             ),
             learnt=tuple(net(s) for s in learnt.get(n, [])),
         )
         for n in Network
     }
+
+
+def compute_plan(learnt: dict[Network, list[str]], **options: str) -> MachinePlan:
+    networks = compute_networks(learnt)
     config = CharmConfig.from_options({"client-cidrs": "10.99.0.0/24", **options})
     return plan_machine(
         PlanInput(
@@ -126,20 +126,7 @@ def test_a_learnt_subnet_overlapping_another_domain_is_dropped_not_blocking():
 
 
 def own_of_compute() -> dict[Network, tuple]:
-    plan_networks = {
-        n: NetworkView(
-            interfaces=(
-                (
-                    InterfaceAddress(
-                        name=COMPUTE_1[n][0], address=ipaddress.ip_interface(COMPUTE_1[n][1])
-                    ),
-                )
-                if n in COMPUTE_1
-                else ()
-            )
-        )
-        for n in Network
-    }
+    plan_networks = compute_networks({})
     return known_subnets(plan_networks, CharmConfig())
 
 
