@@ -98,7 +98,7 @@ def modelled(
 def worst_view_render_seconds() -> float:
     """Render a compute machine's table with the largest view the checks let through.
 
-    Every network holds the most subnets a view may (1,024 /32s each, all inside client-cidrs):
+    Every network holds the most subnets a view may (512 /32s each, all inside client-cidrs):
     the flood that took minutes when subtraction was quadratic.
     """
 
@@ -169,7 +169,7 @@ def report(
     by_size = {r[0].machines: r for r in rows}
     lines += [
         "",
-        f"Rendering the largest view the checks allow (6 networks × 1,024 /32s):"
+        f"Rendering the largest view the checks allow (6 networks × {MAX_SUBNETS_PER_NETWORK:,} /32s):"
         f" {render_seconds * 1000:.0f} ms.",
         "",
         "Targets:",
