@@ -169,8 +169,8 @@ def report(
     by_size = {r[0].machines: r for r in rows}
     lines += [
         "",
-        f"Rendering the largest view the checks allow (6 networks × {MAX_SUBNETS_PER_NETWORK:,} /32s):"
-        f" {render_seconds * 1000:.0f} ms.",
+        "Rendering the largest view the checks allow"
+        f" (6 networks × {MAX_SUBNETS_PER_NETWORK:,} /32s): {render_seconds * 1000:.0f} ms of CPU.",
         "",
         "Targets:",
         _target(
