@@ -170,7 +170,7 @@ def report(
     lines += [
         "",
         "Rendering the largest view the checks allow"
-        f" (6 networks × {MAX_SUBNETS_PER_NETWORK:,} /32s): {render_seconds * 1000:.0f} ms of CPU.",
+        f" (6 networks × {MAX_SUBNETS_PER_NETWORK:,} /32s): {render_seconds * 1000:.0f} ms CPU.",
         "",
         "Targets:",
         _target(
