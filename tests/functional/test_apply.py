@@ -583,3 +583,33 @@ def test_the_next_hook_restores_when_the_timer_has_not_fired_yet(bed: Bed):
     assert reachable()
     assert "tcp dport 10 drop" in (table() or "")
     assert before != table()
+
+
+@pytest.mark.parametrize(
+    "smuggled",
+    [
+        "table inet network_isolation ; flush ruleset\n",
+        " flush ruleset\n",
+        "\ttable ip filter\n\tdelete table ip filter\n",
+        "table inet network_isolation { } ; delete table inet lxd\n",
+        'table inet network_isolation {\n\tinclude "/etc/nftables.conf"\n}\n',
+    ],
+)
+def test_a_ruleset_that_reaches_beyond_our_table_is_refused(bed: Bed, smuggled: str):
+    bed.host.apply(Art(A, None), TARGETS)
+    before, files = table(), bed.files()
+    with pytest.raises(InvalidArtefactsError) as raised:
+        bed.host.apply(Art(A + smuggled, None), TARGETS)
+    assert raised.value.stage == "validate-nftables"
+    assert "reaches beyond table inet network_isolation" in str(raised.value)
+    assert table() == before and bed.files() == files  # the fixture checks the foreign tables
+
+
+def test_drift_repair_does_not_reload_a_tampered_ruleset(bed: Bed):
+    bed.host.apply(Art(A, None), TARGETS)
+    saved = bed.root / "var/lib/network-isolation/ruleset.nft"
+    saved.write_text(A + "table inet network_isolation ; flush ruleset\n")
+    nft_in("add", "rule", "inet", "network_isolation", "input", "tcp", "dport", "11", "drop")
+    with pytest.raises(InvalidArtefactsError):
+        bed.host.repair_drift(TARGETS)
+    assert "tcp dport 11" in (table() or "")  # left as it was; the fixture checks lxd, filter

@@ -28,20 +28,57 @@ _OUR_STATEMENT = re.compile(
 )
 
 
+def _top_level(ruleset: str) -> tuple[list[str], bool]:
+    """The batch's top-level statements as nft reads them, and whether it has an `include`.
+
+    Comments and quoted strings are skipped; a block (`{ ... }`) is one statement with its
+    opening line; a newline or a `;` outside any block ends a statement, whatever the
+    indentation.
+    """
+    statements: list[str] = []
+    current: list[str] = []
+    words: list[str] = []  # every character outside comments and strings, for `include`
+    depth, quoted, comment = 0, False, False
+    for char in ruleset.replace("\\\n", " "):
+        if comment:
+            comment = char != "\n"
+            if comment:
+                continue
+        elif quoted:
+            quoted = char != '"'
+            if depth == 0:
+                current.append(char)
+            continue
+        elif char == "#":
+            comment = True
+            continue
+        quoted = char == '"'
+        words.append(" " if quoted else char)
+        if char == "{":
+            if depth == 0:
+                current.append(" {")
+            depth += 1
+        elif char == "}":
+            depth = max(depth - 1, 0)
+        elif depth == 0 and char in "\n;":
+            statements.append("".join(current).strip())
+            current = []
+        elif depth == 0:
+            current.append(char)
+    statements.append("".join(current).strip())
+    has_include = re.search(r"(?:^|[\s;{}])include\b", "".join(words)) is not None
+    return [s for s in statements if s], has_include
+
+
 def _foreign_statements(ruleset: str) -> list[str]:
     """Top-level statements that name anything but our table.
 
-    `flush ruleset`, another table, an `include`: the ruleset must replace our table and
-    nothing else.
+    `flush ruleset`, another table, an `include` (anywhere): the ruleset must replace our
+    table and nothing else.
     """
-    return [
-        line.strip()
-        for line in ruleset.splitlines()
-        if line.strip()
-        and not line[0].isspace()
-        and not line.startswith(("#", "}"))
-        and not _OUR_STATEMENT.match(line)
-    ]
+    statements, has_include = _top_level(ruleset)
+    foreign = [" ".join(s.split()) for s in statements if not _OUR_STATEMENT.match(s)]
+    return foreign + (["include"] if has_include else [])
 
 
 class Table:
