@@ -29,6 +29,18 @@ from .planner import (
 )
 
 INTERFACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,14}$")
+# Space and machine names reach the rendered files (comments) and, for machines, the names of
+# directories: letters, digits and `_.-`, as MAAS and Juju name them.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _check_names(names: Any, what: str) -> None:
+    for name in names:
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid {what} name (letters, digits and _.- only,"
+                " at most 63 characters)"
+            )
 
 
 class TopologyError(ValueError):
@@ -105,7 +117,15 @@ class Topology(_Strict):
     def _short_form(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
+        _check_names(value, "space")
         return {k: {"subnets": v} if isinstance(v, list) else v for k, v in value.items()}
+
+    @field_validator("machines", mode="before")
+    @classmethod
+    def _machine_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            _check_names(value, "machine")
+        return value
 
     @model_validator(mode="after")
     def _bindings_resolve(self) -> Topology:

@@ -6,7 +6,16 @@ import ipaddress
 
 import pytest
 import yaml
-from render_helpers import golden_files, iface, net, netplan_cases, partial_topology, plan_of
+from render_helpers import (
+    golden_files,
+    iface,
+    maas_netplan,
+    net,
+    netplan_cases,
+    netplan_generate,
+    partial_topology,
+    plan_of,
+)
 
 from network_isolation.config import CharmConfig
 from network_isolation.model import Network
@@ -95,6 +104,28 @@ def test_remote_subnet_without_gateway_gets_no_route_and_no_rule():
     assert tenant["routing-policy"] == [{"from": "10.4.1.21", "table": 100, "priority": 1000}]
     assert "10.4.0.0/24" not in yaml.safe_dump(doc)
     assert "# no route to 10.4.0.0/24 (tenant)" in netplan
+
+
+INJECTED = (
+    "tenant\nnetwork:\n  version: 2\n  bridges:\n    br-tenant:\n      routing-policy:\n"
+    "        - {from: 0.0.0.0/0, table: 100, priority: 1}\n#"
+)
+
+
+def test_text_from_the_plan_cannot_leave_its_comment():
+    """A space name is text like any other: it reaches the header as one comment line."""
+    plan_input = partial_topology().plan_input("compute-1")
+    networks = {
+        network: view.model_copy(update={"space": INJECTED}) if network == Network.DATA else view
+        for network, view in plan_input.networks.items()
+    }
+    plan = plan_machine(plan_input.model_copy(update={"networks": networks}))
+    netplan = render(plan).netplan or ""
+    assert "# no route to 10.4.0.0/24 (tenant network: version: 2 bridges:" in netplan
+    body = [line for line in netplan.splitlines() if not line.startswith("#")]
+    assert body[:2] == ["network:", "  version: 2"]
+    generated = netplan_generate(maas_netplan(plan_input), netplan)
+    assert not [text for text in generated.values() if "From=0.0.0.0/0" in text]
 
 
 def test_interfaces_keep_their_netplan_section():

@@ -216,3 +216,23 @@ def test_bad_interface_address_names_a_clean_place(tmp_path: Path):
     with pytest.raises(TopologyError) as caught:
         load_topology(write(tmp_path, data))
     assert caught.value.where == "machines.m1.interfaces.enp1s0.addresses.0"
+
+
+EVIL_NAME = "oam\nnetwork:\n  ethernets: {}\n#"
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (small_cloud(spaces={EVIL_NAME: ["10.10.0.0/24"], "cloud": ["10.20.0.0/24"]}), "spaces"),
+        (small_cloud(machines={EVIL_NAME: {"roles": ["compute"]}}), "machines"),
+        (small_cloud(machines={"../m1": {"roles": ["compute"]}}), "machines"),
+        (small_cloud(spaces={"": ["10.10.0.0/24"], "cloud": ["10.20.0.0/24"]}), "spaces"),
+    ],
+    ids=["space-with-newlines", "machine-with-newlines", "machine-path", "empty-space"],
+)
+def test_names_that_reach_the_files_are_checked(tmp_path: Path, data: dict[str, Any], where: str):
+    with pytest.raises(TopologyError) as caught:
+        load_topology(write(tmp_path, data))
+    assert caught.value.where.startswith(where)
+    assert "is not a valid" in caught.value.problem

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from ..model import Network
 from ..planner import MachinePlan
 from ..ports import PortRange
-from .common import RenderError
+from .common import RenderError, comment_line
 from .firewall import FirewallView, firewall_view
 from .network_rules import strict_ports
 from .nft import TABLE_FAMILY, TABLE_NAME
@@ -112,6 +112,7 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["q"] = json.dumps  # a JSON string is a valid double-quoted YAML scalar
+    env.filters["comment"] = comment_line
     return env
 
 

@@ -39,7 +39,16 @@ def file_header(plan: MachinePlan, what: str, *, firewall: bool) -> list[str]:
     ]
     if plan.status != "active":
         lines.append(f"WARNING: the plan is {plan.status}: {plan.message}")
-    return [" ".join(line.split()) for line in lines]
+    return lines
+
+
+def comment_line(text: object) -> str:
+    """Any text as one line of a comment: newlines and runs of blanks become one space.
+
+    Every text a template writes after `#` goes through it (the templates' `comment`
+    filter): a name from a plan or a topology must never start a line of its own.
+    """
+    return " ".join(str(text).split())
 
 
 def check_interface_name(name: str) -> str:
