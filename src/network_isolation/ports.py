@@ -98,6 +98,8 @@ _EVERY_ROLE = (
 )
 _KUBERNETES = ("control", "region-controller")
 _OVN_CHASSIS = ("control", "compute", "network")
+# What every Juju agent connects to, from wherever it is: the controller's API and SSH server.
+JUJU_AGENT_PORTS = ("tcp:17070", "tcp:17022")
 
 # The built-in services, by network, each with its source beside it. Abbreviations:
 # snap-openstack = canonical/snap-openstack sunbeam-python/sunbeam/; hypervisor =
@@ -112,7 +114,7 @@ SERVICES: tuple[CatalogueEntry, ...] = (
         ("juju-controller",),
         _MGMT,
         "Juju controller API and SSH server",
-        ("tcp:17070", "tcp:17022"),
+        JUJU_AGENT_PORTS,
     ),
     CatalogueEntry(
         ("juju-controller",),

@@ -280,7 +280,7 @@ def net_overlap(first: Net, second: Net) -> bool:
 # A first-match reading of the firewall view, for checks against the semantics
 
 
-PORT_MATCH = re.compile(r"(tcp|udp) dport (?:(\d+)|@(\S+))")
+PORT_MATCH = re.compile(r"(tcp|udp) dport (?:(\d+)|@(\S+)|\{ ([\d, ]+) \})")
 OUTSIDE_SET = re.compile(r"iifname != @(\S+) oifname != @(\S+)")
 
 
@@ -313,6 +313,8 @@ def _extra_matches(view: FirewallView, extra: str | None, packet: Packet) -> boo
             return False
         if match.group(2):
             return packet.port == int(match.group(2))
+        if match.group(4):
+            return packet.port in {int(p) for p in match.group(4).split(", ")}
         ranges = view.set(match.group(3)).ports()
         return any(first <= packet.port <= last for first, last in ranges)
     raise AssertionError(f"unknown match '{extra}'")

@@ -486,3 +486,17 @@ def test_ipv6_link_local_is_accepted_on_allowed_interfaces(maas: Topology, stric
     assert verdict(view, "input", "enp5s0", "fe80::1", 16509) == "accept"
     # an interface that belongs to no cloud network is not decided by this table
     assert verdict(view, "input", "tap0", "fe80::1", 22) == "accept"
+
+
+def test_the_controller_serves_agents_from_any_subnet_on_its_management_interface(
+    maas: Topology,
+):
+    controller = firewall_view(plan_of(maas, "juju-1"))
+    for source in ("10.10.7.20", "10.20.0.21", "fd00:77::20"):  # other racks, a denied network
+        for port in (22, 17022, 17070):
+            assert verdict(controller, "input", "enp1s0", source, port) == "accept"
+        assert verdict(controller, "input", "enp1s0", source, 8080) == "drop"
+    # only on a controller
+    compute = firewall_view(plan_of(maas, "compute-1"))
+    assert verdict(compute, "input", "enp1s0", "10.10.7.20", 17070) == "drop"
+    assert verdict(compute, "input", "enp1s0", "10.10.7.20", 22) == "drop"

@@ -18,6 +18,7 @@ from typing import Literal
 
 from ..model import Network
 from ..planner import MachinePlan
+from ..ports import JUJU_AGENT_PORTS, PortRange
 from .common import file_header
 from .network_rules import (
     InterfaceGroup,
@@ -44,6 +45,8 @@ from .nft import (
 
 # Always accepted from the management subnets and client-cidrs, before any drop.
 FAILSAFE_TCP_PORT = 22
+# The role whose machine serves every Juju agent of the cloud.
+CONTROLLER_ROLE = "juju-controller"
 
 # Essential ICMP (RFC 4890 for ICMPv6): errors that path-MTU discovery and IPv6 need,
 # neighbour discovery, router advertisements, multicast listener discovery and echo.
@@ -175,19 +178,7 @@ def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
             ),
         ),
     ]
-    management = plan.domain_of(Network.MANAGEMENT)
-    failsafe = build.address_sets(
-        "failsafe", [*management.subnets, *plan.config.client_cidrs], keep_empty=True
-    )
-    sections.append(
-        NftSection(
-            f"3. failsafe: tcp/{FAILSAFE_TCP_PORT} from the management subnets and client-cidrs",
-            tuple(
-                build.accept("in", addresses=a, extra=f"tcp dport {FAILSAFE_TCP_PORT}")
-                for a in failsafe
-            ),
-        )
-    )
+    sections.append(_failsafe_section(plan, build))
     return sections
 
 
@@ -275,6 +266,34 @@ def _forward_sections(
         )
     sections += _by_interface(plan, build, groups, by_interface, "fwd", 3)
     return tuple(sections)
+
+
+def _failsafe_section(plan: MachinePlan, build: FirewallBuilder) -> NftSection:
+    """tcp/22 from the management subnets and client-cidrs, before any drop.
+
+    A Juju controller knows only its own management subnets (its peers are the other
+    controllers), while its agents connect from every rack: on its management interfaces,
+    its agent ports and tcp/22 are open to any source.
+    """
+    management = plan.domain_of(Network.MANAGEMENT)
+    failsafe = build.address_sets(
+        "failsafe", [*management.subnets, *plan.config.client_cidrs], keep_empty=True
+    )
+    rules = [
+        build.accept("in", addresses=a, extra=f"tcp dport {FAILSAFE_TCP_PORT}") for a in failsafe
+    ]
+    comment = f"3. failsafe: tcp/{FAILSAFE_TCP_PORT} from the management subnets and client-cidrs"
+    nics = (
+        build.interface_set("if_juju_controller", management.interfaces)
+        if CONTROLLER_ROLE in plan.roles
+        else None
+    )
+    if nics:
+        ports = [FAILSAFE_TCP_PORT, *(PortRange.parse(p).first for p in JUJU_AGENT_PORTS)]
+        listed = ", ".join(str(p) for p in sorted(ports))
+        rules.append(build.accept("in", interfaces=nics, extra=f"tcp dport {{ {listed} }}"))
+        comment += f"; from any source on the management interfaces: tcp {listed} (Juju agents)"
+    return NftSection(comment, tuple(rules))
 
 
 def _output_sections(plan: MachinePlan, build: FirewallBuilder) -> tuple[NftSection, ...]:
