@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import CharmConfig, IPNetwork
+from .config import CharmConfig, ConfigError, IPNetwork
 from .model import NETWORKS, ROLE_TABLES, IsolationLevel, Network, networks_for_roles
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -315,6 +315,37 @@ def overlaps(subnets: Mapping[Network, tuple[IPNetwork, ...]]) -> list[str]:
     ]
 
 
+def client_overlaps(
+    subnets: Mapping[Network, tuple[IPNetwork, ...]], config: CharmConfig
+) -> list[ConfigError]:
+    """`client-cidrs` that overlap a cloud subnet outside the management domain.
+
+    The tcp/22 failsafe accepts client-cidrs on every interface before any drop: a client
+    range that covers a cloud network's subnet would open it from that network.
+    """
+    management = set(subnets[Network.MANAGEMENT])
+    problems: list[ConfigError] = []
+    for client in config.client_cidrs:
+        clash = next(
+            (
+                (net, subnet)
+                for net in NETWORKS
+                for subnet in subnets[net]
+                if subnet not in management and subnet.overlaps(client)
+            ),
+            None,
+        )
+        if clash:
+            problems.append(
+                ConfigError(
+                    "client-cidrs",
+                    f"{client} overlaps {clash[1]} of '{clash[0]}': tcp/22 would be open from"
+                    " that network; list only the client machines' own subnets",
+                )
+            )
+    return problems
+
+
 def _missing_networks(
     roles: Iterable[str], config: CharmConfig, networks: Mapping[Network, NetworkPlan]
 ) -> list[str]:
@@ -367,6 +398,7 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
         problems.append(NO_ROLE_MESSAGE)
     problems += _missing_networks((r for r in roles if r not in unknown), config, networks)
     problems += overlaps(own)
+    problems += [str(e) for e in client_overlaps(subnets, config)]
 
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -25,6 +25,7 @@ from .planner import (
     Isolation,
     NetworkView,
     PlanInput,
+    client_overlaps,
     isolation_of,
 )
 
@@ -147,14 +148,17 @@ class Topology(_Strict):
         """The charm config the file sets, parsed exactly as the charm parses `juju config`."""
         return CharmConfig.from_options(self.config)
 
-    def isolation(self) -> Isolation:
-        """The cloud's degree of isolation, from the bindings alone."""
+    def subnets(self) -> dict[Network, tuple[IPNetwork, ...]]:
+        """Each network's subnets cloud-wide: its space's, plus `network-cidrs`."""
         config = self.charm_config()
-        subnets = {
+        return {
             n: tuple(self.spaces[self.space_of(n)].subnets) + config.network_cidrs.get(n, ())
             for n in NETWORKS
         }
-        return isolation_of(subnets)
+
+    def isolation(self) -> Isolation:
+        """The cloud's degree of isolation, from the bindings alone."""
+        return isolation_of(self.subnets())
 
     def plan_input(self, name: str) -> PlanInput:
         """What the charm on this machine would see: `network-get` for every binding."""
@@ -214,6 +218,9 @@ def load_topology(path: Path) -> Topology:
         config = topology.charm_config()
     except ConfigError as e:
         raise TopologyError(source, f"config.{e.option}", e.problem) from None
+    clients = client_overlaps(topology.subnets(), config)
+    if clients:
+        raise TopologyError(source, f"config.{clients[0].option}", clients[0].problem)
     known = ", ".join(sorted(config.networks_by_role))
     for name, machine in topology.machines.items():
         for role in machine.roles:

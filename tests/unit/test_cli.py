@@ -261,6 +261,11 @@ BAD_FILES = [
     ("bad-role-table", GOOD + "config: {role-table: sunbeem}\n", "config.role-table"),
     ("role-of-the-other-table", GOOD.replace("[compute]", "[network]"), "role table 'guide'"),
     ("bad-config-cidr", GOOD + "config: {client-cidrs: 0.0.0.0/0}\n", "config.client-cidrs"),
+    (
+        "client-cidrs-overlap",
+        GOOD + "config: {client-cidrs: 10.20.0.0/16}\n",
+        "config.client-cidrs: 10.20.0.0/16 overlaps",
+    ),
     ("not-a-mapping", "- spaces\n", ""),
 ]
 

@@ -408,3 +408,21 @@ def test_each_role_of_each_table_gets_exactly_its_row(
             PlanInput(machine="m", roles=frozenset({role}), networks={}, config=config)
         )
         assert {n.value for n, item in plan.networks.items() if item.access} == networks, role
+
+
+def test_client_cidrs_overlapping_a_cloud_network_are_refused(disjoint_subnets: dict[str, str]):
+    internal = disjoint_subnets["internal"]
+    wide = str(ipaddress.ip_network(internal).supernet(new_prefix=16))
+    machine = plan({"storage"}, disjoint_subnets, options={"client-cidrs": f"192.0.2.0/24,{wide}"})
+    assert machine.status == "blocked"
+    assert machine.message.startswith(f"invalid config 'client-cidrs': {wide} overlaps")
+    assert internal in machine.message and "'internal'" in machine.message
+
+
+def test_client_cidrs_inside_management_or_outside_the_cloud_are_fine(
+    disjoint_subnets: dict[str, str],
+):
+    management = ipaddress.ip_network(disjoint_subnets["management"])
+    inside = next(management.subnets(new_prefix=management.prefixlen + 1))
+    options = {"client-cidrs": f"192.0.2.0/24,{inside}"}
+    assert plan({"storage"}, disjoint_subnets, options=options).status == "active"
