@@ -133,6 +133,17 @@ class MachinePlan(_Frozen):
         """Every NIC that carries a cloud network on this machine, allowed or denied."""
         return tuple(sorted({i for d in self.domains for i in d.interfaces}))
 
+    @property
+    def unrouted_interfaces(self) -> tuple[str, ...]:
+        """Interfaces of allowed networks that the host's netplan files do not define.
+
+        An OVS or LXD bridge, say: naming it in our netplan file would make networkd take the
+        link over and drop the addresses it did not configure, so policy routing leaves it
+        alone.
+        """
+        bound = {i.name for d in self.allowed_domains for i in d.bound}
+        return tuple(sorted(bound - set(self.interface_kinds)))
+
     def domain_of(self, network: Network) -> Domain:
         """The domain carrying a network."""
         return next(d for d in self.domains if network in d.networks)

@@ -27,6 +27,7 @@ def machine_dict(plan: MachinePlan, warnings: Sequence[str] = ()) -> dict[str, A
         "message": plan.message,
         "problems": list(plan.problems),
         "enforcement": plan.config.enforcement,
+        "unrouted-interfaces": list(plan.unrouted_interfaces),
         "networks": {
             net.value: {
                 "access": plan.networks[net].access,
@@ -76,6 +77,11 @@ def machine_text(plan: MachinePlan, warnings: Sequence[str] = ()) -> str:
         "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
+    if plan.unrouted_interfaces and plan.config.manage_routing:
+        lines.append(
+            f"  policy routing leaves {', '.join(plan.unrouted_interfaces)} alone: the host's"
+            " netplan files do not define it"
+        )
     lines.append(f"  => {plan.status}: {plan.message}")
     lines += [f"     - {p}" for p in plan.problems[1:]]
     lines += [f"  warning: {w}" for w in warnings]

@@ -23,6 +23,9 @@ from network_isolation.host import (
 )
 
 
+MAAS_NICS = tuple(f"enp{k}s0" for k in range(1, 7))
+
+
 class FakeHost:
     """Shared by every charm instance of a test (one machine), like the real host."""
 
@@ -33,7 +36,8 @@ class FakeHost:
     drift_reason: ClassVar[str | None] = None
     counters_state: ClassVar[dict[str, dict[str, int]]] = {}
     gateways: ClassVar[list[str]] = []
-    kinds: ClassVar[dict[str, str]] = {}
+    # What MAAS's netplan file defines: the NICs the tests' bindings use.
+    kinds: ClassVar[dict[str, str]] = dict.fromkeys(MAAS_NICS, "ethernets")
     bypasses: ClassVar[list[Bypass]] = []  # BPF programs on the machine's interfaces
     removed: ClassVar[bool] = False
 
@@ -49,7 +53,7 @@ class FakeHost:
         cls.drift_reason = None
         cls.counters_state = {}
         cls.gateways = []
-        cls.kinds = {}
+        cls.kinds = dict.fromkeys(MAAS_NICS, "ethernets")
         cls.bypasses = []
         cls.removed = False
 

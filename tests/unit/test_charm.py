@@ -14,7 +14,10 @@ from typing import Any
 
 import ops
 import pytest
+import yaml
 from ops import testing
+
+from fake_host import FakeHost
 
 from charm import NetworkIsolationCharm
 from network_isolation.host import MachineRegistry
@@ -306,6 +309,19 @@ def test_show_plan_text(
         net: "allow" if net in guide_table["control"] else "deny" for net in distinct_layout
     }
     assert lines[8].strip().startswith("=> active:")
+
+
+def test_show_plan_says_which_interfaces_routing_leaves_alone(
+    make_networks: MakeNetworks, distinct_layout: Layout, fake_host: type[FakeHost]
+):
+    fake_host.kinds = {"enp1s0": "ethernets", "enp2s0": "ethernets", "enp3s0": "ethernets"}
+    ctx = context()
+    st = state(make_networks(distinct_layout), [principal("control")])
+    ctx.run(ctx.on.action("show-plan"), st)
+    assert ctx.action_results is not None
+    assert "policy routing leaves enp4s0 alone" in ctx.action_results["plan"]
+    assert "enp4s0" not in yaml.safe_dump(yaml.safe_load(ctx.action_results["netplan"]))
+    assert "# not routed: enp4s0 (storage)" in ctx.action_results["netplan"]
 
 
 def test_show_plan_defaults_to_text(make_networks: MakeNetworks, distinct_layout: Layout):

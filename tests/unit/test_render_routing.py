@@ -21,6 +21,7 @@ from network_isolation.config import CharmConfig
 from network_isolation.model import Network
 from network_isolation.planner import (
     InterfaceAddress,
+    InterfaceKind,
     MachinePlan,
     NetworkView,
     PlanInput,
@@ -36,9 +37,14 @@ from network_isolation.render import (
     render,
     routing_view,
 )
+from network_isolation.report import machine_dict, machine_text
 from network_isolation.topology import Topology
 
 GOLDEN = golden_files()
+# What MAAS's netplan file defines on the hand-made machines below.
+ETHERNETS: dict[str, InterfaceKind] = {f"enp{k}s0": "ethernets" for k in range(17)} | {
+    "eth0": "ethernets"
+}
 NETPLAN_CASES = netplan_cases()
 
 
@@ -128,6 +134,24 @@ def test_text_from_the_plan_cannot_leave_its_comment():
     assert not [text for text in generated.values() if "From=0.0.0.0/0" in text]
 
 
+def test_interfaces_the_host_netplan_does_not_define_are_left_alone(maas: Topology):
+    """An OVS bridge carrying data: networkd would take it over if our file named it."""
+    seen = maas.plan_input("compute-1")
+    kinds = {name: kind for name, kind in seen.interface_kinds.items() if name != "enp5s0"}
+    plan = plan_machine(seen.model_copy(update={"interface_kinds": kinds}))
+    host_files = yaml.safe_load(maas_netplan(seen))
+    del host_files["network"]["ethernets"]["enp5s0"]
+    netplan = render(plan).netplan or ""
+    assert "enp5s0" not in yaml.safe_dump(yaml.safe_load(netplan))
+    assert "# not routed: enp5s0 (data): the host's netplan files do not define it" in netplan
+    generated = netplan_generate(yaml.safe_dump(host_files), netplan)
+    assert [name for name in generated if "enp5s0" in name] == []
+    assert "10-netplan-enp1s0.network" in generated  # the others are still routed
+    assert plan.unrouted_interfaces == ("enp5s0",)
+    assert "policy routing leaves enp5s0 alone" in machine_text(plan)
+    assert machine_dict(plan)["unrouted-interfaces"] == ["enp5s0"]
+
+
 def test_interfaces_keep_their_netplan_section():
     doc = yaml.safe_load(render(plan_of(partial_topology(), "control-1")).netplan or "")
     assert set(doc["network"]) == {"version", "bonds", "vlans"}
@@ -149,6 +173,7 @@ def test_link_local_addresses_and_subnets_are_not_routed():
             Network.STORAGE: NetworkView(subnets=(net("10.50.0.0/24"),)),
         },
         config=CharmConfig(),
+        interface_kinds=ETHERNETS,
     )
     doc = yaml.safe_load(render(plan_machine(plan_input)).netplan or "")
     assert doc["network"]["ethernets"]["enp1s0"] == {
@@ -204,6 +229,7 @@ def _two_nic_storage(subnets: list[str], gateways: dict[str, str]) -> MachinePla
                 ),
             },
             config=CharmConfig(),
+            interface_kinds=ETHERNETS,
         )
     )
 
@@ -252,6 +278,7 @@ def test_too_many_interfaces_for_a_domain():
                 Network.STORAGE: NetworkView(interfaces=addresses),
             },
             config=CharmConfig(),
+            interface_kinds=ETHERNETS,
         )
     )
     with pytest.raises(RenderError, match="17 interfaces"):
@@ -340,6 +367,7 @@ def test_too_many_rules_for_a_priority_block():
             ),
         },
         config=CharmConfig(),
+        interface_kinds=ETHERNETS,
     )
     with pytest.raises(RenderError, match="priority block"):
         render(plan_machine(plan_input))
@@ -356,6 +384,7 @@ def test_bad_interface_name_is_refused():
             Network.STORAGE: NetworkView(subnets=(net("10.50.0.0/24"),)),
         },
         config=CharmConfig(),
+        interface_kinds=ETHERNETS,
     )
     with pytest.raises(RenderError, match="not a valid interface name"):
         render(plan_machine(plan_input))

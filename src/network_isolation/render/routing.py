@@ -8,7 +8,7 @@ the template lays it out.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -167,14 +167,23 @@ def _interface_table(
     return routes, remote
 
 
-def _domain_tables(domain: Domain, notes: list[str]) -> list[_TableOfInterface]:
+def _domain_tables(
+    domain: Domain, defined: Collection[str], notes: list[str]
+) -> list[_TableOfInterface]:
     """A table per interface holding the domain's addresses (usually one).
 
     Each address's `from` rule goes to its own interface's table, so replies leave where the
     request came in. A subnet no interface of the domain is on gets one `to` rule, into the
-    first table that routes it.
+    first table that routes it. Only interfaces the host's netplan files define (`defined`)
+    are routed; the others are noted.
     """
     bound = bound_addresses(domain)
+    for name in [n for n in bound if n not in defined]:
+        del bound[name]
+        notes.append(
+            f"not routed: {name} ({network_names(domain.networks)}): the host's netplan files"
+            " do not define it"
+        )
     if len(bound) > ROUTED_INTERFACES_MAX:
         raise RenderError(
             f"{domain.name} has addresses on {len(bound)} interfaces; at most"
@@ -206,7 +215,7 @@ def routing_view(plan: MachinePlan) -> RoutingView | None:
     tables: list[RoutingTable] = []
     routed: dict[str, tuple[list[Route], list[PolicyRule]]] = {}
     for domain in plan.allowed_domains:
-        domain_tables = _domain_tables(domain, notes)
+        domain_tables = _domain_tables(domain, plan.interface_kinds, notes)
         count = sum(len(t.selectors) for t in domain_tables)
         if count > RULE_PRIORITY_BLOCK:
             raise RenderError(
@@ -232,7 +241,7 @@ def routing_view(plan: MachinePlan) -> RoutingView | None:
         members = tuple(
             RoutedInterface(name, kind, tuple(routes), tuple(policy))
             for name, (routes, policy) in sorted(routed.items())
-            if plan.interface_kinds.get(name, "ethernets") == kind
+            if plan.interface_kinds[name] == kind
         )
         if members:
             sections.append((kind, members))
