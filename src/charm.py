@@ -106,7 +106,9 @@ class NetworkIsolationCharm(ops.CharmBase):
         except ConfigError:
             self.registry.record(self.unit.name, related_roles(self))
             return  # reported by collect-status; nothing on the host is changed
-        self.registry.record(self.unit.name, state.roles, state.own_ports)
+        self.registry.record(
+            self.unit.name, state.roles, state.own_ports, os.environ.get("JUJU_PRINCIPAL_UNIT")
+        )
         cluster = self._cluster(state)
         cluster.share(state.record, state.cloud if state.aggregated else None)
         cluster.decide(self._ruleset_config(), state.cloud, state.config.schedule)

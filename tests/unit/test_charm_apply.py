@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import ops
 import pytest
@@ -20,6 +21,7 @@ from network_isolation.host import (
     RejectedRecord,
     fingerprint,
 )
+from network_isolation.host import registry as registry_module
 from network_isolation.model import Network
 from network_isolation.peers import MachineRecord
 from network_isolation.render import Artefacts
@@ -170,6 +172,20 @@ def test_the_last_unit_on_the_machine_removes_everything(networks, fake_host, st
     first.run(first.on.remove(), state(networks))
     assert fake_host.removed
     assert fake_host.applied_state == Applied(None, None)
+
+
+def test_a_stale_entry_of_a_unit_gone_from_the_machine_does_not_stop_removal(
+    networks, fake_host, state_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    agents = tmp_path / "agents"
+    (agents / "unit-network-isolation-0").mkdir(parents=True)
+    monkeypatch.setattr(registry_module, "JUJU_AGENTS_DIR", agents)
+    # network-isolation/1 was removed with --force: its agent is gone, its entry stayed
+    MachineRegistry(state_dir / "units").record("network-isolation/1", frozenset({"storage"}))
+    first = context(0)
+    first.run(first.on.config_changed(), state(networks))
+    first.run(first.on.remove(), state(networks))
+    assert fake_host.removed
 
 
 # Rolling apply

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 STATE_DIR_ENV = "NETWORK_ISOLATION_STATE_DIR"
 DEFAULT_STATE_DIR = Path("/var/lib/network-isolation")
+# Where Juju keeps each unit agent of the machine (`unit-<app>-<n>/`); the machine agent
+# removes a unit's directory when the unit leaves the machine, even a forced removal.
+JUJU_AGENTS_DIR = Path("/var/lib/juju/agents")
 
 
 def state_dir() -> Path:
@@ -33,6 +36,7 @@ class UnitEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
 
     unit: str
+    principal: str | None = None  # the principal unit it is attached to (JUJU_PRINCIPAL_UNIT)
     roles: tuple[str, ...]
     # network -> ports as "tcp:5672" or "udp:6800-7300", as principals declared them
     ports: dict[str, tuple[str, ...]] = {}
@@ -46,17 +50,24 @@ class MachineRegistry:
     declared ports.
     """
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, agents: Path | None = None):
         self.directory = directory
+        self.agents = agents or JUJU_AGENTS_DIR
 
     def _path(self, unit: str) -> Path:
         return self.directory / (re.sub(r"[^A-Za-z0-9-]", "-", unit) + ".json")
 
     def record(
-        self, unit: str, roles: frozenset[str], ports: Mapping[str, Iterable[str]] | None = None
+        self,
+        unit: str,
+        roles: frozenset[str],
+        ports: Mapping[str, Iterable[str]] | None = None,
+        principal: str | None = None,
     ) -> None:
         """Register a unit's roles and ports; a no-op when they are already recorded."""
-        entry = {"unit": unit, "roles": sorted(roles)}
+        entry: dict[str, object] = {"unit": unit, "roles": sorted(roles)}
+        if principal:
+            entry["principal"] = principal
         if ports:
             entry["ports"] = {net: sorted(set(p)) for net, p in sorted(ports.items()) if p}
         content = json.dumps(entry, sort_keys=True) + "\n"
@@ -72,13 +83,29 @@ class MachineRegistry:
         """Drop a departing unit's entry."""
         self._path(unit).unlink(missing_ok=True)
 
+    def _on_machine(self, entry: UnitEntry) -> bool:
+        """Whether the entry's unit (and its principal) still have an agent on the machine.
+
+        An entry outlives its unit when the unit was removed with `--force` or its remove
+        hook failed. Without Juju's agents directory nothing can be told: every entry counts.
+        """
+        if not self.agents.is_dir():
+            return True
+        units = [entry.unit, *([entry.principal] if entry.principal else [])]
+        return all((self.agents / f"unit-{u.replace('/', '-')}").is_dir() for u in units)
+
     def _entries(self) -> list[UnitEntry]:
         entries: list[UnitEntry] = []
         for path in sorted(self.directory.glob("*.json")):
             try:
-                entries.append(UnitEntry.model_validate_json(path.read_text()))
+                entry = UnitEntry.model_validate_json(path.read_text())
             except (OSError, ValueError) as e:
                 logger.warning("ignoring unreadable registry entry %s: %s", path, e)
+                continue
+            if self._on_machine(entry):
+                entries.append(entry)
+            else:
+                logger.warning("ignoring %s: its unit is no longer on this machine", path)
         return entries
 
     def entries(self) -> dict[str, frozenset[str]]:

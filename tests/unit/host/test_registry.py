@@ -176,3 +176,19 @@ def test_state_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
     assert state_dir() == host.DEFAULT_STATE_DIR
     monkeypatch.delenv("NETWORK_ISOLATION_STATE_DIR")
     assert state_dir() == host.DEFAULT_STATE_DIR
+
+
+def test_entries_of_units_no_longer_on_the_machine_are_ignored(tmp_path: Path):
+    """A unit removed with --force (or whose remove hook failed) leaves its entry behind."""
+    agents = tmp_path / "agents"
+    for unit in ("unit-network-isolation-0", "unit-nova-0", "unit-network-isolation-2"):
+        (agents / unit).mkdir(parents=True)
+    registry = MachineRegistry(tmp_path / "units", agents)
+    registry.record("network-isolation/0", frozenset({"compute"}), principal="nova/0")
+    registry.record("network-isolation/1", frozenset({"storage"}), principal="ceph/0")  # gone
+    registry.record("network-isolation/2", frozenset({"control"}), principal="k8s/0")  # principal gone
+    registry.record("network-isolation/3", frozenset({"control"}))  # gone, no principal known
+    assert registry.entries() == {"network-isolation/0": frozenset({"compute"})}
+    assert registry.roles_except("network-isolation/0") == frozenset()
+    # without Juju's agents directory nothing can be told: every entry counts
+    assert len(MachineRegistry(tmp_path / "units", tmp_path / "none").entries()) == 4
