@@ -214,6 +214,12 @@ def load_topology(path: Path) -> Topology:
         if first["type"] == "extra_forbidden":
             problem = "unknown key"
         raise TopologyError(source, where, problem) from None
+    _check_config(source, topology)
+    return topology
+
+
+def _check_config(source: str, topology: Topology) -> None:
+    """The config as the charm reads it, against the file's spaces and machines."""
     try:
         config = topology.charm_config()
     except ConfigError as e:
@@ -230,4 +236,3 @@ def load_topology(path: Path) -> Topology:
                     f"machines.{name}.roles",
                     f"unknown role '{role}' in role table '{config.role_table}' (known: {known})",
                 )
-    return topology

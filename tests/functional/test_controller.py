@@ -80,19 +80,7 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             need(f"missing {tool}: apt-get install nftables iproute2")
     servers: list[socket.socket] = []
     try:
-        for namespace in (CONTROLLER_NS, AGENTS_NS):
-            sh(IP, "netns", "add", namespace)
-            sh(IP, "-n", namespace, "link", "set", "lo", "up")
-        sh(IP, "link", "add", "enp1s0", "netns", CONTROLLER_NS, "type", "veth",
-           "peer", "name", "agents0", "netns", AGENTS_NS)  # fmt: skip
-        sh(IP, "-n", CONTROLLER_NS, "addr", "add", f"{CONTROLLER}/24", "dev", "enp1s0")
-        for address in (SAME_SUBNET, OTHER_RACK, DENIED_NETWORK):
-            sh(IP, "-n", AGENTS_NS, "addr", "add", f"{address}/24", "dev", "agents0")
-        for namespace, device in ((CONTROLLER_NS, "enp1s0"), (AGENTS_NS, "agents0")):
-            sh(IP, "-n", namespace, "link", "set", device, "up")
-        # The racks' router is left out: both ends route the other subnets on the link.
-        for subnet in ("10.10.1.0/24", "10.20.0.0/24"):
-            sh(IP, "-n", CONTROLLER_NS, "route", "add", subnet, "dev", "enp1s0")
+        connect_namespaces()
         ruleset = tmp_path_factory.mktemp("controller") / "ruleset.nft"
         ruleset.write_text(render(plan_machine(load_topology(MAAS).plan_input("juju-1"))).nftables)
         sh(IP, "netns", "exec", CONTROLLER_NS, NFT, "-f", str(ruleset))
@@ -105,6 +93,23 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             server.close()
         for namespace in (CONTROLLER_NS, AGENTS_NS):
             sh(IP, "netns", "del", namespace, check=False)
+
+
+def connect_namespaces() -> None:
+    """The controller's enp1s0 and the agents' link, each side routing the other's subnets."""
+    for namespace in (CONTROLLER_NS, AGENTS_NS):
+        sh(IP, "netns", "add", namespace)
+        sh(IP, "-n", namespace, "link", "set", "lo", "up")
+    sh(IP, "link", "add", "enp1s0", "netns", CONTROLLER_NS, "type", "veth",
+       "peer", "name", "agents0", "netns", AGENTS_NS)  # fmt: skip
+    sh(IP, "-n", CONTROLLER_NS, "addr", "add", f"{CONTROLLER}/24", "dev", "enp1s0")
+    for address in (SAME_SUBNET, OTHER_RACK, DENIED_NETWORK):
+        sh(IP, "-n", AGENTS_NS, "addr", "add", f"{address}/24", "dev", "agents0")
+    for namespace, device in ((CONTROLLER_NS, "enp1s0"), (AGENTS_NS, "agents0")):
+        sh(IP, "-n", namespace, "link", "set", device, "up")
+    # The racks' router is left out: both ends route the other subnets on the link.
+    for subnet in ("10.10.1.0/24", "10.20.0.0/24"):
+        sh(IP, "-n", CONTROLLER_NS, "route", "add", subnet, "dev", "enp1s0")
 
 
 @pytest.mark.parametrize("source", [SAME_SUBNET, OTHER_RACK, DENIED_NETWORK])

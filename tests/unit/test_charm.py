@@ -15,9 +15,8 @@ from typing import Any
 import ops
 import pytest
 import yaml
-from ops import testing
-
 from fake_host import FakeHost
+from ops import testing
 
 from charm import NetworkIsolationCharm
 from network_isolation.host import MachineRegistry

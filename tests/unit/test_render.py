@@ -182,7 +182,7 @@ def test_netplan_generate_refuses_a_wrong_interface_type():
     require_tool("netplan")
     topology = partial_topology()
     plan = plan_of(topology, "control-1")
-    every_one_ethernet = {name: "ethernets" for name in plan.interface_kinds}
+    every_one_ethernet = dict.fromkeys(plan.interface_kinds, "ethernets")
     wrong = plan.model_copy(update={"interface_kinds": every_one_ethernet})
     with pytest.raises(AssertionError, match="changes device type"):
         netplan_generate(maas_netplan(topology.plan_input("control-1")), render(wrong).netplan)

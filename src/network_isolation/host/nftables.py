@@ -28,6 +28,23 @@ _OUR_STATEMENT = re.compile(
 )
 
 
+def _code(ruleset: str) -> str:
+    """The batch without comments, and with every quoted string emptied (`""`)."""
+    out: list[str] = []
+    quoted = comment = False
+    for char in ruleset.replace("\\\n", " "):
+        if comment:
+            comment = char != "\n"
+        elif quoted:
+            quoted = char != '"'
+        else:
+            comment = char == "#"
+            quoted = char == '"'
+        if not comment and (not quoted or char == '"'):
+            out.append(char)
+    return "".join(out)
+
+
 def _top_level(ruleset: str) -> tuple[list[str], bool]:
     """The batch's top-level statements as nft reads them, and whether it has an `include`.
 
@@ -35,38 +52,22 @@ def _top_level(ruleset: str) -> tuple[list[str], bool]:
     opening line; a newline or a `;` outside any block ends a statement, whatever the
     indentation.
     """
+    code = _code(ruleset)
     statements: list[str] = []
     current: list[str] = []
-    words: list[str] = []  # every character outside comments and strings, for `include`
-    depth, quoted, comment = 0, False, False
-    for char in ruleset.replace("\\\n", " "):
-        if comment:
-            comment = char != "\n"
-            if comment:
-                continue
-        elif quoted:
-            quoted = char != '"'
-            if depth == 0:
-                current.append(char)
-            continue
-        elif char == "#":
-            comment = True
-            continue
-        quoted = char == '"'
-        words.append(" " if quoted else char)
-        if char == "{":
-            if depth == 0:
+    depth = 0
+    for char in code:
+        if char in "{}":
+            if depth == 0 and char == "{":
                 current.append(" {")
-            depth += 1
-        elif char == "}":
-            depth = max(depth - 1, 0)
+            depth = depth + 1 if char == "{" else max(depth - 1, 0)
         elif depth == 0 and char in "\n;":
             statements.append("".join(current).strip())
             current = []
         elif depth == 0:
             current.append(char)
     statements.append("".join(current).strip())
-    has_include = re.search(r"(?:^|[\s;{}])include\b", "".join(words)) is not None
+    has_include = re.search(r"(?:^|[\s;{}])include\b", code) is not None
     return [s for s in statements if s], has_include
 
 

@@ -186,7 +186,9 @@ def test_entries_of_units_no_longer_on_the_machine_are_ignored(tmp_path: Path):
     registry = MachineRegistry(tmp_path / "units", agents)
     registry.record("network-isolation/0", frozenset({"compute"}), principal="nova/0")
     registry.record("network-isolation/1", frozenset({"storage"}), principal="ceph/0")  # gone
-    registry.record("network-isolation/2", frozenset({"control"}), principal="k8s/0")  # principal gone
+    registry.record(
+        "network-isolation/2", frozenset({"control"}), principal="k8s/0"
+    )  # principal gone
     registry.record("network-isolation/3", frozenset({"control"}))  # gone, no principal known
     assert registry.entries() == {"network-isolation/0": frozenset({"compute"})}
     assert registry.roles_except("network-isolation/0") == frozenset()
