@@ -102,6 +102,12 @@ class NetworkIsolationCharm(ops.CharmBase):
         holds it, applies (or finds nothing to do) and reports once on the rollout.
         """
         try:
+            # before anything, even a wait for this unit's wave: an unconfirmed change is live
+            self.host.recover_unconfirmed()
+        except HostError as e:
+            self.outcome.blocked = f"cannot restore an unconfirmed apply: {e}"
+            return
+        try:
             state = self._read(woken=woken_by(event), declarations=True, artefacts=True)
         except ConfigError:
             self.registry.record(self.unit.name, related_roles(self))

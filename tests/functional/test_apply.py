@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ import yaml
 
 from network_isolation.host import (
     REMOVAL_RULESET,
+    ApplyError,
     Host,
     InvalidArtefactsError,
     ProbeTarget,
@@ -207,11 +209,20 @@ class NsRunner:
         self.root = root
         self.calls: list[list[str]] = []
         self.load_fault: Callable[[list[str]], Result] | None = None
+        self.dead_man_running = False
+        self.on_restore: Callable[[], None] | None = None  # runs as our rollback restores
+        self.kill_on_arm = False
 
     def run(self, argv: Sequence[str]) -> Result:
         argv = list(argv)
         self.calls.append(argv)
+        if argv[0] == SYSTEMD_RUN and self.kill_on_arm:
+            self.kill_on_arm = False
+            raise Killed
         if argv[0] == NFT:
+            if self.on_restore and argv[1] == "-f" and argv[2].endswith("rollback/ruleset.nft"):
+                hook, self.on_restore = self.on_restore, None
+                hook()
             if self.load_fault and argv[1] == "-f" and argv[2].endswith("pending.nft"):
                 fault, self.load_fault = self.load_fault, None
                 return fault(argv)
@@ -229,6 +240,8 @@ class NsRunner:
             (wants / argv[2]).symlink_to(f"/etc/systemd/system/{argv[2]}")
         elif argv[1] == "disable":
             (wants / argv[2]).unlink(missing_ok=True)
+        elif argv[1] == "is-active":
+            return Result(0 if self.dead_man_running else 3)
         return Result(0)
 
 
@@ -282,7 +295,8 @@ def bed(namespaces: None, tmp_path: Path) -> Iterator[Bed]:
     netplan = tmp_path / "bin/netplan"
     netplan.parent.mkdir()
     netplan.write_text(
-        f'#!/bin/sh\n[ "$1" = generate ] && exec {NETPLAN} "$@"\necho "$*" >> {log}\n'
+        f'#!/bin/sh\n[ "$1 $2" = "generate --root-dir" ] && exec {NETPLAN} "$@"\n'
+        f'echo "$*" >> {log}\n[ ! -e {log}.fail ]\n'
     )
     netplan.chmod(0o755)
     runner, probe = NsRunner(root), NsProbe()
@@ -385,7 +399,7 @@ def test_apply_reapply_change_audit_off_remove_with_rendered_artefacts(bed: Bed,
     assert result.changed
     assert table() is None
     assert bed.host.drift() is None
-    nft_in(*bed.host.boot_command()[1:])
+    sh(IP, "netns", "exec", MACHINE_NS, *bed.host.boot_command())
     assert table() is None
 
     # removal: nothing of ours is left
@@ -405,7 +419,7 @@ def test_hand_written_lifecycle_and_reboot(bed: Bed):
     # reboot: the kernel forgets every table; systemd runs our unit's ExecStart
     unit = (bed.root / "etc/systemd/system/network-isolation.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    argv = exec_start.removeprefix("ExecStart=").split()
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
     assert argv == bed.host.boot_command()
     before = foreign()
     nft_in("flush", "ruleset")
@@ -566,6 +580,7 @@ def test_the_dead_man_restores_when_the_hook_dies_before_confirming(bed: Bed):
     assert reachable()
     after = bed.files()
     assert after.pop("var/lib/network-isolation/rejected.json")
+    assert after.pop("var/lib/network-isolation/pending.nft")  # the next apply clears it
     assert {k: v for k, v in after.items() if "rollback" not in k} == files
     with pytest.raises(RejectedError, match="not confirmed within 120 s"):
         bed.host.apply(Art(blocking(CONTROLLER_PORT), NETPLAN_B), TARGETS)
@@ -613,3 +628,108 @@ def test_drift_repair_does_not_reload_a_tampered_ruleset(bed: Bed):
     with pytest.raises(InvalidArtefactsError):
         bed.host.repair_drift(TARGETS)
     assert "tcp dport 11" in (table() or "")  # left as it was; the fixture checks lxd, filter
+
+
+# -- the dead-man window: reboots and races ----------------------------------------------------
+
+
+def killed_before_confirming(bed: Bed) -> None:
+    """A+NETPLAN_A confirmed, then a change to the blocking ruleset whose hook dies unconfirmed."""
+    bed.host.apply(Art(A, NETPLAN_A), TARGETS)
+    bed.probe.die_on_call = bed.probe.calls + 2  # after the baseline: between apply and confirm
+    with pytest.raises(Killed):
+        bed.host.apply(Art(blocking(CONTROLLER_PORT), NETPLAN_B), TARGETS)
+    assert not reachable()
+
+
+def test_a_reboot_inside_the_dead_man_window_boots_into_the_previous_state(bed: Bed):
+    bed.host.apply(Art(A, NETPLAN_A), TARGETS)
+    before, foreign_before = table(), foreign()
+    killed_before_confirming(bed)
+    ours = bed.root / "etc/netplan/90-network-isolation.yaml"
+    assert ours.read_text() == NETPLAN_B
+
+    # reboot: the kernel forgets every table and the transient timer is gone; systemd runs
+    # our unit's ExecStart before any network is up
+    unit = (bed.root / "etc/systemd/system/network-isolation.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    argv = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert argv == bed.host.boot_command()
+    nft_in("flush", "ruleset")
+    done = sh(IP, "netns", "exec", MACHINE_NS, *argv, check=False)
+    assert done.returncode == 0, done.stderr
+
+    assert table() == before and reachable()
+    assert ours.read_text() == NETPLAN_A  # never-confirmed routing is not what boots
+    assert bed.netplan_log.read_text().splitlines()[-1] == "generate"  # networkd not up yet
+    assert not bed.host.guard.is_armed()
+    with pytest.raises(RejectedError, match="not confirmed within"):
+        bed.host.apply(Art(blocking(CONTROLLER_PORT), NETPLAN_B), TARGETS)
+    foreign_file = bed.root / "foreign.nft"
+    foreign_file.write_text(FOREIGN)
+    nft_in("-f", str(foreign_file))
+    foreign_file.unlink()
+    assert foreign() == foreign_before
+
+
+def test_the_dead_man_firing_during_our_rollback_does_not_restore_twice(bed: Bed):
+    bed.host.apply(Art(A, NETPLAN_A), TARGETS)
+    before, applies = table(), bed.netplan_applies()
+    fired: list[subprocess.CompletedProcess[str]] = []
+    command = bed.host.rollback_command()
+    bed.runner.on_restore = lambda: fired.append(
+        sh(IP, "netns", "exec", MACHINE_NS, *command, check=False)
+    )
+
+    with pytest.raises(RolledBackError):
+        bed.host.apply(Art(blocking(CONTROLLER_PORT), NETPLAN_B), TARGETS)
+
+    assert fired and fired[0].returncode == 0, fired
+    assert table() == before and reachable()
+    assert bed.netplan_applies() == applies + 2  # the change, then our restore: not the timer's
+    assert not bed.host.guard.is_armed()
+
+
+def test_a_failed_dead_man_restore_is_retried_by_the_next_hook(bed: Bed):
+    killed_before_confirming(bed)
+    failing = Path(f"{bed.netplan_log}.fail")
+    failing.touch()  # netplan apply fails while the timer's script runs
+    command = bed.host.rollback_command()
+    done = sh(IP, "netns", "exec", MACHINE_NS, *command, check=False)
+    failing.unlink()
+    assert done.returncode != 0
+    assert bed.host.guard.is_armed()  # the failure is left for the next hook
+
+    applies = bed.netplan_applies()
+    assert bed.host.apply(Art(B, NETPLAN_A), TARGETS).changed  # recovers first, then applies
+    assert bed.netplan_applies() == applies + 1  # the restore's netplan apply, retried
+    assert reachable() and "tcp dport 10 drop" in (table() or "")
+
+
+def test_a_hook_killed_before_changing_anything_does_not_reject_its_artefacts(bed: Bed):
+    bed.host.apply(Art(A, NETPLAN_A), TARGETS)
+    before = table()
+    bed.runner.kill_on_arm = True  # dies right after writing the marker, before any change
+    with pytest.raises(Killed):
+        bed.host.apply(Art(B, NETPLAN_A), TARGETS)
+    assert table() == before
+
+    assert bed.host.apply(Art(B, NETPLAN_A), TARGETS).changed
+    assert bed.host.rejected() is None
+
+
+def test_no_apply_while_the_dead_man_restores(bed: Bed):
+    killed_before_confirming(bed)
+    state = bed.root / "var/lib/network-isolation"
+    (state / "armed").rename(state / "fired")  # the timer's script took the marker: it runs
+    bed.runner.dead_man_running = True
+    bed.host.guard.settle_budget = 1.0
+    with pytest.raises(ApplyError, match="still running") as raised:
+        bed.host.apply(Art(B, NETPLAN_A), TARGETS)
+    assert raised.value.stage == "arm"
+    assert (state / "rollback/ruleset.nft").read_text() == A  # its snapshot is left alone
+
+    # the script died halfway (no service any more): the next hook takes its restore over
+    bed.runner.dead_man_running = False
+    assert bed.host.apply(Art(B, NETPLAN_A), TARGETS).changed
+    assert reachable() and "tcp dport 10 drop" in (table() or "")

@@ -22,7 +22,6 @@ from network_isolation.host import (
     fingerprint,
 )
 
-
 MAAS_NICS = tuple(f"enp{k}s0" for k in range(1, 7))
 
 
@@ -40,6 +39,7 @@ class FakeHost:
     kinds: ClassVar[dict[str, str]] = dict.fromkeys(MAAS_NICS, "ethernets")
     bypasses: ClassVar[list[Bypass]] = []  # BPF programs on the machine's interfaces
     removed: ClassVar[bool] = False
+    unconfirmed: ClassVar[Applied | None] = None  # what an apply killed unconfirmed replaced
 
     def __init__(self, *_: Any, state: Path | None = None, **__: Any):
         self.state = state
@@ -56,6 +56,7 @@ class FakeHost:
         cls.kinds = dict.fromkeys(MAAS_NICS, "ethernets")
         cls.bypasses = []
         cls.removed = False
+        cls.unconfirmed = None
 
     @classmethod
     def names(cls) -> list[str]:
@@ -64,6 +65,13 @@ class FakeHost:
     def install_prerequisites(self) -> bool:
         self.calls.append(("install_prerequisites", None))
         return False
+
+    def recover_unconfirmed(self) -> bool:
+        if self.unconfirmed is None:
+            return False
+        self.calls.append(("recover_unconfirmed", None))
+        type(self).applied_state, type(self).unconfirmed = self.unconfirmed, None
+        return True
 
     def applied(self) -> Applied:
         return self.applied_state

@@ -236,6 +236,20 @@ def test_a_change_waits_for_its_wave_and_announces_nothing(networks, fake_host):
     assert "report" not in out.get_relation(peers.id).local_unit_data
 
 
+def test_an_unconfirmed_apply_is_undone_even_while_waiting_for_a_wave(networks, fake_host):
+    """A reboot or a killed hook left a change live that nobody confirmed."""
+    fake_host.applied_state = Applied("the unconfirmed ruleset", None)
+    fake_host.unconfirmed = Applied("an older ruleset", None)
+    roll = Roll(generation=G, waves=((PEER,), (ME,)), opened=1)
+    peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
+    ctx = context(0)
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    assert out.unit_status == testing.WaitingStatus("waiting for wave 2/2")
+    assert fake_host.names()[0] == "recover_unconfirmed"
+    assert fake_host.applied_state == Applied("an older ruleset", None)
+    assert applies(fake_host) == []
+
+
 def test_a_unit_applies_in_its_wave_and_reports_once(networks, fake_host):
     fake_host.applied_state = Applied("an older ruleset", None)
     roll = Roll(generation=G, waves=((PEER,), (ME,)), opened=2)

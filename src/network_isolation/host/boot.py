@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 from .nftables import TABLE_FAMILY, TABLE_NAME
@@ -15,10 +16,11 @@ UNIT_WANTED_BY = "sysinit.target"
 class BootUnit:
     """Our unit file `/etc/systemd/system/network-isolation.service`, enabled."""
 
-    def __init__(self, system: System, state: Path, ruleset_file: Path):
+    def __init__(self, system: System, state: Path, ruleset_file: Path, rollback_script: Path):
         self.system = system
         self.state = state
         self.ruleset_file = ruleset_file
+        self.rollback_script = rollback_script
         self.unit_file = system.at(Path("/etc/systemd/system") / UNIT_NAME)
         self.unit_link = system.at(
             Path("/etc/systemd/system") / f"{UNIT_WANTED_BY}.wants" / UNIT_NAME
@@ -42,14 +44,17 @@ Conflicts=shutdown.target
 After=nftables.service
 # The ruleset lives under /var/lib, which may be a file system of its own.
 RequiresMountsFor={self.state}
-ConditionPathExists={self.ruleset_file}
+ConditionPathExists=|{self.ruleset_file}
+ConditionPathExists=|{self.rollback_script}
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-# Replaces only our table, in one transaction; other tables are left alone. No ExecStop:
+# An apply that a reboot interrupted (the dead-man's timer does not survive it) is undone
+# first: its snapshot is restored, the netplan file included. Then the confirmed ruleset
+# replaces only our table, in one transaction; other tables are left alone. No ExecStop:
 # stopping the unit must never open the firewall.
-ExecStart={self.system.tools.nft} -f {self.ruleset_file}
+ExecStart={shlex.join(self.command())}
 
 [Install]
 # sysinit.target, as nftables.service: every boot target (rescue included) pulls it in, early.
@@ -58,7 +63,14 @@ WantedBy={UNIT_WANTED_BY}
 
     def command(self) -> list[str]:
         """What the boot unit runs (its ExecStart)."""
-        return [self.system.tools.nft, "-f", str(self.ruleset_file)]
+        q, tools = shlex.quote, self.system.tools
+        script, ruleset = q(str(self.rollback_script)), q(str(self.ruleset_file))
+        return [
+            tools.sh,
+            "-c",
+            f"[ ! -e {script} ] || {q(tools.sh)} {script} boot;"
+            f" [ ! -e {ruleset} ] || exec {q(tools.nft)} -f {ruleset}",
+        ]
 
     def ensure(self) -> None:
         """Our unit file written and enabled; checks files only when it already is."""

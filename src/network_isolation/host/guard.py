@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shlex
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +44,11 @@ class Guard:
 
     - `rejected.json`: the fingerprint of artefacts that failed, and why;
     - during an apply only: `rollback/` (the previous state), `rollback.sh` (the dead-man's
-      restore script) and `armed` (whoever removes it first, the charm confirming or the
-      dead-man restoring, wins; the dead-man renames it to `fired`).
+      restore script) and one marker. `armed`: whoever takes it first wins, the charm
+      confirming (deletes it) or restoring (renames it `restoring`), or the dead-man (renames
+      it `fired`). A marker stays until its restore is done; a restore that fails puts
+      `armed` back, for the timer or the next hook to retry. While `fired` or `restoring`
+      exists, nothing is armed: a restore may be reading the snapshot.
     """
 
     def __init__(
@@ -70,6 +75,8 @@ class Guard:
         self.rollback_script = state / "rollback.sh"
         self.armed_file = state / "armed"
         self.fired_file = state / "fired"
+        self.restoring_file = state / "restoring"
+        self.settle_budget = 60.0  # how long a hook waits for a running dead-man
 
     # -- rejected artefacts ----------------------------------------------------------------
 
@@ -127,11 +134,16 @@ class Guard:
         return [self.system.tools.sh, str(self.rollback_script)]
 
     def is_armed(self) -> bool:
-        """Whether an apply is under way (or died unconfirmed)."""
-        return self.armed_file.exists()
+        """Whether an apply is under way, died unconfirmed, or is being restored."""
+        return any(m.exists() for m in (self.armed_file, self.fired_file, self.restoring_file))
 
     def arm(self, wanted: str, netplan_changes: bool) -> None:
         """Snapshot the previous state and start the dead-man timer, before changing anything."""
+        if self.is_armed():
+            raise ApplyError(
+                "a rollback of an earlier apply is still running, not applying", stage="arm"
+            )
+        self.table.pending_file.unlink(missing_ok=True)  # its presence says a change started
         shutil.rmtree(self.rollback_dir, ignore_errors=True)
         self.rollback_dir.mkdir(parents=True)
         previous = self.table.confirmed()
@@ -146,6 +158,14 @@ class Guard:
         script = self._rollback_script(wanted, netplan_changes)
         write_atomically(self.rollback_script, script, 0o700)
         write_atomically(self.armed_file, wanted + "\n", 0o600)
+        why = self._start_timer()
+        if why is not None:
+            self.armed_file.unlink(missing_ok=True)
+            self.clean()
+            raise ApplyError(f"cannot arm the rollback timer, not applying: {why}", stage="arm")
+
+    def _start_timer(self) -> str | None:
+        """Start the dead-man's transient timer; why it failed, or None."""
         argv = [
             self.system.tools.systemd_run,
             f"--unit={ROLLBACK_UNIT}",
@@ -161,11 +181,7 @@ class Guard:
             # A leftover timer of a killed hook holds the name: stop it and try once more.
             self._disarm_timer()
             result = self.system.run(*argv)
-        if result.returncode != 0:
-            self.armed_file.unlink(missing_ok=True)
-            self.clean()
-            why = first_error(result.stderr + result.stdout)
-            raise ApplyError(f"cannot arm the rollback timer, not applying: {why}", stage="arm")
+        return None if result.returncode == 0 else first_error(result.stderr + result.stdout)
 
     def _rollback_script(self, wanted: str, netplan_changes: bool) -> str:
         q = shlex.quote
@@ -176,7 +192,14 @@ class Guard:
             "#!/bin/sh",
             "# network-isolation dead-man: armed before an apply, cancelled when it is",
             "# confirmed. Whoever takes the marker first wins: the charm (confirm) or this.",
+            "# `boot`: run by the boot unit, before any network is up; nothing else runs, so",
+            "# a restore that the reboot cut short is taken over.",
             "set -u",
+            'mode="${1:-timer}"',
+            'if [ "$mode" = boot ]; then',
+            f"  mv {fired} {armed} 2>/dev/null",
+            f"  mv {q(str(self.restoring_file))} {armed} 2>/dev/null",
+            "fi",
             f"mv {armed} {fired} 2>/dev/null || exit 0",
             "status=0",
             f"{q(tools.nft)} -f {q(str(snapshot / 'ruleset.nft'))} || status=1",
@@ -190,13 +213,22 @@ class Guard:
                 )
             else:
                 lines.append(f"rm -f {ours} || status=1")
-            lines.append(f"{q(tools.netplan)} apply || status=1")
+            # At boot networkd has not started yet: generating its files is enough.
+            netplan = q(tools.netplan)
+            lines.append(
+                f'if [ "$mode" = boot ]; then {netplan} generate || status=1;'
+                f" else {netplan} apply || status=1; fi"
+            )
         rejected = q(str(snapshot / "rejected.json"))
-        # Keep the reason of a failure the charm already recorded for these artefacts.
+        # Reject the artefacts only if their change started (pending.nft is written first),
+        # and keep the reason of a failure the charm already recorded for them.
         lines += [
-            f"grep -qs {wanted} {q(str(self.rejected_file))} || "
-            f"mv -f {rejected} {q(str(self.rejected_file))}",
-            f"rm -f {fired} {q(str(self.table.pending_file))}",
+            f"if [ -e {q(str(self.table.pending_file))} ]; then",
+            f"  grep -qs {wanted} {q(str(self.rejected_file))} ||"
+            f" mv -f {rejected} {q(str(self.rejected_file))}",
+            "fi",
+            # A failed restore leaves the marker armed: the next hook retries it.
+            f'if [ "$status" = 0 ]; then rm -f {fired}; else mv -f {fired} {armed}; fi',
             'exit "$status"',
         ]
         return "\n".join(lines) + "\n"
@@ -209,23 +241,70 @@ class Guard:
         )
 
     def claim(self) -> bool:
-        """Take the marker; False if the dead-man took it first (it restores, not us)."""
+        """Take the marker to confirm; False if a restore took it first."""
         try:
             self.armed_file.unlink()
         except FileNotFoundError:
             return False
-        self.system.run(self.system.tools.systemctl, "stop", f"{ROLLBACK_UNIT}.timer")
+        self._stop_timer()
         return True
+
+    def _stop_timer(self) -> None:
+        self.system.run(self.system.tools.systemctl, "stop", f"{ROLLBACK_UNIT}.timer")
 
     def confirm(self) -> None:
         """Cancel the dead-man; RolledBackError if it fired first."""
         if not self.claim():
+            self._settle()
             self.table.pending_file.unlink(missing_ok=True)
             raise RolledBackError(
                 f"the rollback timer fired before the apply was confirmed (after "
                 f"{self.rollback_after} s); the previous state was restored",
                 stage="confirm",
             )
+
+    def _settle(self) -> None:
+        """Wait for a running dead-man; a dead one (`fired`, no service) hands its restore back.
+
+        Our own `restoring` marker left by a killed hook is handed back too: only one hook
+        runs at a time on a unit, and the units of a machine apply one after the other.
+        """
+        deadline = time.monotonic() + self.settle_budget
+        running = False
+        while self.fired_file.exists():
+            result = self.system.run(
+                self.system.tools.systemctl, "is-active", "--quiet", f"{ROLLBACK_UNIT}.service"
+            )
+            running = result.returncode == 0
+            if not running or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if self.fired_file.exists() and not running and not self.armed_file.exists():
+            os.replace(self.fired_file, self.armed_file)
+        if self.restoring_file.exists() and not self.armed_file.exists():
+            os.replace(self.restoring_file, self.armed_file)
+
+    def _take(self) -> bool:
+        """Take the marker to restore (it stays until the restore is done); False if taken."""
+        try:
+            os.replace(self.armed_file, self.restoring_file)
+        except FileNotFoundError:
+            return False
+        self._stop_timer()
+        return True
+
+    def _restored(self, errors: Sequence[str]) -> None:
+        """Release the marker: done, or back to `armed` (and the timer) to retry a failure."""
+        if not errors:
+            self.restoring_file.unlink(missing_ok=True)
+            self.table.pending_file.unlink(missing_ok=True)
+            self.clean()
+            return
+        logger.error("rollback incomplete, armed again to retry it: %s", errors)
+        os.replace(self.restoring_file, self.armed_file)
+        why = self._start_timer()
+        if why is not None:
+            logger.error("cannot restart the rollback timer (the next hook retries): %s", why)
 
     def clean(self) -> None:
         """Drop the snapshot and the dead-man's script."""
@@ -253,7 +332,12 @@ class Guard:
             raise RolledBackError(f"{error}; {outcome}", stage=error.stage) from e
 
     def _roll_back(self, progress: Progress, netplan_changes: bool) -> None:
-        """Undo what the apply did; disarm the dead-man only if everything was restored."""
+        """Undo what the apply did, holding the marker so the dead-man cannot run meanwhile."""
+        if not self._take():
+            self._settle()  # the dead-man took it first: it restores, not us
+            if self.armed_file.exists():  # and failed: take its restore over
+                self._roll_back(progress, netplan_changes)
+            return
         if progress.loaded:
             error = self.table.restore(self.rollback_dir / "ruleset.nft")
             if error:
@@ -262,22 +346,25 @@ class Guard:
             error = self.netplan.restore(self.rollback_dir / "netplan.yaml")
             if error:
                 progress.errors.append(error)
-        self.table.pending_file.unlink(missing_ok=True)
-        if progress.errors:
-            logger.error(
-                "rollback incomplete, the dead-man timer stays armed: %s", progress.errors
-            )
-            return
-        self.claim()
-        self.clean()
+        self._restored(progress.errors)
 
     def recover_unconfirmed(self) -> bool:
-        """An apply that never confirmed (its hook died): restore its snapshot now."""
+        """An apply that never confirmed (its hook died, a reboot): restore its snapshot now.
+
+        True when something was restored. Artefacts whose change never started (no
+        `pending.nft`) are disarmed without being rejected.
+        """
+        self._settle()
         if not self.armed_file.exists():
             return False
         if not (self.rollback_dir / "ruleset.nft").exists():
             logger.warning("an unconfirmed apply left no snapshot: disarming only")
             self.claim()
+            return False
+        if not self.table.pending_file.exists():
+            logger.warning("an apply was armed but changed nothing: disarming only")
+            if self.claim():
+                self.clean()
             return False
         logger.warning("an earlier apply was not confirmed: restoring the state before it")
         netplan_changes = (self.rollback_dir / "netplan-changes").exists()

@@ -70,7 +70,6 @@ class Host:
         self.installer = installer
         self.table = Table(self.system, self.state)
         self.netplan = NetplanFile(self.system)
-        self.boot = BootUnit(self.system, self.state, self.table.ruleset_file)
         self.guard = Guard(
             self.system,
             self.state,
@@ -80,6 +79,9 @@ class Host:
             rollback_after=rollback_after,
             probe_budget=probe_budget,
             baseline_budget=baseline_budget,
+        )
+        self.boot = BootUnit(
+            self.system, self.state, self.table.ruleset_file, self.guard.rollback_script
         )
         self.rollback_dir = self.guard.rollback_dir
 
@@ -147,6 +149,14 @@ class Host:
 
     # -- validate and apply ----------------------------------------------------------------
 
+    def recover_unconfirmed(self) -> bool:
+        """Undo an apply that never confirmed (its hook died); True if something was restored.
+
+        Every hook calls it first, before it waits for its turn to apply: nothing else runs
+        while an unconfirmed change is live. Raises HostError if the restore fails.
+        """
+        return self.guard.recover_unconfirmed()
+
     def validate(self, artefacts: ArtefactsLike) -> None:
         """Check the artefacts with the real tools; changes nothing on the host.
 
@@ -200,7 +210,7 @@ class Host:
         repair: bool,
     ) -> ApplyResult:
         # The steps of the README's "Safety" section.
-        recovered = self.guard.recover_unconfirmed()  # a killed apply is undone first
+        recovered = self.recover_unconfirmed()  # a killed apply is undone first
         if not force and not recovered and self.is_applied(artefacts):  # nothing changed
             self.boot.ensure()
             return ApplyResult(changed=False)
@@ -210,6 +220,7 @@ class Host:
         self.validate(artefacts)  # validate before anything changes
         reachable, skipped = self.guard.baseline(targets)
         netplan_changes = not self.netplan.matches(artefacts.netplan)
+        self.boot.ensure()  # a reboot before the confirmation restores the snapshot
         self.guard.arm(wanted, netplan_changes)  # arm the dead-man timer
         with self.guard.rolling_back(wanted, netplan_changes) as progress:  # or roll back
             self._change(artefacts, netplan_changes, progress)  # apply atomically

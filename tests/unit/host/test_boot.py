@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import shlex
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,12 @@ def test_the_boot_unit_loads_our_ruleset_before_the_network(host: Host, root: Pa
     assert "network-pre.target" in unit["Unit"]["Before"].split()
     assert unit["Unit"]["After"] == "nftables.service"
     assert unit["Service"]["Type"] == "oneshot"
-    assert unit["Service"]["ExecStart"] == f"{NFT} -f {root}/var/lib/network-isolation/ruleset.nft"
+    state = f"{root}/var/lib/network-isolation"
+    assert unit["Service"]["ExecStart"] == (
+        f"/bin/sh -c '[ ! -e {state}/rollback.sh ] || /bin/sh {state}/rollback.sh boot;"
+        f" [ ! -e {state}/ruleset.nft ] || exec {NFT} -f {state}/ruleset.nft'"
+    )
+    assert shlex.split(unit["Service"]["ExecStart"]) == host.boot_command()
     assert "ExecStop" not in unit["Service"]
     assert unit["Install"]["WantedBy"] == "sysinit.target"
     link = root / "etc/systemd/system/sysinit.target.wants/network-isolation.service"

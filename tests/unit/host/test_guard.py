@@ -85,13 +85,14 @@ def test_netplan_apply_failure_restores_ruleset_and_netplan(
 
     assert raised.value.stage == "netplan-apply"
     assert machine.table == A.nftables
+    # the timer is stopped, its marker held, before anything is restored
     assert machine.commands()[3:] == [
         f"{NFT} -f {STATE}/pending.nft",
         f"{NETPLAN} apply",
+        f"{SYSTEMCTL} stop network-isolation-rollback.timer",
         f"{NFT} -f {STATE}/rollback/ruleset.nft",
         f"{NETPLAN} apply",
         f"{IP} -4 rule del priority 102 from 10.20.0.0/24 table 102",
-        f"{SYSTEMCTL} stop network-isolation-rollback.timer",
     ]
     after = files(root)
     del after["var/lib/network-isolation/rejected.json"]
@@ -213,7 +214,7 @@ def test_arming_failure_stops_before_any_change(host: Host, machine: FakeMachine
 def test_a_leftover_timer_is_stopped_and_arming_retried(host: Host, machine: FakeMachine):
     machine.fail(SYSTEMD_RUN, stderr="Unit network-isolation-rollback.timer already exists")
     assert host.apply(A).changed
-    assert machine.commands()[2:6] == [
+    assert machine.commands()[4:8] == [
         ARM,
         f"{SYSTEMCTL} stop network-isolation-rollback.timer",
         f"{SYSTEMCTL} reset-failed network-isolation-rollback.timer "
@@ -261,6 +262,8 @@ def test_the_dead_man_script_restores_a_killed_apply(
     rejected = json.loads(after.pop("var/lib/network-isolation/rejected.json"))
     assert rejected["fingerprint"] == fingerprint(B) and rejected["stage"] == "confirm"
     after.pop("var/lib/network-isolation/rollback.sh")  # the next apply clears it
+    # kept: it says the change had started; the next apply clears it too
+    assert after.pop("var/lib/network-isolation/pending.nft").decode() == B.nftables
     after = {k: v for k, v in after.items() if "/rollback/" not in k}
     assert after == before
     # running it again (a second timer, a late start) does nothing: the marker is gone
@@ -293,10 +296,10 @@ def test_the_next_hook_restores_a_killed_apply_itself(
         host.apply(B, [CONTROLLER])
 
     assert machine.commands() == [
+        f"{SYSTEMCTL} stop network-isolation-rollback.timer",
         f"{NFT} -f {STATE}/rollback/ruleset.nft",
         f"{NETPLAN} apply",
         f"{IP} -4 rule del priority 102 from 10.20.0.0/24 table 102",
-        f"{SYSTEMCTL} stop network-isolation-rollback.timer",
     ]
     assert machine.table == A.nftables
     after = files(root)
@@ -366,6 +369,8 @@ def test_a_first_apply_that_fails_leaves_no_netplan_file(
     assert machine.table is None
     after = files(root)
     assert json.loads(after.pop("var/lib/network-isolation/rejected.json"))["stage"] == "probe"
+    # the boot unit, written before arming, stays inert: neither file it needs exists
+    assert "ExecStart" in after.pop("etc/systemd/system/network-isolation.service").decode()
     assert after == before
 
 

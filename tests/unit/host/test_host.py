@@ -43,14 +43,15 @@ def test_first_apply_runs_each_step_once_in_order(host: Host, machine: FakeMachi
     assert machine.commands() == [
         f"{NFT} -c -f TMP",
         f"{NETPLAN} generate --root-dir TMP",
+        # the boot unit first: a reboot before the confirmation restores the snapshot
+        f"{SYSTEMCTL} daemon-reload",
+        f"{SYSTEMCTL} enable network-isolation.service",
         ARM,
         f"{NFT} -f {STATE}/pending.nft",
         RESTART_NETWORKD,
         f"{NETPLAN} apply",
         f"{SYSTEMCTL} stop network-isolation-rollback.timer",
         f"{NFT} -s list table inet network_isolation",
-        f"{SYSTEMCTL} daemon-reload",
-        f"{SYSTEMCTL} enable network-isolation.service",
     ]
     ours = root / "etc/netplan/90-network-isolation.yaml"
     assert ours.read_text() == A.netplan
@@ -116,7 +117,9 @@ def test_off_removes_our_table_and_netplan_and_boots_into_nothing(
     assert not (root / "etc/netplan/90-network-isolation.yaml").exists()
     # the boot unit stays and loads a ruleset that only removes our table
     assert (root / "var/lib/network-isolation/ruleset.nft").read_text() == REMOVAL
-    assert host.boot_command() == [NFT, "-f", f"{root}/var/lib/network-isolation/ruleset.nft"]
+    assert host.boot_command()[-1].endswith(
+        f"exec {NFT} -f {root}/var/lib/network-isolation/ruleset.nft"
+    )
     assert host.drift() is None
     machine.calls.clear()
     assert not host.apply(OFF).changed and machine.calls == []
