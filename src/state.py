@@ -26,6 +26,7 @@ from network_isolation.model import NETWORKS, PRESET_ROLES, Network
 from network_isolation.peers import CloudView, MachineRecord
 from network_isolation.planner import (
     InterfaceAddress,
+    IPAddress,
     MachinePlan,
     NetworkView,
     PlanInput,
@@ -149,7 +150,8 @@ def read_state(
     config = read_config(charm)
     unit = charm.unit.name
     roles = related_roles(charm)
-    bindings = {net: _binding_view(charm, net) for net in NETWORKS}
+    gateways = sources.host.interface_gateways()
+    bindings = {net: _binding_view(charm, net, gateways) for net in NETWORKS}
     problems: list[str] = []
     own_ports: dict[str, tuple[str, ...]] | None = None
     if declarations or (artefacts and config.strict_ports):
@@ -241,21 +243,34 @@ def _machine_name(charm: ops.CharmBase) -> str:
     return f"machine-{machine_id}" if machine_id else charm.unit.name
 
 
-def _binding_view(charm: ops.CharmBase, network: Network) -> NetworkView:
-    """This machine's addresses on one network (`network-get`)."""
+def _binding_view(
+    charm: ops.CharmBase, network: Network, gateways: Mapping[str, tuple[IPAddress, ...]]
+) -> NetworkView:
+    """This machine's addresses on one network (`network-get`), and their subnets' gateways.
+
+    Juju does not tell a subnet's gateway: the host's netplan files do, as a route `via` an
+    address of the subnet on the interface that holds it.
+    """
     try:
         binding = charm.model.get_binding(network.value)
         interfaces = binding.network.interfaces if binding else []
     except ops.ModelError as e:
         logger.warning("no binding information for %s: %s", network, e)
         interfaces = []
-    return NetworkView(
-        interfaces=tuple(
-            InterfaceAddress(
-                name=i.name,
-                address=ipaddress.ip_interface(f"{i.address}/{i.subnet.prefixlen}"),
-            )
-            for i in interfaces
-            if i.name and i.address and i.subnet
+    addresses = tuple(
+        InterfaceAddress(
+            name=i.name,
+            address=ipaddress.ip_interface(f"{i.address}/{i.subnet.prefixlen}"),
         )
+        for i in interfaces
+        if i.name and i.address and i.subnet
+    )
+    return NetworkView(
+        interfaces=addresses,
+        gateways={
+            a.address.network: gateway
+            for a in addresses
+            for gateway in reversed(gateways.get(a.name, ()))  # the first listed wins
+            if gateway in a.address.network and gateway != a.address.ip
+        },
     )

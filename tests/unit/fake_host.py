@@ -7,6 +7,7 @@ the charm asked of the host, and can make any step fail.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ from network_isolation.host import (
     RolledBackError,
     fingerprint,
 )
+from network_isolation.planner import IPAddress
 
 MAAS_NICS = tuple(f"enp{k}s0" for k in range(1, 7))
 
@@ -39,6 +41,7 @@ class FakeHost:
     kinds: ClassVar[dict[str, str]] = dict.fromkeys(MAAS_NICS, "ethernets")
     bypasses: ClassVar[list[Bypass]] = []  # BPF programs on the machine's interfaces
     removed: ClassVar[bool] = False
+    vias: ClassVar[dict[str, list[str]]] = {}  # gateways per interface in MAAS's netplan file
     unconfirmed: ClassVar[Applied | None] = None  # what an apply killed unconfirmed replaced
 
     def __init__(self, *_: Any, state: Path | None = None, **__: Any):
@@ -56,6 +59,7 @@ class FakeHost:
         cls.kinds = dict.fromkeys(MAAS_NICS, "ethernets")
         cls.bypasses = []
         cls.removed = False
+        cls.vias = {}
         cls.unconfirmed = None
 
     @classmethod
@@ -121,6 +125,9 @@ class FakeHost:
 
     def interface_kinds(self) -> dict[str, str]:
         return dict(self.kinds)
+
+    def interface_gateways(self) -> dict[str, tuple[IPAddress, ...]]:
+        return {name: tuple(ip_address(g) for g in vias) for name, vias in self.vias.items()}
 
     def remove(self) -> None:
         self.calls.append(("remove", None))

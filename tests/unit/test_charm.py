@@ -323,6 +323,22 @@ def test_show_plan_says_which_interfaces_routing_leaves_alone(
     assert "# not routed: enp4s0 (storage)" in ctx.action_results["netplan"]
 
 
+def test_routes_to_other_racks_go_via_the_gateway_the_hosts_netplan_gives(
+    make_networks: MakeNetworks, distinct_layout: Layout, fake_host: type[FakeHost]
+):
+    """Juju does not tell gateways: MAAS's netplan file does, as routes on each interface."""
+    fake_host.vias = {"enp1s0": ["10.10.0.1"], "enp4s0": ["10.50.0.1", "192.0.2.1"]}
+    ctx = context()
+    config = {"network-cidrs": "storage=10.50.1.0/24"}  # the storage subnet of another rack
+    st = state(make_networks(distinct_layout), [principal("storage")], config)
+    ctx.run(ctx.on.action("show-plan"), st)
+    assert ctx.action_results is not None
+    storage = yaml.safe_load(ctx.action_results["netplan"])["network"]["ethernets"]["enp4s0"]
+    assert {"to": "10.50.1.0/24", "via": "10.50.0.1", "table": 104} in storage["routes"]
+    assert {"to": "10.50.1.0/24", "table": 104, "priority": 17001} in storage["routing-policy"]
+    assert "no route to 10.50.1.0/24" not in ctx.action_results["netplan"]
+
+
 def test_show_plan_defaults_to_text(make_networks: MakeNetworks, distinct_layout: Layout):
     ctx = context()
     st = state(make_networks(distinct_layout), [principal("control")])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bypass import Bypass
-from ..planner import InterfaceKind
+from ..planner import InterfaceKind, IPAddress
 from . import removal
 from .boot import BootUnit
 from .bypasses import packet_bypasses
@@ -102,6 +102,10 @@ class Host:
     def interface_kinds(self) -> dict[str, InterfaceKind]:
         """Which netplan section (ethernets, vlans, bonds, bridges) defines each interface."""
         return self.netplan.interface_kinds()
+
+    def interface_gateways(self) -> dict[str, tuple[IPAddress, ...]]:
+        """The gateways the host's netplan files give each interface (files only)."""
+        return self.netplan.interface_gateways()
 
     def is_applied(self, artefacts: ArtefactsLike) -> bool:
         """Whether these artefacts are what is applied (files only: runs no command)."""

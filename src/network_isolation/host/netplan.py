@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
 
 import yaml
 
-from ..planner import InterfaceKind
+from ..planner import InterfaceKind, IPAddress
 from .networkd import Networkd
 from .outcomes import ApplyError, InvalidArtefactsError
 from .system import System, as_mapping, first_error, read_text, write_atomically
@@ -104,26 +106,48 @@ class NetplanFile:
                     found.append(path)
         return found
 
+    def _definitions(self) -> Iterator[tuple[InterfaceKind, str, dict[str, object]]]:
+        """Every interface the host's netplan files define: (section, name, definition).
+
+        Unreadable files are skipped: netplan's own validation of our file will then say
+        what is wrong.
+        """
+        for path in self._foreign_files():
+            try:
+                network = as_mapping(as_mapping(yaml.safe_load(path.read_text())).get("network"))
+            except (OSError, yaml.YAMLError) as e:
+                logger.warning("cannot read %s: %s", path, e)
+                continue
+            for kind in get_args(InterfaceKind):
+                for name, definition in as_mapping(network.get(kind)).items():
+                    yield kind, name, as_mapping(definition)
+
     def interface_kinds(self) -> dict[str, InterfaceKind]:
         """Which netplan section (ethernets, vlans, bonds, bridges) defines each interface.
 
         Our netplan file must name each interface in the section MAAS used, else netplan
-        refuses it ("changes device type"). Unreadable files are skipped: netplan's own
-        validation of our file will then say what is wrong.
+        refuses it ("changes device type").
         """
-        kinds: dict[str, InterfaceKind] = {}
-        for path in self._foreign_files():
-            try:
-                network = (yaml.safe_load(path.read_text()) or {}).get("network") or {}
-            except (OSError, yaml.YAMLError, AttributeError) as e:
-                logger.warning("cannot read %s: %s", path, e)
-                continue
-            for kind in get_args(InterfaceKind):
-                section = network.get(kind) if isinstance(network, dict) else None
-                for name in section if isinstance(section, dict) else ():
-                    if isinstance(name, str):
-                        kinds[name] = kind
-        return kinds
+        return {name: kind for kind, name, _ in self._definitions()}
+
+    def interface_gateways(self) -> dict[str, tuple[IPAddress, ...]]:
+        """The gateways the host's netplan files give each interface (routes' `via`).
+
+        `gateway4` and `gateway6` (deprecated spellings) count too. What is not an address
+        is skipped.
+        """
+        found: dict[str, dict[IPAddress, None]] = {}
+        for _, name, definition in self._definitions():
+            routes = definition.get("routes")
+            vias = [as_mapping(r).get("via") for r in routes] if isinstance(routes, list) else []
+            vias += [definition.get("gateway4"), definition.get("gateway6")]
+            for via in vias:
+                try:
+                    address = ipaddress.ip_address(str(via))
+                except ValueError:
+                    continue
+                found.setdefault(name, {})[address] = None
+        return {name: tuple(addresses) for name, addresses in found.items()}
 
     def _stage(self, tmp: Path, netplan: str) -> None:
         """The host's netplan files (lib, etc, run) under tmp, with ours replaced by `netplan`."""

@@ -88,3 +88,18 @@ def test_interface_kinds_come_from_the_hosts_netplan_files(root: Path):
     assert kinds["bond0"] == "bonds"
     assert kinds["bond0.20"] == "vlans"
     assert kinds["enp1s0"] == "ethernets"
+
+
+def test_interface_gateways_come_from_the_hosts_netplan_routes(root: Path):
+    (root / "etc/netplan/50-cloud-init.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n"
+        "    enp1s0:\n      addresses: [10.10.0.5/24]\n"
+        "      routes: [{to: default, via: 10.10.0.1}, {to: 10.11.0.0/24, via: 10.10.0.254}]\n"
+        "    enp4s0: {addresses: [10.50.0.5/24], gateway4: 10.50.0.1, gateway6: 'fd00:50::1'}\n"
+        "  vlans:\n    bond0.20: {id: 20, link: bond0, routes: [{to: default, via: nowhere}]}\n"
+    )
+    gateways = Host(root, RouteRunner("[]", "[]")).interface_gateways()
+    assert {name: [str(g) for g in found] for name, found in gateways.items()} == {
+        "enp1s0": ["10.10.0.1", "10.10.0.254"],
+        "enp4s0": ["10.50.0.1", "fd00:50::1"],
+    }
