@@ -42,9 +42,9 @@ from network_isolation.topology import Topology
 
 GOLDEN = golden_files()
 # What MAAS's netplan file defines on the hand-made machines below.
-ETHERNETS: dict[str, InterfaceKind] = {f"enp{k}s0": "ethernets" for k in range(17)} | {
-    "eth0": "ethernets"
-}
+ETHERNETS: dict[str, InterfaceKind] = dict.fromkeys(
+    [*(f"enp{k}s0" for k in range(17)), "eth0"], "ethernets"
+)
 NETPLAN_CASES = netplan_cases()
 
 

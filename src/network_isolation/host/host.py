@@ -45,8 +45,8 @@ class Host:
     - `live.nft`: `nft -s list table` right after the last confirmed apply, for drift checks;
     - `rejected.json`: the fingerprint of artefacts that failed, and why;
     - during an apply only: `pending.nft`, `rollback/` (the previous state), `rollback.sh` (the
-      dead-man's restore script) and `armed` (whoever removes it first, the charm confirming or
-      the dead-man restoring, wins).
+      dead-man's restore script, which the boot unit also runs after a reboot) and a marker,
+      `armed`, then `restoring` or `fired` while a restore holds it (see `Guard`).
     """
 
     def __init__(
