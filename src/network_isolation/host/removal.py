@@ -31,6 +31,7 @@ def _remove_state(state: Path, table: Table, guard: Guard) -> None:
         table.pending_file,
         guard.armed_file,
         guard.fired_file,
+        guard.restoring_file,
     ):
         path.unlink(missing_ok=True)
     # The registry's directory goes too once it is empty (the last unit has left).

@@ -97,3 +97,11 @@ def test_removal_reports_netplan_and_systemctl_failures(host: Host, machine: Fak
         host.remove()
     assert "netplan apply: Error: networkd is down" in str(raised.value)
     assert "systemctl disable: Failed to disable unit" in str(raised.value)
+
+
+@pytest.mark.parametrize("marker", ["armed", "fired", "restoring"])
+def test_removal_leaves_no_marker_of_an_apply_in_flight(host: Host, root: Path, marker: str):
+    host.apply(A)
+    (root / "var/lib/network-isolation" / marker).write_text("x\n")
+    host.remove()
+    assert not (root / "var/lib/network-isolation").exists()
