@@ -135,6 +135,14 @@ def table() -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+def load_foreign(scratch: Path) -> None:
+    """Load the foreign tables, as their own tools do (at start, after a reboot)."""
+    path = scratch / "foreign.nft"
+    path.write_text(FOREIGN)
+    nft_in("-f", str(path))
+    path.unlink()
+
+
 def foreign() -> str:
     return (
         nft_in("list", "table", "inet", "lxd").stdout
@@ -183,10 +191,7 @@ def namespaces(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             text=True,
         )  # fmt: skip
         assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
-        foreign_file = tmp_path_factory.mktemp("foreign") / "foreign.nft"
-        foreign_file.write_text(FOREIGN)
-        nft_in("-f", str(foreign_file))
-        foreign_file.unlink()
+        load_foreign(tmp_path_factory.mktemp("foreign"))
         yield
     finally:
         if listener is not None:
@@ -429,10 +434,7 @@ def test_hand_written_lifecycle_and_reboot(bed: Bed):
     assert table() == applied
     assert bed.host.drift() is None
     # (the foreign tables belong to their own tools, which reload them after a reboot)
-    foreign_file = bed.root / "foreign.nft"
-    foreign_file.write_text(FOREIGN)
-    nft_in("-f", str(foreign_file))
-    foreign_file.unlink()
+    load_foreign(bed.root)
     assert foreign() == before
 
 
@@ -665,10 +667,7 @@ def test_a_reboot_inside_the_dead_man_window_boots_into_the_previous_state(bed: 
     assert not bed.host.guard.is_armed()
     with pytest.raises(RejectedError, match="not confirmed within"):
         bed.host.apply(Art(blocking(CONTROLLER_PORT), NETPLAN_B), TARGETS)
-    foreign_file = bed.root / "foreign.nft"
-    foreign_file.write_text(FOREIGN)
-    nft_in("-f", str(foreign_file))
-    foreign_file.unlink()
+    load_foreign(bed.root)
     assert foreign() == foreign_before
 
 

@@ -88,6 +88,8 @@ class FakeMachine:
             if tuple(argv[: len(prefix)]) == prefix:
                 del self.failures[i]
                 return Result(result.returncode, "", result.stderr.replace("{arg}", argv[-1]))
+        if argv[:2] == [SYSTEMCTL, "is-active"]:
+            return Result(3)  # no dead-man service runs unless a test says so
         return None
 
     def run(self, argv: Sequence[str]) -> Result:
@@ -110,20 +112,15 @@ class FakeMachine:
         elif argv[:2] == [NETPLAN, "generate"]:
             staged = Path(argv[3])
             self.staged = sorted(str(p.relative_to(staged)) for p in staged.rglob("*.yaml"))
-        elif argv[0] == SYSTEMCTL:
-            return self._systemctl(argv)
-        return Result(0)
-
-    def _systemctl(self, argv: list[str]) -> Result:
-        wants = self.root / "etc/systemd/system/sysinit.target.wants"
-        if argv[1] == "enable":
-            wants.mkdir(parents=True, exist_ok=True)
-            (wants / argv[2]).unlink(missing_ok=True)
-            (wants / argv[2]).symlink_to(f"/etc/systemd/system/{argv[2]}")
-        elif argv[1] == "disable":
-            (wants / argv[2]).unlink(missing_ok=True)
-        elif argv[1] == "is-active":
-            return Result(3)  # no dead-man service is running
+        elif argv[:2] == [SYSTEMCTL, "enable"]:
+            link = self.root / "etc/systemd/system/sysinit.target.wants" / argv[2]
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"/etc/systemd/system/{argv[2]}")
+        elif argv[:2] == [SYSTEMCTL, "disable"]:
+            (self.root / "etc/systemd/system/sysinit.target.wants" / argv[2]).unlink(
+                missing_ok=True
+            )
         return Result(0)
 
     def commands(self) -> list[str]:
