@@ -18,7 +18,9 @@ machine's roles, else *denied*. A NIC is *denied* when every domain it carries i
 Input, first match wins:
   1. ct state established,related: accept (replies);
   2. essential ICMP/ICMPv6 (neighbour discovery among them): accept;
-  3. tcp/22 from the management domain's subnets or client-cidrs: accept (failsafe);
+  3. tcp/22 from the management domain's subnets or client-cidrs: accept (failsafe); on a
+     Juju controller, tcp 22, 17022 (SSH server) and 17070 (API) arriving on a NIC of the
+     management domain, from any source: accept (its agents live in every rack);
   4. from a denied domain's subnets, on any interface: drop;
   5. on a denied NIC: drop;
   6. on an allowed domain's NIC: from its own subnets accept; from another cloud domain's
@@ -133,6 +135,9 @@ PORT_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
 }
 FAILSAFE_PORT = 22
 VXLAN_PORT = 8472  # the pod network's tunnel (Cilium, flannel)
+# What every Juju agent connects to on its controller (Juju's controller configuration:
+# api-port 17070, the controller's SSH server 17022), and the failsafe.
+CONTROLLER_AGENT_PORTS = (FAILSAFE_PORT, 17022, 17070)
 Mode = str  # "enforce" | "audit" | "off"
 
 
@@ -390,6 +395,14 @@ class Oracle:
         if nic is None and flow.proto == "tcp" and flow.port == FAILSAFE_PORT:
             if management.has(src) or p.in_clients(src):
                 return "accept", "failsafe tcp/22"
+        host = self.cloud.machines[machine]
+        if (
+            flow.proto == "tcp"
+            and flow.port in CONTROLLER_AGENT_PORTS
+            and "juju-controller" in p.roles[machine]
+            and management in self._nic_domains(host, host.iface_of(flow.dst_addr).name)
+        ):
+            return "accept", f"Juju agents to their controller, tcp/{flow.port}"
         if src_domain is not None and not p.is_allowed(machine, src_domain):
             return "drop", f"from denied {src_domain.name}"
         nic = nic or self.cloud.machines[machine].iface_of(flow.dst_addr).name
