@@ -6,8 +6,8 @@ tox with the given arguments:
 
 - tox and tox-uv, in a virtual environment of their own (`.venv-tox/`);
 - as root, the Debian/Ubuntu packages the functional tests drive for real (nftables,
-  netplan.io, iproute2, iperf3, socat), and python3-venv where python3 cannot make a venv
-  with pip.
+  netplan.io, iproute2, iperf3, socat, prometheus for promtool, chromium), and python3-venv
+  where python3 cannot make a venv with pip.
 
 `python3 tools/tox.py -e plan` shows the plan of the example cloud; `python3 tools/tox.py`
 runs every test.
@@ -32,6 +32,8 @@ SYSTEM_TOOLS = {
     "ip": "iproute2",
     "iperf3": "iperf3",
     "socat": "socat",
+    "promtool": "prometheus",  # checks and unit-tests the alert rules
+    "chromium": "chromium",  # loads the HTML plan headless
 }
 
 

@@ -1,0 +1,325 @@
+"""The exporter service against a real table in a namespace, scraped over the management network.
+
+compute-1 of examples/microstack-maas.yaml lives in the namespace `ni-exp-m-*`: its NIC
+`enp1s0` at 10.10.0.21/24 (management) and the ruleset the planner renders for it, loaded with
+the real nft. `ni-exp-p-*`, joined by a veth, holds a management neighbour (10.10.0.1) and
+storage-1's storage-cluster address (10.60.0.31), a network compute-1 may not hear.
+
+The exporter runs as the service runs it (`python -m network_isolation.exporter`) inside the
+machine's namespace, so it reads the table through the real `Host.counters()` there. A probe
+from storage-cluster is dropped; a scrape (an HTTP client, then a real Prometheus when it is
+installed) shows the drop counter grow to exactly what `Host.counters()` (`show-counters`)
+reports. This machine's own ruleset is never touched: checked at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from network_isolation.host import Host, Result, fingerprint
+from network_isolation.observed import HISTORY_FILE, PLAN_SUMMARY_FILE, ApplyHistory, PlanSummary
+from network_isolation.planner import plan_machine
+from network_isolation.render import render
+from network_isolation.topology import load_topology
+
+from .conftest import MAAS, ROOT, need
+from .netns import in_netns, sh
+
+IP = next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip") if Path(p).exists()), "ip")
+NFT = "/usr/sbin/nft"
+SUFFIX = f"{os.getpid()}-{secrets.token_hex(2)}"
+MACHINE_NS, PEER_NS = f"ni-exp-m-{SUFFIX}", f"ni-exp-p-{SUFFIX}"
+MACHINE = "compute-1"
+MACHINE_ADDRESS, NEIGHBOUR = "10.10.0.21", "10.10.0.1"
+DENIED_SOURCE = "10.60.0.31"  # storage-1 on storage-cluster
+SERVICE_PORT, METRICS_PORT, PROMETHEUS_PORT = 8080, 9479, 9090
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class NetnsRunner:
+    """`Host`'s runner with every command in the machine's namespace (what the service sees)."""
+
+    def run(self, argv: list[str] | tuple[str, ...]) -> Result:
+        done = subprocess.run(
+            [IP, "netns", "exec", MACHINE_NS, *argv], capture_output=True, text=True, check=False
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+
+@dataclass
+class Bed:
+    state: Path
+    host: Host  # show-counters' code, in the machine's namespace
+    exporter: subprocess.Popen[str]
+
+
+def build_namespaces() -> None:
+    for namespace in (MACHINE_NS, PEER_NS):
+        sh(IP, "netns", "add", namespace)
+        sh(IP, "-n", namespace, "link", "set", "lo", "up")
+    machine_end, peer_end = f"nix{SUFFIX[-4:]}m", f"nix{SUFFIX[-4:]}p"
+    sh(IP, "link", "add", machine_end, "netns", MACHINE_NS, "type", "veth",
+       "peer", "name", peer_end, "netns", PEER_NS)  # fmt: skip
+    sh(IP, "-n", MACHINE_NS, "link", "set", machine_end, "name", "enp1s0")
+    sh(IP, "-n", MACHINE_NS, "addr", "add", f"{MACHINE_ADDRESS}/24", "dev", "enp1s0")
+    sh(IP, "-n", MACHINE_NS, "link", "set", "enp1s0", "up")
+    sh(IP, "-n", MACHINE_NS, "route", "add", "default", "via", NEIGHBOUR)
+    sh(IP, "-n", PEER_NS, "addr", "add", f"{NEIGHBOUR}/24", "dev", peer_end)
+    sh(IP, "-n", PEER_NS, "addr", "add", f"{DENIED_SOURCE}/32", "dev", peer_end)
+    sh(IP, "-n", PEER_NS, "link", "set", peer_end, "up")
+
+
+def load_planned_ruleset(state: Path) -> None:
+    """compute-1's plan rendered and loaded; the state files the charm and Host keep.
+
+    Without policy routing: the exporter's Host reads our netplan file from this machine's
+    /etc/netplan, where there is none.
+    """
+    planned = load_topology(MAAS).plan_input(MACHINE)
+    config = planned.config.model_copy(update={"manage_routing": False})
+    plan = plan_machine(planned.model_copy(update={"config": config}))
+    artefacts = render(plan)
+    assert artefacts.netplan is None
+    assert not Path("/etc/netplan/90-network-isolation.yaml").exists()
+    state.mkdir(parents=True)
+    ruleset = state / "ruleset.nft"
+    ruleset.write_text(artefacts.nftables)
+    sh(IP, "netns", "exec", MACHINE_NS, NFT, "-f", str(ruleset))
+    (state / PLAN_SUMMARY_FILE).write_text(
+        PlanSummary.of(plan, fingerprint(artefacts)).model_dump_json()
+    )
+    (state / HISTORY_FILE).write_text(ApplyHistory().applied(1_700_000_000.0).model_dump_json())
+
+
+def wait_listening(address: str, port: int, exporter: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if exporter.poll() is not None:
+            pytest.fail(f"the exporter exited {exporter.returncode}: {exporter.stderr}")
+        if connects(NEIGHBOUR, address, port, 0.3):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the exporter does not listen on {address}:{port}")
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    """One machine for the module's tests, in file order (the last one deletes the table)."""
+    if os.geteuid() != 0:
+        need("the exporter test needs root to create network namespaces (ip netns)")
+    for tool in (NFT, IP):
+        if not Path(tool).exists():
+            need(f"missing {tool}: apt-get install nftables iproute2")
+    own = sh(NFT, "-s", "list", "ruleset", check=False).stdout
+    state = tmp_path_factory.mktemp("exporter") / "state"
+    exporter: subprocess.Popen[str] | None = None
+    listener: socket.socket | None = None
+    try:
+        build_namespaces()
+        load_planned_ruleset(state)
+        listener = in_netns(MACHINE_NS, lambda: listen(MACHINE_ADDRESS, SERVICE_PORT))
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        exporter = subprocess.Popen(
+            [IP, "netns", "exec", MACHINE_NS, sys.executable, "-m", "network_isolation.exporter",
+             "--address", MACHINE_ADDRESS, "--port", str(METRICS_PORT),
+             "--state-dir", str(state)],  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_listening(MACHINE_ADDRESS, METRICS_PORT, exporter)
+        yield Bed(state, Host(runner=NetnsRunner(), state=state), exporter)
+    finally:
+        if exporter is not None:
+            exporter.terminate()
+            exporter.communicate(timeout=10)
+        if listener is not None:
+            listener.close()
+        for namespace in (MACHINE_NS, PEER_NS):
+            sh(IP, "netns", "del", namespace, check=False)
+    assert sh(NFT, "-s", "list", "ruleset", check=False).stdout == own
+
+
+def listen(address: str, port: int) -> socket.socket:
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((address, port))
+    server.listen(64)
+    return server
+
+
+def connects(source: str, address: str, port: int, timeout: float = 0.5) -> bool:
+    """A TCP connect from `source` in the peer namespace."""
+
+    def attempt() -> bool:
+        with socket.socket() as client:
+            client.settimeout(timeout)
+            client.bind((source, 0))
+            try:
+                client.connect((address, port))
+            except OSError:
+                return False
+            return True
+
+    return in_netns(PEER_NS, attempt)
+
+
+def scrape(source: str = NEIGHBOUR) -> Samples:
+    """GET /metrics from the peer namespace, as a scraper on management does."""
+
+    def get() -> str:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = f"http://{MACHINE_ADDRESS}:{METRICS_PORT}/metrics"
+        with opener.open(url, timeout=5) as response:
+            return response.read().decode()
+
+    text = in_netns(PEER_NS, get)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def drops(samples: Samples, network: str, what: str = "packets") -> float:
+    key = (
+        f"network_isolation_dropped_{what}_total",
+        (("direction", "in"), ("network", network)),
+    )
+    return samples[key]
+
+
+def test_scrape_shows_real_drops_as_show_counters_does(bed: Bed) -> None:
+    before = scrape()
+    assert before[("network_isolation_table_present", ())] == 1
+    assert before[("network_isolation_ruleset_planned", ())] == 1
+    assert before[("network_isolation_enforcement_mode", (("mode", "enforce"),))] == 1
+    assert before[("network_isolation_network_allowed", (("network", "storage-cluster"),))] == 0
+    assert before[("network_isolation_last_apply_timestamp_seconds", ())] == 1_700_000_000.0
+    assert drops(before, "storage-cluster") == 0
+
+    assert not connects(DENIED_SOURCE, MACHINE_ADDRESS, SERVICE_PORT)  # dropped
+    assert connects(NEIGHBOUR, MACHINE_ADDRESS, SERVICE_PORT)  # management: accepted
+
+    after = scrape()
+    counters = bed.host.counters()  # what show-counters answers
+    assert drops(after, "storage-cluster") >= 1
+    assert drops(after, "storage-cluster") == counters["drop_in_storage_cluster"]["packets"]
+    assert drops(after, "storage-cluster", "bytes") == counters["drop_in_storage_cluster"]["bytes"]
+    for name, counter in counters.items():
+        network = name.removeprefix("drop_in_").removeprefix("drop_out_").replace("_", "-")
+        direction = "in" if name.startswith("drop_in_") else "out"
+        network = "ct-invalid" if network == "invalid" else network
+        key = (
+            "network_isolation_dropped_packets_total",
+            (("direction", direction), ("network", network)),
+        )
+        assert after[key] == counter["packets"], name
+
+
+def test_only_the_management_network_reaches_the_exporter(bed: Bed) -> None:
+    assert connects(NEIGHBOUR, MACHINE_ADDRESS, METRICS_PORT)
+    assert not connects(DENIED_SOURCE, MACHINE_ADDRESS, METRICS_PORT)
+    # it listens on the management address only, not on every address of the machine
+    assert in_netns(MACHINE_NS, lambda: _connects_locally("127.0.0.1", METRICS_PORT)) is False
+
+
+def _connects_locally(address: str, port: int) -> bool:
+    with socket.socket() as client:
+        client.settimeout(0.5)
+        try:
+            client.connect((address, port))
+        except OSError:
+            return False
+        return True
+
+
+def test_a_real_prometheus_scrapes_the_counters(bed: Bed, tmp_path: Path) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        need("prometheus is missing: install the Debian package prometheus")
+        return
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(ROOT / "src/prometheus_alert_rules/network_isolation.rules")],
+                "scrape_configs": [
+                    {
+                        "job_name": "network_isolation_exporter",
+                        "static_configs": [{"targets": [f"{MACHINE_ADDRESS}:{METRICS_PORT}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    assert not connects(DENIED_SOURCE, MACHINE_ADDRESS, SERVICE_PORT)
+    expected = bed.host.counters()["drop_in_storage_cluster"]["packets"]
+    server = subprocess.Popen(
+        [IP, "netns", "exec", PEER_NS, prometheus, f"--config.file={config}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address={NEIGHBOUR}:{PROMETHEUS_PORT}"],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        query = 'network_isolation_dropped_packets_total{network="storage-cluster"}'
+        found = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and found is None:
+            time.sleep(0.5)
+            found = prometheus_value(query)
+        assert found == expected
+        assert prometheus_value('up{job="network_isolation_exporter"}') == 1
+        rules = prometheus_api("rules")["data"]["groups"][0]["rules"]
+        assert {r["name"] for r in rules} >= {"NetworkIsolationExporterDown"}
+        assert all(r["health"] == "ok" for r in rules), rules
+    finally:
+        server.terminate()
+        server.communicate(timeout=20)
+
+
+def prometheus_api(path: str, **params: str) -> dict[str, object]:
+    def get() -> dict[str, object]:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        url = f"http://{NEIGHBOUR}:{PROMETHEUS_PORT}/api/v1/{path}{query}"
+        with opener.open(url, timeout=5) as response:
+            return json.loads(response.read())
+
+    return in_netns(PEER_NS, get)
+
+
+def prometheus_value(query: str) -> float | None:
+    try:
+        answer = prometheus_api("query", query=query)
+    except OSError:
+        return None  # not up yet
+    results = answer["data"]["result"]  # type: ignore[index]
+    return float(results[0]["value"][1]) if results else None  # type: ignore[index]
+
+
+def test_a_missing_table_shows(bed: Bed) -> None:
+    sh(IP, "netns", "exec", MACHINE_NS, NFT, "delete", "table", "inet", "network_isolation")
+    samples = scrape()
+    assert samples[("network_isolation_table_present", ())] == 0
+    assert samples[("network_isolation_ruleset_planned", ())] == 1  # the files say so
+    assert not any(name == "network_isolation_dropped_packets_total" for name, _ in samples)
