@@ -50,8 +50,10 @@ class CosAgentUnitData(BaseModel):
 
 def scrape_target(address: str, port: int) -> str:
     """`host:port` for a scrape config (IPv6 in brackets)."""
-    return f"[{address}]:{port}" if ipaddress.ip_address(address).version == 6 else (
-        f"{address}:{port}"
+    return (
+        f"[{address}]:{port}"
+        if ipaddress.ip_address(address).version == 6
+        else (f"{address}:{port}")
     )
 
 

@@ -117,8 +117,7 @@ def read(host: HostView) -> Reading:
         applied_fingerprint=applied_fingerprint,
         held_back=host.rejected() is not None,
         summary=load_record(PlanSummary, _read_text(host.state / PLAN_SUMMARY_FILE)),
-        history=load_record(ApplyHistory, _read_text(host.state / HISTORY_FILE))
-        or ApplyHistory(),
+        history=load_record(ApplyHistory, _read_text(host.state / HISTORY_FILE)) or ApplyHistory(),
         errors=tuple(errors),
     )
 
@@ -186,10 +185,16 @@ def _plan_families(summary: PlanSummary, reading: Reading) -> list[Metric]:
             [level.value for level in IsolationLevel],
             summary.isolation,
         ),
-        _gauge("isolation_domains", "Traffic domains (networks sharing a space count once).",
-               summary.domains),
-        _gauge("strict_ports", "1 when strict-ports accepts only catalogued ports.",
-               1.0 if summary.strict_ports else 0.0),
+        _gauge(
+            "isolation_domains",
+            "Traffic domains (networks sharing a space count once).",
+            summary.domains,
+        ),
+        _gauge(
+            "strict_ports",
+            "1 when strict-ports accepts only catalogued ports.",
+            1.0 if summary.strict_ports else 0.0,
+        ),
         allowed,
         _gauge(
             "ruleset_planned",

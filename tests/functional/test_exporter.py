@@ -24,9 +24,10 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,7 +55,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 class NetnsRunner:
     """`Host`'s runner with every command in the machine's namespace (what the service sees)."""
 
-    def run(self, argv: list[str] | tuple[str, ...]) -> Result:
+    def run(self, argv: Sequence[str]) -> Result:
         done = subprocess.run(
             [IP, "netns", "exec", MACHINE_NS, *argv], capture_output=True, text=True, check=False
         )
@@ -135,9 +136,21 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         listener = in_netns(MACHINE_NS, lambda: listen(MACHINE_ADDRESS, SERVICE_PORT))
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         exporter = subprocess.Popen(
-            [IP, "netns", "exec", MACHINE_NS, sys.executable, "-m", "network_isolation.exporter",
-             "--address", MACHINE_ADDRESS, "--port", str(METRICS_PORT),
-             "--state-dir", str(state)],  # fmt: skip
+            [
+                IP,
+                "netns",
+                "exec",
+                MACHINE_NS,
+                sys.executable,
+                "-m",
+                "network_isolation.exporter",
+                "--address",
+                MACHINE_ADDRESS,
+                "--port",
+                str(METRICS_PORT),
+                "--state-dir",
+                str(state),
+            ],  # fmt: skip
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -273,9 +286,16 @@ def test_a_real_prometheus_scrapes_the_counters(bed: Bed, tmp_path: Path) -> Non
     assert not connects(DENIED_SOURCE, MACHINE_ADDRESS, SERVICE_PORT)
     expected = bed.host.counters()["drop_in_storage_cluster"]["packets"]
     server = subprocess.Popen(
-        [IP, "netns", "exec", PEER_NS, prometheus, f"--config.file={config}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address={NEIGHBOUR}:{PROMETHEUS_PORT}"],  # fmt: skip
+        [
+            IP,
+            "netns",
+            "exec",
+            PEER_NS,
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address={NEIGHBOUR}:{PROMETHEUS_PORT}",
+        ],  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -297,8 +317,8 @@ def test_a_real_prometheus_scrapes_the_counters(bed: Bed, tmp_path: Path) -> Non
         server.communicate(timeout=20)
 
 
-def prometheus_api(path: str, **params: str) -> dict[str, object]:
-    def get() -> dict[str, object]:
+def prometheus_api(path: str, **params: str) -> dict[str, Any]:
+    def get() -> dict[str, Any]:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         url = f"http://{NEIGHBOUR}:{PROMETHEUS_PORT}/api/v1/{path}{query}"
@@ -313,8 +333,8 @@ def prometheus_value(query: str) -> float | None:
         answer = prometheus_api("query", query=query)
     except OSError:
         return None  # not up yet
-    results = answer["data"]["result"]  # type: ignore[index]
-    return float(results[0]["value"][1]) if results else None  # type: ignore[index]
+    results = answer["data"]["result"]
+    return float(results[0]["value"][1]) if results else None
 
 
 def test_a_missing_table_shows(bed: Bed) -> None:

@@ -59,8 +59,12 @@ def exported_names() -> set[str]:
         drift="changed",
         applied_fingerprint="x",
         summary=PlanSummary(
-            enforcement="enforce", isolation="maximum", domains=6, strict_ports=False,
-            networks={"storage": True}, wanted="x",
+            enforcement="enforce",
+            isolation="maximum",
+            domains=6,
+            strict_ports=False,
+            networks={"storage": True},
+            wanted="x",
         ),  # fmt: skip
         history=ApplyHistory(last_apply=1.0),
     )

@@ -80,8 +80,9 @@ def test_plan_page_loads_clean_and_shows_the_grid(
         for network, view in item["networks"].items():
             expected = "allowed" if view["access"] else "denied"
             assert cells[machine][network].startswith(expected), (machine, network)
-    assert browser.evaluate("document.getElementById('isolation-level').textContent") == (
-        plan["isolation"]["level"]
+    assert (
+        browser.evaluate("document.getElementById('isolation-level').textContent")
+        == (plan["isolation"]["level"])
     )
     # the grid is on screen: its cells' colours fill a good part of the screenshot
     top = browser.evaluate("document.getElementById('grid').getBoundingClientRect().top")

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import Layout, NetworksFactory
 from cosl import LZMABase64
 from ops import testing
 
 from charm import NetworkIsolationCharm
-from conftest import Layout, NetworksFactory
 from cos_agent import DATABAG_KEY, JOB_NAME, CosAgentUnitData
 from network_isolation.host import MachineRegistry
 
@@ -62,7 +62,9 @@ def test_relating_a_cos_agent_publishes_job_rules_and_dashboard(
             "static_configs": [{"targets": ["10.10.0.5:9479"]}],  # management address
         }
     ]
-    shipped = yaml.safe_load((ROOT / "src/prometheus_alert_rules/network_isolation.rules").read_text())
+    shipped = yaml.safe_load(
+        (ROOT / "src/prometheus_alert_rules/network_isolation.rules").read_text()
+    )
     alerts = {r["alert"] for g in data["metrics_alert_rules"]["groups"] for r in g["rules"]}
     assert alerts == {r["alert"] for g in shipped["groups"] for r in g["rules"]}
     for group in data["metrics_alert_rules"]["groups"]:

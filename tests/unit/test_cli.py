@@ -364,8 +364,9 @@ def test_html_marks_a_blocked_machine_and_renders_nothing_for_it(tmp_path: Path)
     path.write_text(yaml.safe_dump(data))
     result = run_plan(path, "--format", "html")
     assert result.returncode == 1
-    row = re.search(r'<tr class="machine-row blocked" id="machine-compute-1">(.*?)</tr>',
-                    result.stdout, re.S)
+    row = re.search(
+        r'<tr class="machine-row blocked" id="machine-compute-1">(.*?)</tr>', result.stdout, re.S
+    )
     assert row is not None
     assert '<td class="blocked" data-network="data"' in row.group(1)
     assert "nothing rendered: the plan is blocked" in result.stdout

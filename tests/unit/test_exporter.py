@@ -113,15 +113,23 @@ def test_drop_counters_become_counters_per_network_and_direction(tmp_path: Path)
         },
     )
     samples = scrape(host)
-    packets = {k[1]: v for k, v in samples.items() if k[0] == "network_isolation_dropped_packets_total"}
+    packets = {
+        k[1]: v for k, v in samples.items() if k[0] == "network_isolation_dropped_packets_total"
+    }
     assert packets == {
         (("direction", "in"), ("network", "storage-cluster")): 7,
         (("direction", "out"), ("network", "storage-cluster")): 2,
         (("direction", "in"), ("network", "ct-invalid")): 1,
     }
-    assert samples[
-        ("network_isolation_dropped_bytes_total", (("direction", "in"), ("network", "storage-cluster")))
-    ] == 420
+    assert (
+        samples[
+            (
+                "network_isolation_dropped_bytes_total",
+                (("direction", "in"), ("network", "storage-cluster")),
+            )
+        ]
+        == 420
+    )
     assert samples[("network_isolation_table_present", ())] == 1
 
 
@@ -140,9 +148,13 @@ def test_plan_summary_gives_mode_isolation_access_and_planned(tmp_path: Path) ->
     host = FakeHost(tmp_path)
     write(host, summary(enforcement="audit"))
     samples = scrape(host)
-    modes = {k[1][0][1]: v for k, v in samples.items() if k[0] == "network_isolation_enforcement_mode"}
+    modes = {
+        k[1][0][1]: v for k, v in samples.items() if k[0] == "network_isolation_enforcement_mode"
+    }
     assert modes == {"enforce": 0, "audit": 1, "off": 0}
-    levels = {k[1][0][1]: v for k, v in samples.items() if k[0] == "network_isolation_isolation_level"}
+    levels = {
+        k[1][0][1]: v for k, v in samples.items() if k[0] == "network_isolation_isolation_level"
+    }
     assert levels == {"none": 0, "partial": 0, "maximum": 1}
     assert samples[("network_isolation_network_allowed", (("network", "storage"),))] == 1
     assert samples[("network_isolation_network_allowed", (("network", "storage-cluster"),))] == 0
