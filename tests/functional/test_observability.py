@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from network_isolation.exporter import Reading, families
+from network_isolation.exporter_unit import EXPORTER_UNIT_NAME, ExporterSpec, exporter_unit_text
 from network_isolation.observed import ApplyHistory, PlanSummary
 
 from .conftest import ROOT, need
@@ -172,3 +174,32 @@ def test_alert_rules_name_only_exported_metrics() -> None:
             for rule in group["rules"]:
                 named = metric_names(rule["expr"])
                 assert named and named <= served, (rule["alert"], named - served)
+
+
+def systemd_analyze() -> str:
+    found = shutil.which("systemd-analyze")
+    if found is None:
+        need("systemd-analyze is missing: install the Debian package systemd")
+        raise AssertionError  # unreachable: need() skips or fails
+    return found
+
+
+def verify_unit(directory: Path, text: str) -> subprocess.CompletedProcess[str]:
+    unit = directory / EXPORTER_UNIT_NAME
+    unit.write_text(text)
+    return run(systemd_analyze(), "verify", unit)
+
+
+def test_the_exporter_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    spec = ExporterSpec(
+        address="10.10.0.5",
+        port=9479,
+        python=sys.executable,
+        pythonpath=(str(ROOT / "src"), "/var/lib/juju/agents/unit-network isolation-0/charm/lib"),
+        state_dir=Path("/var/lib/network-isolation"),
+    )
+    done = verify_unit(tmp_path, exporter_unit_text(spec))
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    # the check can fail: a bad value is reported
+    bad = exporter_unit_text(spec).replace("Restart=always", "Restart=sometimes")
+    assert "restart" in verify_unit(tmp_path, bad).stderr.lower()
