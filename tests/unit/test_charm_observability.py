@@ -1,11 +1,13 @@
-"""The cos-agent relation under ops.testing: the scrape job, alert rules and dashboards."""
+"""Observability under ops.testing: the cos-agent relation and show-plan as a page."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import markupsafe
 import pytest
 import yaml
 from conftest import Layout, NetworksFactory
@@ -111,3 +113,27 @@ def test_ipv6_management_address_is_bracketed() -> None:
 
     assert scrape_target("fd00:10::5", 9479) == "[fd00:10::5]:9479"
     assert scrape_target("10.10.0.5", 9479) == "10.10.0.5:9479"
+
+
+def test_show_plan_html_is_this_machines_page(
+    make_networks: NetworksFactory, distinct_layout: Layout
+) -> None:
+    ctx = testing.Context(NetworkIsolationCharm, unit_id=0, machine_id=MACHINE)
+    principal = testing.SubordinateRelation("storage-node", remote_app_name="microceph")
+    state = testing.State(networks=make_networks(distinct_layout), relations=[principal])
+    ctx.run(ctx.on.action("show-plan", params={"format": "html"}), state)
+    results = ctx.action_results or {}
+    page = results["plan"]
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count('class="machine-row') == 1
+    cells = re.findall(r'<td class="([\w-]+)" data-network="([\w-]+)"', page)
+    states = {network: state for state, network in cells}
+    assert states == {
+        "management": "allowed",
+        "storage": "allowed",
+        "storage-cluster": "allowed",
+        "data": "denied-nic",  # the test machine has a NIC on every network
+        "internal": "denied-nic",
+        "public": "denied-nic",
+    }
+    assert str(markupsafe.escape(results["nftables"])) in page
