@@ -191,6 +191,11 @@ def _plan_families(summary: PlanSummary, reading: Reading) -> list[Metric]:
             summary.domains,
         ),
         _gauge(
+            "plan_blocked",
+            "1 when the machine's plan is blocked (its status names the problem).",
+            1.0 if summary.status == "blocked" else 0.0,
+        ),
+        _gauge(
             "strict_ports",
             "1 when strict-ports accepts only catalogued ports.",
             1.0 if summary.strict_ports else 0.0,
@@ -228,11 +233,6 @@ def families(reading: Reading) -> list[Metric]:
             "network_isolation_rollbacks",
             "Applies undone: a failed load, netplan apply or probe, or the dead-man timer.",
             value=reading.history.rollbacks,
-        ),
-        CounterMetricFamily(
-            "network_isolation_rejected_changes",
-            "Changes refused before being applied: invalid, or failed before.",
-            value=reading.history.rejected,
         ),
         _gauge(
             "scrape_errors",

@@ -25,6 +25,7 @@ class PlanSummary(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
+    status: str  # active, or blocked (the plan names a problem: nothing new is applied)
     enforcement: str
     isolation: str
     domains: int
@@ -38,6 +39,7 @@ class PlanSummary(BaseModel):
     def of(cls, plan: MachinePlan, wanted: str) -> PlanSummary:
         """The summary of a plan whose artefacts have fingerprint `wanted`."""
         return cls(
+            status=plan.status,
             enforcement=plan.config.enforcement,
             isolation=plan.isolation.level.value,
             domains=len(plan.isolation.domains),
@@ -48,13 +50,12 @@ class PlanSummary(BaseModel):
 
 
 class ApplyHistory(BaseModel):
-    """What applies have done on this machine since the charm came: a few running totals."""
+    """What applies have done on this machine since the charm came."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     last_apply: float | None = None  # Unix time of the last confirmed apply
     rollbacks: int = 0  # applies undone (a failed probe, load or netplan apply, the dead-man)
-    rejected: int = 0  # changes refused before they were applied (invalid, or failed before)
 
     def applied(self, when: float) -> ApplyHistory:
         """One more confirmed apply, at `when`."""
@@ -63,10 +64,6 @@ class ApplyHistory(BaseModel):
     def rolled_back(self) -> ApplyHistory:
         """One more apply undone."""
         return self.model_copy(update={"rollbacks": self.rollbacks + 1})
-
-    def refused(self) -> ApplyHistory:
-        """One more change refused without being applied."""
-        return self.model_copy(update={"rejected": self.rejected + 1})
 
 
 def load_record(model: type[Record], text: str | None) -> Record | None:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from network_isolation.exporter import Reading, families
-from network_isolation.exporter_unit import EXPORTER_UNIT_NAME, ExporterSpec, exporter_unit_text
+from network_isolation.host import EXPORTER_UNIT_NAME, ExporterSpec, exporter_unit_text
 from network_isolation.observed import ApplyHistory, PlanSummary
 
 from .conftest import ROOT, need
@@ -61,6 +61,7 @@ def exported_names() -> set[str]:
         drift="changed",
         applied_fingerprint="x",
         summary=PlanSummary(
+            status="active",
             enforcement="enforce",
             isolation="maximum",
             domains=6,

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from network_isolation.host import (
     Applied,
     ApplyResult,
+    ExporterSpec,
     HostError,
     ProbeTarget,
     RejectedError,
@@ -20,6 +21,7 @@ from network_isolation.host import (
     RolledBackError,
     fingerprint,
 )
+from network_isolation.observed import PlanSummary
 
 
 class FakeHost:
@@ -34,6 +36,8 @@ class FakeHost:
     gateways: ClassVar[list[str]] = []
     kinds: ClassVar[dict[str, str]] = {}
     removed: ClassVar[bool] = False
+    plan_summary: ClassVar[PlanSummary | None] = None
+    exporter: ClassVar[ExporterSpec | None] = None
 
     def __init__(self, *_: Any, state: Path | None = None, **__: Any):
         self.state = state
@@ -49,6 +53,8 @@ class FakeHost:
         cls.gateways = []
         cls.kinds = {}
         cls.removed = False
+        cls.plan_summary = None
+        cls.exporter = None
 
     @classmethod
     def names(cls) -> list[str]:
@@ -101,6 +107,14 @@ class FakeHost:
 
     def interface_kinds(self) -> dict[str, str]:
         return dict(self.kinds)
+
+    def record_plan(self, summary: PlanSummary) -> None:
+        type(self).plan_summary = summary
+
+    def ensure_exporter(self, spec: ExporterSpec | None) -> bool:
+        changed = spec != self.exporter
+        type(self).exporter = spec
+        return changed
 
     def remove(self) -> None:
         self.calls.append(("remove", None))

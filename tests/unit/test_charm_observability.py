@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import markupsafe
 import pytest
 import yaml
-from conftest import Layout, NetworksFactory
 from cosl import LZMABase64
+from fake_host import FakeHost
 from ops import testing
 
 from charm import NetworkIsolationCharm
 from cos_agent import DATABAG_KEY, JOB_NAME, CosAgentUnitData
-from network_isolation.host import MachineRegistry
+from network_isolation.host import MachineRegistry, fingerprint
+from network_isolation.render import Artefacts
 
 ROOT = Path(__file__).resolve().parents[2]
+Layout = Mapping[str, tuple[str, str] | None]
+NetworksFactory = Callable[[Layout], list[testing.Network]]
 MACHINE = "7"
 
 
@@ -79,6 +83,33 @@ def test_relating_a_cos_agent_publishes_job_rules_and_dashboard(
     assert len(dashboard["uid"]) == 40
     assert "charm: network-isolation" in dashboard["tags"]
     assert data["log_alert_rules"] == {} and data["log_slots"] == []
+
+
+def test_the_charm_runs_the_exporter_and_records_the_plan(
+    charm_root: Path,
+    make_networks: NetworksFactory,
+    distinct_layout: Layout,
+    fake_host: type[FakeHost],
+) -> None:
+    run(charm_root, make_networks(distinct_layout), {"enforcement": "audit"})
+    spec = fake_host.exporter
+    assert spec is not None
+    assert (spec.address, spec.port) == ("10.10.0.5", 9479)
+    summary = fake_host.plan_summary
+    assert summary is not None
+    assert (summary.status, summary.enforcement, summary.isolation) == (
+        "active",
+        "audit",
+        "maximum",
+    )
+    assert summary.networks["data"] is True and summary.networks["public"] is False
+    applied = fake_host.applied_state
+    assert applied.nftables is not None
+    assert summary.wanted == fingerprint(
+        Artefacts(nftables=applied.nftables, netplan=applied.netplan)
+    )
+    run(charm_root, make_networks(distinct_layout), {"metrics-port": 0})
+    assert fake_host.exporter is None
 
 
 def test_the_metrics_port_option_moves_the_job(

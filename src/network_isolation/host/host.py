@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..observed import ApplyHistory, PlanSummary
 from ..planner import InterfaceKind
 from . import removal
 from .boot import BootUnit
+from .exporter import Exporter, ExporterSpec
 from .guard import Guard, Progress
 from .netplan import NETPLAN_FILE_NAME, NetplanFile
 from .nftables import Table
@@ -19,6 +22,7 @@ from .outcomes import (
     ArtefactsLike,
     HostError,
     RejectedRecord,
+    RolledBackError,
     fingerprint,
 )
 from .probes import Probe, ProbeTarget, default_gateways, tcp_probe
@@ -42,6 +46,7 @@ class Host:
     - `ruleset.nft`: the confirmed ruleset, the one the boot unit loads (0600);
     - `live.nft`: `nft -s list table` right after the last confirmed apply, for drift checks;
     - `rejected.json`: the fingerprint of artefacts that failed, and why;
+    - `plan-summary.json` and `history.json`: what the metrics exporter reads (see `exporter`);
     - during an apply only: `pending.nft`, `rollback/` (the previous state), `rollback.sh` (the
       dead-man's restore script) and `armed` (whoever removes it first, the charm confirming or
       the dead-man restoring, wins).
@@ -59,6 +64,7 @@ class Host:
         rollback_after: int = 300,
         probe_budget: float = 20.0,
         baseline_budget: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ):
         self.root = root
         self.runner: Runner = runner or SubprocessRunner()
@@ -66,9 +72,11 @@ class Host:
         self.system = System(root, self.runner, self.tools)
         self.state = state or self.system.at(DEFAULT_STATE_DIR)
         self.installer = installer
+        self.clock = clock
         self.table = Table(self.system, self.state)
         self.netplan = NetplanFile(self.system)
         self.boot = BootUnit(self.system, self.state, self.table.ruleset_file)
+        self.exporter = Exporter(self.system, self.state)
         self.guard = Guard(
             self.system,
             self.state,
@@ -195,6 +203,8 @@ class Host:
     ) -> ApplyResult:
         # The steps of the README's "Safety" section.
         recovered = self.guard.recover_unconfirmed()  # a killed apply is undone first
+        if recovered:
+            self.exporter.note(ApplyHistory.rolled_back)
         if not force and not recovered and self.is_applied(artefacts):  # nothing changed
             self.boot.ensure()
             return ApplyResult(changed=False)
@@ -205,11 +215,16 @@ class Host:
         reachable, skipped = self.guard.baseline(targets)
         netplan_changes = not self.netplan.matches(artefacts.netplan)
         self.guard.arm(wanted, netplan_changes)  # arm the dead-man timer
-        with self.guard.rolling_back(wanted, netplan_changes) as progress:  # or roll back
-            self._change(artefacts, netplan_changes, progress)  # apply atomically
-            self.guard.still_reachable(reachable)  # confirm
-        self.guard.confirm()
+        try:
+            with self.guard.rolling_back(wanted, netplan_changes) as progress:  # or roll back
+                self._change(artefacts, netplan_changes, progress)  # apply atomically
+                self.guard.still_reachable(reachable)  # confirm
+            self.guard.confirm()
+        except RolledBackError:
+            self.exporter.note(ApplyHistory.rolled_back)
+            raise
         self._persist(forget_rejection=not repair)
+        self.exporter.note(lambda history: history.applied(self.clock()))
         what = "ruleset and netplan" if netplan_changes else "ruleset"
         return ApplyResult(True, netplan_changes, f"applied {what}", tuple(skipped))
 
@@ -229,6 +244,20 @@ class Host:
         self.guard.clean()
         self.boot.ensure()
 
+    # -- what the metrics exporter reads, and its service ---------------------------------
+
+    def history(self) -> ApplyHistory:
+        """What applies have done on this machine (zeros before the first)."""
+        return self.exporter.history()
+
+    def record_plan(self, summary: PlanSummary) -> None:
+        """What the exporter reports of the plan; written only when it changed."""
+        self.exporter.record_plan(summary)
+
+    def ensure_exporter(self, spec: ExporterSpec | None) -> bool:
+        """The exporter service as `spec` says (None: removed); True if something changed."""
+        return self.exporter.ensure(spec)
+
     # -- removal and prerequisites ---------------------------------------------------------
 
     def remove(self) -> None:
@@ -236,7 +265,7 @@ class Host:
 
         Every step is tried; HostError lists those that failed.
         """
-        removal.remove(self.state, self.table, self.netplan, self.boot, self.guard)
+        removal.remove(self.state, self.table, self.netplan, self.boot, self.guard, self.exporter)
 
     def install_prerequisites(self) -> bool:
         """Install nftables when `nft` is missing; True if something was installed."""

@@ -67,6 +67,7 @@ def scrape(host: FakeHost) -> Samples:
 
 def summary(**changes: object) -> PlanSummary:
     base = PlanSummary(
+        status="active",
         enforcement="enforce",
         isolation="maximum",
         domains=6,
@@ -161,6 +162,9 @@ def test_plan_summary_gives_mode_isolation_access_and_planned(tmp_path: Path) ->
     assert samples[("network_isolation_network_allowed", (("network", "data"),))] == 0
     assert samples[("network_isolation_ruleset_planned", ())] == 1
     assert samples[("network_isolation_isolation_domains", ())] == 6
+    assert samples[("network_isolation_plan_blocked", ())] == 0
+    write(host, summary(status="blocked"))
+    assert scrape(host)[("network_isolation_plan_blocked", ())] == 1
 
 
 def test_applied_differs_from_planned(tmp_path: Path) -> None:
@@ -183,7 +187,7 @@ def test_without_a_summary_there_are_no_plan_metrics(tmp_path: Path) -> None:
 
 
 def test_history_drift_and_held_back_changes(tmp_path: Path) -> None:
-    history = ApplyHistory().applied(1_700_000_000.5).rolled_back().rolled_back().refused()
+    history = ApplyHistory().applied(1_700_000_000.5).rolled_back().rolled_back()
     host = FakeHost(
         tmp_path,
         drift_seen="table inet network_isolation is missing",
@@ -193,7 +197,6 @@ def test_history_drift_and_held_back_changes(tmp_path: Path) -> None:
     samples = scrape(host)
     assert samples[("network_isolation_last_apply_timestamp_seconds", ())] == 1_700_000_000.5
     assert samples[("network_isolation_rollbacks_total", ())] == 2
-    assert samples[("network_isolation_rejected_changes_total", ())] == 1
     assert samples[("network_isolation_drift", ())] == 1
     assert samples[("network_isolation_change_held_back", ())] == 1
 
