@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -38,8 +37,8 @@ from network_isolation.planner import plan_machine
 from network_isolation.render import render
 from network_isolation.topology import load_topology
 
-from .conftest import MAAS, ROOT, need
-from .netns import in_netns, sh
+from .conftest import MAAS, ROOT, need, need_tool
+from .netns import add_namespaces, in_netns, listen, sh, tcp_connects, wire_machine
 
 IP = next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip") if Path(p).exists()), "ip")
 NFT = "/usr/sbin/nft"
@@ -70,19 +69,17 @@ class Bed:
 
 
 def build_namespaces() -> None:
-    for namespace in (MACHINE_NS, PEER_NS):
-        sh(IP, "netns", "add", namespace)
-        sh(IP, "-n", namespace, "link", "set", "lo", "up")
-    machine_end, peer_end = f"nix{SUFFIX[-4:]}m", f"nix{SUFFIX[-4:]}p"
-    sh(IP, "link", "add", machine_end, "netns", MACHINE_NS, "type", "veth",
-       "peer", "name", peer_end, "netns", PEER_NS)  # fmt: skip
-    sh(IP, "-n", MACHINE_NS, "link", "set", machine_end, "name", "enp1s0")
-    sh(IP, "-n", MACHINE_NS, "addr", "add", f"{MACHINE_ADDRESS}/24", "dev", "enp1s0")
-    sh(IP, "-n", MACHINE_NS, "link", "set", "enp1s0", "up")
-    sh(IP, "-n", MACHINE_NS, "route", "add", "default", "via", NEIGHBOUR)
-    sh(IP, "-n", PEER_NS, "addr", "add", f"{NEIGHBOUR}/24", "dev", peer_end)
-    sh(IP, "-n", PEER_NS, "addr", "add", f"{DENIED_SOURCE}/32", "dev", peer_end)
-    sh(IP, "-n", PEER_NS, "link", "set", peer_end, "up")
+    add_namespaces(IP, MACHINE_NS, PEER_NS)
+    wire_machine(
+        IP,
+        MACHINE_NS,
+        PEER_NS,
+        tag=f"x{SUFFIX[-4:]}",
+        nic="enp1s0",
+        address=f"{MACHINE_ADDRESS}/24",
+        gateway=NEIGHBOUR,
+        peer_addresses=[f"{NEIGHBOUR}/24", f"{DENIED_SOURCE}/32"],
+    )
 
 
 def load_planned_ruleset(state: Path) -> None:
@@ -133,7 +130,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     try:
         build_namespaces()
         load_planned_ruleset(state)
-        listener = in_netns(MACHINE_NS, lambda: listen(MACHINE_ADDRESS, SERVICE_PORT))
+        listener = listen(MACHINE_NS, MACHINE_ADDRESS, SERVICE_PORT)
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         exporter = subprocess.Popen(
             [
@@ -169,28 +166,9 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     assert sh(NFT, "-s", "list", "ruleset", check=False).stdout == own
 
 
-def listen(address: str, port: int) -> socket.socket:
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((address, port))
-    server.listen(64)
-    return server
-
-
 def connects(source: str, address: str, port: int, timeout: float = 0.5) -> bool:
     """A TCP connect from `source` in the peer namespace."""
-
-    def attempt() -> bool:
-        with socket.socket() as client:
-            client.settimeout(timeout)
-            client.bind((source, 0))
-            try:
-                client.connect((address, port))
-            except OSError:
-                return False
-            return True
-
-    return in_netns(PEER_NS, attempt)
+    return tcp_connects(PEER_NS, address, port, source=source, timeout=timeout)
 
 
 def scrape(source: str = NEIGHBOUR) -> Samples:
@@ -250,24 +228,11 @@ def test_only_the_management_network_reaches_the_exporter(bed: Bed) -> None:
     assert connects(NEIGHBOUR, MACHINE_ADDRESS, METRICS_PORT)
     assert not connects(DENIED_SOURCE, MACHINE_ADDRESS, METRICS_PORT)
     # it listens on the management address only, not on every address of the machine
-    assert in_netns(MACHINE_NS, lambda: _connects_locally("127.0.0.1", METRICS_PORT)) is False
-
-
-def _connects_locally(address: str, port: int) -> bool:
-    with socket.socket() as client:
-        client.settimeout(0.5)
-        try:
-            client.connect((address, port))
-        except OSError:
-            return False
-        return True
+    assert not tcp_connects(MACHINE_NS, "127.0.0.1", METRICS_PORT)
 
 
 def test_a_real_prometheus_scrapes_the_counters(bed: Bed, tmp_path: Path) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        need("prometheus is missing: install the Debian package prometheus")
-        return
+    prometheus = need_tool("prometheus", "prometheus")
     config = tmp_path / "prometheus.yml"
     config.write_text(
         json.dumps(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from network_isolation.exporter import Reading, families
 from network_isolation.host import EXPORTER_UNIT_NAME, ExporterSpec, exporter_unit_text
 from network_isolation.observed import ApplyHistory, PlanSummary
 
-from .conftest import ROOT, need
+from .conftest import ROOT, need_tool
 
 RULES = sorted((ROOT / "src/prometheus_alert_rules").glob("*.rules"))
 RULE_TESTS = sorted((ROOT / "tests/promtool").glob("*.yaml"))
@@ -41,11 +40,7 @@ GRAFANA_VARIABLES = {
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        need("promtool is missing: install the Debian package prometheus")
-        raise AssertionError  # unreachable: need() skips or fails
-    return found
+    return need_tool("promtool", "prometheus")
 
 
 def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
@@ -178,11 +173,7 @@ def test_alert_rules_name_only_exported_metrics() -> None:
 
 
 def systemd_analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        need("systemd-analyze is missing: install the Debian package systemd")
-        raise AssertionError  # unreachable: need() skips or fails
-    return found
+    return need_tool("systemd-analyze", "systemd")
 
 
 def verify_unit(directory: Path, text: str) -> subprocess.CompletedProcess[str]:

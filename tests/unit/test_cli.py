@@ -216,11 +216,17 @@ def test_role_networks_in_the_config_change_the_plan(
     assert plan["machines"]["hyper-1"]["status"] == "active"
 
 
-def test_exit_status_is_1_when_a_machine_is_blocked(tmp_path: Path):
+def blocked_example(tmp_path: Path) -> Path:
+    """The example cloud with compute-1 blocked: it loses its NIC on data, which it needs."""
     data = yaml.safe_load(MICROSTACK.read_text())
-    del data["machines"]["compute-1"]["interfaces"]["enp5s0"]  # compute-1 loses data
+    del data["machines"]["compute-1"]["interfaces"]["enp5s0"]
     path = tmp_path / "blocked.yaml"
     path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_exit_status_is_1_when_a_machine_is_blocked(tmp_path: Path):
+    path = blocked_example(tmp_path)
     result = run_plan(path, "--format", "json")
     assert json.loads(result.stdout)["machines"]["compute-1"]["status"] == "blocked"
     assert result.returncode == 1
@@ -358,10 +364,7 @@ def test_html_page_is_self_contained_and_escapes_what_it_shows(tmp_path: Path):
 
 
 def test_html_marks_a_blocked_machine_and_renders_nothing_for_it(tmp_path: Path):
-    data = yaml.safe_load(MICROSTACK.read_text())
-    del data["machines"]["compute-1"]["interfaces"]["enp5s0"]  # compute-1 loses data
-    path = tmp_path / "blocked.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = blocked_example(tmp_path)
     result = run_plan(path, "--format", "html")
     assert result.returncode == 1
     row = re.search(
