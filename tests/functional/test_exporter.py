@@ -224,6 +224,15 @@ def test_scrape_shows_real_drops_as_show_counters_does(bed: Bed) -> None:
         assert after[key] == counter["packets"], name
 
 
+def test_scrape_duration_is_printed(bed: Bed) -> None:
+    """What one scrape costs (nft listing and state files): printed, not asserted."""
+    started = time.perf_counter()
+    for _ in range(20):
+        assert scrape()[("network_isolation_table_present", ())] == 1
+    took = (time.perf_counter() - started) / 20
+    print(f"exporter: one scrape of compute-1's table takes {took * 1000:.1f} ms")
+
+
 def test_only_the_management_network_reaches_the_exporter(bed: Bed) -> None:
     assert connects(NEIGHBOUR, MACHINE_ADDRESS, METRICS_PORT)
     assert not connects(DENIED_SOURCE, MACHINE_ADDRESS, METRICS_PORT)
