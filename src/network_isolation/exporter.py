@@ -231,7 +231,7 @@ def families(reading: Reading) -> list[Metric]:
         ),
         CounterMetricFamily(
             "network_isolation_rollbacks",
-            "Applies undone: a failed load, netplan apply or probe, or the dead-man timer.",
+            "Applies the charm undid: a failed load, netplan apply or probe, an unconfirmed apply.",
             value=reading.history.rollbacks,
         ),
         _gauge(

@@ -55,7 +55,7 @@ class ApplyHistory(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     last_apply: float | None = None  # Unix time of the last confirmed apply
-    rollbacks: int = 0  # applies undone (a failed probe, load or netplan apply, the dead-man)
+    rollbacks: int = 0  # applies undone by the charm (failed load, netplan apply or probe)
 
     def applied(self, when: float) -> ApplyHistory:
         """One more confirmed apply, at `when`."""
