@@ -231,7 +231,7 @@ def families(reading: Reading) -> list[Metric]:
         ),
         CounterMetricFamily(
             "network_isolation_rollbacks",
-            "Applies the charm undid: a failed load, netplan apply or probe, an unconfirmed apply.",
+            "Applies the charm undid (a failed load, netplan apply or probe; an unconfirmed one).",
             value=reading.history.rollbacks,
         ),
         _gauge(
