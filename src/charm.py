@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 import ops
 from network_isolation_interface import NetworkIsolationRequirer
 
 from cluster import Cluster
+from cos_agent import CosAgent, scrape_target
 from network_isolation.config import ConfigError
 from network_isolation.host import (
     ApplyError,
+    ExporterSpec,
     Host,
     HostError,
     MachineRegistry,
@@ -23,8 +26,12 @@ from network_isolation.host import (
     gateway_target,
     state_dir,
 )
+from network_isolation.model import Network
+from network_isolation.observed import PlanSummary
+from network_isolation.planner import MachinePlan
 from network_isolation.render import Artefacts
 from network_isolation.report import machine_dict, machine_text
+from network_isolation.report_html import cloud_html
 from network_isolation.rollout import UnitRoll, may_apply, waiting_message
 from state import ROLE_ENDPOINTS, HookState, Outcome, Sources, read_state, related_roles
 
@@ -39,6 +46,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         self.registry = MachineRegistry(state_dir() / "units")
         self.host = Host(state=state_dir())
         self.service_ports = NetworkIsolationRequirer(self, endpoint="service-ports")
+        self.cos_agent = CosAgent(self)
         self.sources = Sources(self.service_ports, self.registry, self.host)
         self.outcome = Outcome()
         self._state: HookState | None = None  # read once per hook, by its first reader
@@ -58,6 +66,10 @@ class NetworkIsolationCharm(ops.CharmBase):
                 self.on[endpoint].relation_broken,
             ]
         reconcile_on.append(self.service_ports.on.ports_changed)
+        reconcile_on += [
+            self.on["cos-agent"].relation_joined,
+            self.on["cos-agent"].relation_changed,
+        ]
         for event in reconcile_on:
             framework.observe(event, self._reconcile)
         framework.observe(self.on.install, self._on_install)
@@ -104,6 +116,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         cluster = Cluster(self, state.config.peer_min_prefix)
         cluster.share(state.record, state.cloud if state.aggregated else None)
         artefacts = state.artefacts
+        self._observe(state.plan, artefacts)
         cluster.report(self._roll_state(artefacts), lead=lead)
         if artefacts is None or (not force and self.host.is_applied(artefacts)):
             return
@@ -145,13 +158,18 @@ class NetworkIsolationCharm(ops.CharmBase):
             event.fail(str(e))
             return
         results: dict[str, str] = {}
+        plan, artefacts = state.plan, state.artefacts
         if event.params.get("format") == "json":
             results["plan"] = json.dumps(
-                machine_dict(state.plan, state.principal_warnings), sort_keys=True
+                machine_dict(plan, state.principal_warnings), sort_keys=True
+            )
+        elif event.params.get("format") == "html":
+            page = {plan.machine: plan}
+            results["plan"] = cloud_html(
+                plan.machine, plan.isolation, page, {plan.machine: artefacts}
             )
         else:
-            results["plan"] = machine_text(state.plan, state.principal_warnings)
-        artefacts = state.artefacts
+            results["plan"] = machine_text(plan, state.principal_warnings)
         if artefacts is not None:
             results["nftables"] = artefacts.nftables
             results["netplan"] = artefacts.netplan or "(none: no policy routing to render)"
@@ -184,6 +202,32 @@ class NetworkIsolationCharm(ops.CharmBase):
         if self._state.render_error:
             self.outcome.blocked = self._state.render_error
         return self._state
+
+    def _observe(self, plan: MachinePlan, artefacts: Artefacts | None) -> None:
+        """The exporter's inputs and service, and what a related COS agent scrapes and loads.
+
+        One unit per machine (the first registered) runs the exporter and publishes its scrape
+        job, so that it is scraped once; a failure here never holds back the isolation.
+        """
+        self.host.record_plan(PlanSummary.of(plan, fingerprint(artefacts) if artefacts else ""))
+        if min(self.registry.entries(), default=self.unit.name) != self.unit.name:
+            self.cos_agent.publish(None)
+            return
+        addresses = plan.networks[Network.MANAGEMENT].addresses
+        spec = None
+        if plan.config.metrics_port and addresses:
+            spec = ExporterSpec(
+                address=str(addresses[0].ip),
+                port=plan.config.metrics_port,
+                python=sys.executable,
+                pythonpath=tuple(p for p in sys.path if p.startswith(str(self.charm_dir))),
+                state_dir=state_dir(),
+            )
+        try:
+            self.host.ensure_exporter(spec)
+        except HostError as e:
+            self.outcome.warnings.append(f"metrics exporter: {e}")
+        self.cos_agent.publish(scrape_target(spec.address, spec.port) if spec else None)
 
     def _probe_targets(self) -> list[ProbeTarget]:
         """What must stay reachable after an apply: the Juju controllers and the gateways.
