@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -305,6 +306,9 @@ def prometheus_api(path: str, **params: str) -> dict[str, Any]:
 def prometheus_value(query: str) -> float | None:
     try:
         answer = prometheus_api("query", query=query)
+    except urllib.error.HTTPError as e:  # up, not ready yet: its answer holds a socket
+        e.close()
+        return None
     except OSError:
         return None  # not up yet
     results = answer["data"]["result"]
