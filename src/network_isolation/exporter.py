@@ -20,12 +20,13 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, get_args
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .config import Enforcement
 from .host import Applied, Host, HostError, RejectedRecord, fingerprint, state_dir
 from .model import NETWORK_NAMES, IsolationLevel
 from .observed import HISTORY_FILE, PLAN_SUMMARY_FILE, ApplyHistory, PlanSummary, load_record
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9479
 METRICS_PATH = "/metrics"
-ENFORCEMENT_MODES = ("enforce", "audit", "off")
+ENFORCEMENT_MODES: tuple[str, ...] = get_args(Enforcement)
 # Counter names in our table: drop_in_storage_cluster, drop_out_public, drop_in_invalid.
 _DROP_COUNTER = re.compile(r"^drop_(in|out)_(\w+)$")
 # The label of the connection-tracking `invalid` drop, as the audit log prefix names it.
