@@ -1,22 +1,22 @@
 """The exporter service against a real table in a namespace, scraped over the management network.
 
-compute-1 of examples/microstack-maas.yaml lives in the namespace `ni-exp-m-*`: its NIC
-`enp1s0` at 10.10.0.21/24 (management) and the ruleset the planner renders for it, loaded with
-the real nft. `ni-exp-p-*`, joined by a veth, holds a management neighbour (10.10.0.1) and
-storage-1's storage-cluster address (10.60.0.31), a network compute-1 may not hear.
+The bed is compute-1 of examples/microstack-maas.yaml in network namespaces (`machine.py`, the
+charm's end-to-end bed): its NIC `enp1s0` at 10.10.0.21/24 on management, joined to a peer
+namespace with a management neighbour (10.10.0.1) and storage-1's storage-cluster address
+(10.60.0.31), a network compute-1 may not hear. The ruleset the planner renders for it is
+loaded with the real nft.
 
 The exporter runs as the service runs it (`python -m network_isolation.exporter`) inside the
 machine's namespace, so it reads the table through the real `Host.counters()` there. A probe
 from storage-cluster is dropped; a scrape (an HTTP client, then a real Prometheus when it is
 installed) shows the drop counter grow to exactly what `Host.counters()` (`show-counters`)
-reports. This machine's own ruleset is never touched: checked at the end.
+reports. This machine's own ruleset is never touched: `machine_namespaces` checks it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -39,16 +39,25 @@ from network_isolation.render import render
 from network_isolation.topology import load_topology
 
 from .conftest import MAAS, ROOT, need, need_tool
-from .netns import add_namespaces, in_netns, listen, sh, tcp_connects, wire_machine
+from .machine import (
+    GATEWAY_ADDRESS,
+    IP,
+    MACHINE,
+    MACHINE_ADDRESS,
+    MACHINE_NS,
+    NFT,
+    PEER_NS,
+    SERVICE_PORT,
+    STORAGE_CLUSTER_SOURCE,
+    connects,
+    machine_namespaces,
+    nft_in,
+)
+from .netns import in_netns
 
-IP = next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/bin/ip") if Path(p).exists()), "ip")
-NFT = "/usr/sbin/nft"
-SUFFIX = f"{os.getpid()}-{secrets.token_hex(2)}"
-MACHINE_NS, PEER_NS = f"ni-exp-m-{SUFFIX}", f"ni-exp-p-{SUFFIX}"
-MACHINE = "compute-1"
-MACHINE_ADDRESS, NEIGHBOUR = "10.10.0.21", "10.10.0.1"
-DENIED_SOURCE = "10.60.0.31"  # storage-1 on storage-cluster
-SERVICE_PORT, METRICS_PORT, PROMETHEUS_PORT = 8080, 9479, 9090
+NEIGHBOUR = GATEWAY_ADDRESS  # a scraper on the management network
+DENIED_SOURCE = STORAGE_CLUSTER_SOURCE
+METRICS_PORT, PROMETHEUS_PORT = 9479, 9090
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -69,20 +78,6 @@ class Bed:
     exporter: subprocess.Popen[str]
 
 
-def build_namespaces() -> None:
-    add_namespaces(IP, MACHINE_NS, PEER_NS)
-    wire_machine(
-        IP,
-        MACHINE_NS,
-        PEER_NS,
-        tag=f"x{SUFFIX[-4:]}",
-        nic="enp1s0",
-        address=f"{MACHINE_ADDRESS}/24",
-        gateway=NEIGHBOUR,
-        peer_addresses=[f"{NEIGHBOUR}/24", f"{DENIED_SOURCE}/32"],
-    )
-
-
 def load_planned_ruleset(state: Path) -> None:
     """compute-1's plan rendered and loaded; the state files the charm and Host keep.
 
@@ -98,22 +93,36 @@ def load_planned_ruleset(state: Path) -> None:
     state.mkdir(parents=True)
     ruleset = state / "ruleset.nft"
     ruleset.write_text(artefacts.nftables)
-    sh(IP, "netns", "exec", MACHINE_NS, NFT, "-f", str(ruleset))
+    nft_in(MACHINE_NS, "-f", str(ruleset))
     (state / PLAN_SUMMARY_FILE).write_text(
         PlanSummary.of(plan, fingerprint(artefacts)).model_dump_json()
     )
     (state / HISTORY_FILE).write_text(ApplyHistory().applied(1_700_000_000.0).model_dump_json())
 
 
-def wait_listening(address: str, port: int, exporter: subprocess.Popen[str]) -> None:
+def wait_listening(exporter: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if exporter.poll() is not None:
             pytest.fail(f"the exporter exited {exporter.returncode}: {exporter.stderr}")
-        if connects(NEIGHBOUR, address, port, 0.3):
+        if connects(NEIGHBOUR, METRICS_PORT, 0.3):
             return
         time.sleep(0.1)
-    pytest.fail(f"the exporter does not listen on {address}:{port}")
+    pytest.fail(f"the exporter does not listen on {MACHINE_ADDRESS}:{METRICS_PORT}")
+
+
+def start_exporter(state: Path) -> subprocess.Popen[str]:
+    """The service's command, in the machine's namespace."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "network_isolation.exporter", "--address", MACHINE_ADDRESS,
+               "--port", str(METRICS_PORT), "--state-dir", str(state)]  # fmt: skip
+    return subprocess.Popen(
+        [IP, "netns", "exec", MACHINE_NS, *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,52 +133,16 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     for tool in (NFT, IP):
         if not Path(tool).exists():
             need(f"missing {tool}: apt-get install nftables iproute2")
-    own = sh(NFT, "-s", "list", "ruleset", check=False).stdout
-    state = tmp_path_factory.mktemp("exporter") / "state"
-    exporter: subprocess.Popen[str] | None = None
-    listener: socket.socket | None = None
-    try:
-        build_namespaces()
-        load_planned_ruleset(state)
-        listener = listen(MACHINE_NS, MACHINE_ADDRESS, SERVICE_PORT)
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-        exporter = subprocess.Popen(
-            [
-                IP,
-                "netns",
-                "exec",
-                MACHINE_NS,
-                sys.executable,
-                "-m",
-                "network_isolation.exporter",
-                "--address",
-                MACHINE_ADDRESS,
-                "--port",
-                str(METRICS_PORT),
-                "--state-dir",
-                str(state),
-            ],  # fmt: skip
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        wait_listening(MACHINE_ADDRESS, METRICS_PORT, exporter)
-        yield Bed(state, Host(runner=NetnsRunner(), state=state), exporter)
-    finally:
-        if exporter is not None:
+    base = tmp_path_factory.mktemp("exporter")
+    with machine_namespaces(base):
+        load_planned_ruleset(base / "state")
+        exporter = start_exporter(base / "state")
+        try:
+            wait_listening(exporter)
+            yield Bed(base / "state", Host(runner=NetnsRunner(), state=base / "state"), exporter)
+        finally:
             exporter.terminate()
             exporter.communicate(timeout=10)
-        if listener is not None:
-            listener.close()
-        for namespace in (MACHINE_NS, PEER_NS):
-            sh(IP, "netns", "del", namespace, check=False)
-    assert sh(NFT, "-s", "list", "ruleset", check=False).stdout == own
-
-
-def connects(source: str, address: str, port: int, timeout: float = 0.5) -> bool:
-    """A TCP connect from `source` in the peer namespace."""
-    return tcp_connects(PEER_NS, address, port, source=source, timeout=timeout)
 
 
 def scrape(source: str = NEIGHBOUR) -> Samples:
@@ -206,8 +179,8 @@ def test_scrape_shows_real_drops_as_show_counters_does(bed: Bed) -> None:
     assert before[("network_isolation_last_apply_timestamp_seconds", ())] == 1_700_000_000.0
     assert drops(before, "storage-cluster") == 0
 
-    assert not connects(DENIED_SOURCE, MACHINE_ADDRESS, SERVICE_PORT)  # dropped
-    assert connects(NEIGHBOUR, MACHINE_ADDRESS, SERVICE_PORT)  # management: accepted
+    assert not connects(DENIED_SOURCE, SERVICE_PORT)  # dropped
+    assert connects(NEIGHBOUR, SERVICE_PORT)  # management: accepted
 
     after = scrape()
     counters = bed.host.counters()  # what show-counters answers
@@ -235,10 +208,10 @@ def test_scrape_duration_is_printed(bed: Bed) -> None:
 
 
 def test_only_the_management_network_reaches_the_exporter(bed: Bed) -> None:
-    assert connects(NEIGHBOUR, MACHINE_ADDRESS, METRICS_PORT)
-    assert not connects(DENIED_SOURCE, MACHINE_ADDRESS, METRICS_PORT)
+    assert connects(NEIGHBOUR, METRICS_PORT)
+    assert not connects(DENIED_SOURCE, METRICS_PORT)
     # it listens on the management address only, not on every address of the machine
-    assert not tcp_connects(MACHINE_NS, "127.0.0.1", METRICS_PORT)
+    assert not in_netns(MACHINE_NS, lambda: connects_locally("127.0.0.1", METRICS_PORT))
 
 
 def test_a_real_prometheus_scrapes_the_counters(bed: Bed, tmp_path: Path) -> None:
@@ -258,7 +231,7 @@ def test_a_real_prometheus_scrapes_the_counters(bed: Bed, tmp_path: Path) -> Non
             }
         )
     )
-    assert not connects(DENIED_SOURCE, MACHINE_ADDRESS, SERVICE_PORT)
+    assert not connects(DENIED_SOURCE, SERVICE_PORT)
     expected = bed.host.counters()["drop_in_storage_cluster"]["packets"]
     server = subprocess.Popen(
         [
@@ -315,8 +288,19 @@ def prometheus_value(query: str) -> float | None:
     return float(results[0]["value"][1]) if results else None
 
 
+def connects_locally(address: str, port: int) -> bool:
+    """A TCP connect from inside the machine itself."""
+    with socket.socket() as client:
+        client.settimeout(0.5)
+        try:
+            client.connect((address, port))
+        except OSError:
+            return False
+        return True
+
+
 def test_a_missing_table_shows(bed: Bed) -> None:
-    sh(IP, "netns", "exec", MACHINE_NS, NFT, "delete", "table", "inet", "network_isolation")
+    nft_in(MACHINE_NS, "delete", "table", "inet", "network_isolation")
     samples = scrape()
     assert samples[("network_isolation_table_present", ())] == 0
     assert samples[("network_isolation_ruleset_planned", ())] == 1  # the files say so
