@@ -204,18 +204,18 @@ class NetworkIsolationCharm(ops.CharmBase):
         return self._state
 
     def _observe(self, plan: MachinePlan, artefacts: Artefacts | None) -> None:
-        """The exporter's inputs and service, and what a related COS agent scrapes and loads.
+        """The exporter's service and inputs, and what a related COS agent scrapes and loads.
 
         One unit per machine (the first registered) runs the exporter and publishes its scrape
-        job, so that it is scraped once; a failure here never holds back the isolation.
+        job, so that it is scraped once. It starts with the first active plan (a unit with no
+        role yet runs nothing on the host); a blocked plan leaves it as it is. A failure here
+        never holds back the isolation.
         """
-        self.host.record_plan(PlanSummary.of(plan, fingerprint(artefacts) if artefacts else ""))
-        if min(self.registry.entries(), default=self.unit.name) != self.unit.name:
-            self.cos_agent.publish(None)
-            return
+        summary = PlanSummary.of(plan, fingerprint(artefacts) if artefacts else "")
+        owner = min(self.registry.entries(), default=self.unit.name) == self.unit.name
         addresses = plan.networks[Network.MANAGEMENT].addresses
         spec = None
-        if plan.config.metrics_port and addresses:
+        if owner and plan.config.metrics_port and addresses:
             spec = ExporterSpec(
                 address=str(addresses[0].ip),
                 port=plan.config.metrics_port,
@@ -223,10 +223,12 @@ class NetworkIsolationCharm(ops.CharmBase):
                 pythonpath=tuple(p for p in sys.path if p.startswith(str(self.charm_dir))),
                 state_dir=state_dir(),
             )
-        try:
-            self.host.ensure_exporter(spec)
-        except HostError as e:
-            self.outcome.warnings.append(f"metrics exporter: {e}")
+        if owner and plan.status == "active":
+            try:
+                self.host.ensure_exporter(spec)
+            except HostError as e:
+                self.outcome.warnings.append(f"metrics exporter: {e}")
+        self.host.record_plan(summary)
         self.cos_agent.publish(scrape_target(spec.address, spec.port) if spec else None)
 
     def _probe_targets(self) -> list[ProbeTarget]:

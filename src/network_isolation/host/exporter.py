@@ -106,9 +106,12 @@ class Exporter:
         write_atomically(self.history_file, change(self.history()).model_dump_json() + "\n")
 
     def record_plan(self, summary: PlanSummary) -> None:
-        """What the exporter reports of the plan; written only when it changed."""
+        """What the exporter reports of the plan, written when it changed.
+
+        Only while the exporter is installed: the file is there for the exporter alone.
+        """
         content = summary.model_dump_json() + "\n"
-        if read_text(self.plan_summary_file) != content:
+        if self.unit_file.exists() and read_text(self.plan_summary_file) != content:
             write_atomically(self.plan_summary_file, content)
 
     def ensure(self, spec: ExporterSpec | None) -> bool:

@@ -138,6 +138,9 @@ def test_record_plan_writes_only_a_change(host: Host) -> None:
         wanted="f" * 64,
     )
     host.record_plan(summary)
+    assert not host.exporter.plan_summary_file.exists()  # no exporter: nobody reads it
+    host.ensure_exporter(SPEC)
+    host.record_plan(summary)
     stamp = host.exporter.plan_summary_file.stat().st_mtime_ns
     assert PlanSummary.model_validate_json(host.exporter.plan_summary_file.read_text()) == summary
     host.record_plan(summary)
