@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from network_isolation.config import CharmConfig
-from network_isolation.model import PRESET_ROLES, Network
+from network_isolation.model import PRESET_ROLES, ROLE_TABLES, Network
 from network_isolation.planner import MachinePlan, NetworkView, PlanInput, plan_machine
 from network_isolation.ports import (
     CATALOGUE,
@@ -312,9 +312,11 @@ def test_custom_role_with_extra_ports():
     assert texts(ports[Network.DATA]) == ["udp:4789", "udp:6081"]
 
 
-@pytest.mark.parametrize("role", sorted(BUILTIN_ROLES))
-def test_the_exporter_port_is_accepted_on_management_only(role: str):
-    ports = machine_ports(make_plan({role}, {"metrics-port": 9100}))
+@pytest.mark.parametrize(
+    ("table", "role"), [(t, r) for t, rows in ROLE_TABLES.items() for r in sorted(rows)]
+)
+def test_the_exporter_port_is_accepted_on_management_only(table: str, role: str):
+    ports = machine_ports(make_plan({role}, {"metrics-port": 9100, "role-table": table}))
     assert "tcp:9100" in texts(ports[Network.MANAGEMENT])
     assert all("tcp:9100" not in texts(p) for net, p in ports.items() if net != Network.MANAGEMENT)
 
