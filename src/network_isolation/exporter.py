@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 9479
 METRICS_PATH = "/metrics"
 ENFORCEMENT_MODES: tuple[str, ...] = get_args(Enforcement)
-# Counter names in our table: drop_in_storage_cluster, drop_out_public, drop_in_invalid.
-_DROP_COUNTER = re.compile(r"^drop_(in|out)_(\w+)$")
+# Counter names in our table: drop_in_storage_cluster, drop_out_public, drop_fwd_public (the
+# forward hook), drop_in_invalid.
+_DROP_COUNTER = re.compile(r"^drop_(in|out|fwd)_(\w+)$")
 # The label of the connection-tracking `invalid` drop, as the audit log prefix names it.
 CT_INVALID = "ct-invalid"
 

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from network_isolation.exporter import drop_labels
 from network_isolation.host import Host, Result, fingerprint
 from network_isolation.observed import HISTORY_FILE, PLAN_SUMMARY_FILE, ApplyHistory, PlanSummary
 from network_isolation.planner import plan_machine
@@ -188,9 +189,9 @@ def test_scrape_shows_real_drops_as_show_counters_does(bed: Bed) -> None:
     assert drops(after, "storage-cluster") == counters["drop_in_storage_cluster"]["packets"]
     assert drops(after, "storage-cluster", "bytes") == counters["drop_in_storage_cluster"]["bytes"]
     for name, counter in counters.items():
-        network = name.removeprefix("drop_in_").removeprefix("drop_out_").replace("_", "-")
-        direction = "in" if name.startswith("drop_in_") else "out"
-        network = "ct-invalid" if network == "invalid" else network
+        found = drop_labels(name)
+        assert found is not None, f"the exporter does not report {name}"
+        network, direction = found
         key = (
             "network_isolation_dropped_packets_total",
             (("direction", direction), ("network", network)),
@@ -249,7 +250,9 @@ def test_a_real_prometheus_scrapes_the_counters(bed: Bed, tmp_path: Path) -> Non
         text=True,
     )
     try:
-        query = 'network_isolation_dropped_packets_total{network="storage-cluster"}'
+        query = (
+            'network_isolation_dropped_packets_total{network="storage-cluster", direction="in"}'
+        )
         found = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and found is None:

@@ -91,6 +91,7 @@ def write(host: FakeHost, plan: PlanSummary | None = None, history: ApplyHistory
     [
         ("drop_in_storage_cluster", ("storage-cluster", "in")),
         ("drop_out_public", ("public", "out")),
+        ("drop_fwd_storage", ("storage", "fwd")),
         ("drop_in_invalid", ("ct-invalid", "in")),
         ("drop_in_nowhere", None),
         ("accept_in_storage", None),
