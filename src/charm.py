@@ -13,6 +13,7 @@ from network_isolation_interface import NetworkIsolationRequirer
 
 from cluster import Cluster
 from cos_agent import CosAgent, scrape_target
+from network_isolation import bypass
 from network_isolation.config import ConfigError
 from network_isolation.host import (
     ApplyError,
@@ -41,8 +42,11 @@ logger = logging.getLogger(__name__)
 class NetworkIsolationCharm(ops.CharmBase):
     """Subordinate that derives a machine's network access from its node roles."""
 
+    _stored = ops.StoredState()
+
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
+        self._stored.set_default(bypass_warning="")  # kept between update-status hooks
         self.registry = MachineRegistry(state_dir() / "units")
         self.host = Host(state=state_dir())
         self.service_ports = NetworkIsolationRequirer(self, endpoint="service-ports")
@@ -91,8 +95,10 @@ class NetworkIsolationCharm(ops.CharmBase):
         self._reconcile(event)
 
     def _on_update_status(self, event: ops.UpdateStatusEvent) -> None:
-        """Reconcile, then repair drift: our table changed or removed behind our back."""
+        """Reconcile, look for BPF before netfilter, then repair drift of our table."""
         self._reconcile(event)
+        if self._state is not None:
+            self._packet_bypasses(self._state)
         if self.outcome.blocked or self.outcome.waiting:
             return
         try:
@@ -149,6 +155,8 @@ class NetworkIsolationCharm(ops.CharmBase):
         except ConfigError as e:
             event.add_status(ops.BlockedStatus(str(e)))
             return
+        if self._stored.bypass_warning:
+            self.outcome.warnings.insert(0, self._stored.bypass_warning)
         event.add_status(self.outcome.status(state))
 
     def _on_show_plan(self, event: ops.ActionEvent) -> None:
@@ -159,17 +167,21 @@ class NetworkIsolationCharm(ops.CharmBase):
             return
         results: dict[str, str] = {}
         plan, artefacts = state.plan, state.artefacts
+        found = self._packet_bypasses(state)
         if event.params.get("format") == "json":
             results["plan"] = json.dumps(
                 machine_dict(plan, state.principal_warnings), sort_keys=True
             )
+            results["bypasses"] = json.dumps([b.as_dict() for b in found])
         elif event.params.get("format") == "html":
             page = {plan.machine: plan}
             results["plan"] = cloud_html(
                 plan.machine, plan.isolation, page, {plan.machine: artefacts}
             )
+            results["bypasses"] = bypass.describe(found)
         else:
             results["plan"] = machine_text(plan, state.principal_warnings)
+            results["bypasses"] = bypass.describe(found)
         if artefacts is not None:
             results["nftables"] = artefacts.nftables
             results["netplan"] = artefacts.netplan or "(none: no policy routing to render)"
@@ -230,6 +242,12 @@ class NetworkIsolationCharm(ops.CharmBase):
                 self.outcome.warnings.append(f"metrics exporter: {e}")
         self.host.record_plan(summary)
         self.cos_agent.publish(scrape_target(spec.address, spec.port) if spec else None)
+
+    def _packet_bypasses(self, state: HookState) -> list[bypass.Bypass]:
+        """BPF programs on the space interfaces that netfilter comes after; kept for status."""
+        found = self.host.packet_bypasses(state.plan.space_interfaces)
+        self._stored.bypass_warning = bypass.warning(found) or ""
+        return found
 
     def _probe_targets(self) -> list[ProbeTarget]:
         """What must stay reachable after an apply: the Juju controllers and the gateways.

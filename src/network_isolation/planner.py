@@ -119,6 +119,11 @@ class MachinePlan(_Frozen):
         allowed = {i for d in self.allowed_domains for i in d.interfaces}
         return tuple(sorted({i for d in self.denied_domains for i in d.interfaces} - allowed))
 
+    @property
+    def space_interfaces(self) -> tuple[str, ...]:
+        """Every NIC that carries a cloud network on this machine, allowed or denied."""
+        return tuple(sorted({i for d in self.domains for i in d.interfaces}))
+
     def domain_of(self, network: Network) -> Domain:
         """The domain carrying a network."""
         return next(d for d in self.domains if network in d.networks)

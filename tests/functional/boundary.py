@@ -2,14 +2,17 @@
 
 Symlinked under each tool's name (`relation-get`, `status-set`, ..., and in a private mount
 namespace over `/usr/sbin/nft`, `/usr/sbin/netplan`, `/usr/bin/systemctl`,
-`/usr/bin/systemd-run`, `/sbin/ip`), it acts on the name it was called by:
+`/usr/bin/systemd-run`, `/sbin/ip`, `/sbin/tc`, `/usr/sbin/bpftool`), it acts on the name it
+was called by:
 
 - hook tools answer from, and write to, `juju.json` in its bed directory: the unit, leadership,
   config, the bindings as `network-get` gives them, the relations with their databags, the
   running action, the statuses;
-- `nft`, `netplan generate` and the read-only `ip -j route show default` run the real binary
-  (the bed names where the namespace keeps it); `netplan apply`, `systemctl` and `systemd-run`
-  would touch this machine, so they only do what their effect on the files would be.
+- `nft`, `netplan generate`, the read-only `ip -j route show default`, the read-only look for
+  BPF programs (`ip -details link`, `tc filter show`, `bpftool net`) and the deletion of our
+  stale rules and routes run the real binary (the bed names where the namespace keeps it);
+  `netplan apply`, `systemctl` and `systemd-run` would touch this machine, so they only do what
+  their effect on the files would be.
 
 Every call is appended to `calls.jsonl` (tool, arguments, the hook running, whether it could be
 answered). It runs once per call, as `python -IS`: the standard library only, and none of the
@@ -29,8 +32,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 STATE_FILE, CALLS_FILE = "juju.json", "calls.jsonl"
-HOST_TOOLS = ("nft", "netplan", "systemctl", "systemd-run", "ip")
+HOST_TOOLS = ("nft", "netplan", "systemctl", "systemd-run", "ip", "tc", "bpftool")
 READ_ONLY_IP = [["-j", family, "route", "show", "default"] for family in ("-4", "-6")]
+READ_ONLY_IP.append(["-details", "-json", "link", "show"])  # the look for XDP programs
 
 
 class ToolError(Exception):
@@ -212,6 +216,12 @@ def host_verdict(name: str, args: list[str]) -> str:
     """`real` (safe in the namespace), `fake` (would touch this machine) or `refused`."""
     if name == "nft" or (name == "ip" and args in READ_ONLY_IP):
         return "real"
+    if name == "ip" and args[1:3] in (["rule", "del"], ["route", "del"]):
+        return "real"  # our stale routing, in the namespace's own tables
+    if (name == "tc" and args[:3] == ["-json", "filter", "show"]) or (
+        name == "bpftool" and args == ["--json", "net", "show"]
+    ):
+        return "real"  # the read-only look for BPF programs, in the namespace
     if name == "netplan" and args[:1] == ["generate"] and "--root-dir" in args:
         return "real"  # it writes only under its --root-dir
     if (name == "netplan" and args == ["apply"]) or name in ("systemctl", "systemd-run"):

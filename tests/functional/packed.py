@@ -64,6 +64,8 @@ HOST_PATHS = {
     "systemctl": "/usr/bin/systemctl",
     "systemd-run": "/usr/bin/systemd-run",
     "ip": "/usr/sbin/ip",
+    "tc": "/usr/sbin/tc",
+    "bpftool": "/usr/sbin/bpftool",
 }
 OVERLAID = ("etc", "var", "run", "usr")
 # Every hook tool Juju provides a machine charm: the ones boundary.py does not answer are
@@ -219,7 +221,7 @@ class Machine:
         real = {
             name: str(self.real_usr / Path(os.path.realpath(path)).relative_to("/usr"))
             for name, path in HOST_PATHS.items()
-            if name in ("nft", "netplan", "ip")
+            if name in ("nft", "netplan", "ip", "tc", "bpftool")
         }
         self.state = {**model, "host": {"real": real}}
         self.save()

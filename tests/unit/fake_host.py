@@ -6,10 +6,11 @@ the charm asked of the host, and can make any step fail.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from network_isolation.bypass import Bypass
 from network_isolation.host import (
     Applied,
     ApplyResult,
@@ -35,6 +36,7 @@ class FakeHost:
     counters_state: ClassVar[dict[str, dict[str, int]]] = {}
     gateways: ClassVar[list[str]] = []
     kinds: ClassVar[dict[str, str]] = {}
+    bypasses: ClassVar[list[Bypass]] = []  # BPF programs on the machine's interfaces
     removed: ClassVar[bool] = False
     plan_summary: ClassVar[PlanSummary | None] = None
     exporter: ClassVar[ExporterSpec | None] = None
@@ -52,6 +54,7 @@ class FakeHost:
         cls.counters_state = {}
         cls.gateways = []
         cls.kinds = {}
+        cls.bypasses = []
         cls.removed = False
         cls.plan_summary = None
         cls.exporter = None
@@ -104,6 +107,11 @@ class FakeHost:
 
     def default_gateways(self) -> list[str]:
         return list(self.gateways)
+
+    def packet_bypasses(self, interfaces: Iterable[str]) -> list[Bypass]:
+        asked = tuple(interfaces)
+        self.calls.append(("packet_bypasses", asked))
+        return [b for b in self.bypasses if b.interface in asked]
 
     def interface_kinds(self) -> dict[str, str]:
         return dict(self.kinds)

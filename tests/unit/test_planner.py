@@ -288,6 +288,7 @@ def test_denied_interfaces_exclude_nics_also_in_an_allowed_domain():
     assert machine.status == "active", machine.problems
     assert {d.name for d in machine.denied_domains} == {"data", "internal", "public"}
     assert machine.denied_interfaces == ("enp2s0",)
+    assert machine.space_interfaces == ("enp1s0", "enp2s0", "enp4s0", "enp6s0")
     assert {i for d in machine.allowed_domains for i in d.interfaces} == {
         "enp1s0",
         "enp4s0",

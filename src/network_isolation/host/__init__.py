@@ -6,6 +6,8 @@
   - `nftables`: our table (check, load, list, drift, counters, removal);
   - `netplan`: our netplan file (policy-routing checks, `netplan generate` over the host's
     files, write and apply, restore, removal);
+  - `networkd`: the systemd-networkd drop-in that keeps other software's routing-policy rules
+    and routes through our `netplan apply`, and the clean-up of our own stale ones;
   - `guard`: baseline and confirm probes, the dead-man timer and its rollback script, the
     rejected fingerprints;
   - `boot`: the systemd unit that loads the confirmed ruleset at boot;
@@ -15,6 +17,8 @@
 - `registry`: the state directory, and the per-machine registry of this charm's co-located
   units, through which units that share a machine agree on one plan.
 - `probes`: probe targets (controllers, gateways) and the TCP probe.
+- `bypasses`: BPF programs (XDP, tc/tcx ingress) that see an interface's packets before
+  netfilter, read with `ip`, `tc` and `bpftool` (parsed by `network_isolation.bypass`).
 - `system` and `outcomes`: the boundary (runner, tools, files under a root) and what comes
   back (results, records, errors).
 

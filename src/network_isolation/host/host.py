@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bypass import Bypass
 from ..observed import ApplyHistory, PlanSummary
 from ..planner import InterfaceKind
 from . import removal
 from .boot import BootUnit
+from .bypasses import packet_bypasses
 from .exporter import Exporter, ExporterSpec
 from .guard import Guard, Progress
 from .netplan import NETPLAN_FILE_NAME, NetplanFile
@@ -94,6 +96,10 @@ class Host:
     def applied(self) -> Applied:
         """The confirmed ruleset and our netplan file, as they are on the host."""
         return Applied(self.table.confirmed(), self.netplan.read())
+
+    def packet_bypasses(self, interfaces: Iterable[str]) -> list[Bypass]:
+        """BPF programs that see these interfaces' packets before netfilter (read-only)."""
+        return packet_bypasses(self.system, interfaces)
 
     def default_gateways(self) -> list[str]:
         """The gateways of the host's default routes (IPv4 and IPv6), read-only."""

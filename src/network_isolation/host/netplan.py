@@ -11,6 +11,7 @@ from typing import get_args
 import yaml
 
 from ..planner import InterfaceKind
+from .networkd import Networkd
 from .outcomes import ApplyError, InvalidArtefactsError
 from .system import System, as_mapping, first_error, read_text, write_atomically
 
@@ -58,6 +59,7 @@ class NetplanFile:
     def __init__(self, system: System):
         self.system = system
         self.path = system.at(Path("/etc/netplan") / NETPLAN_FILE_NAME)
+        self.networkd = Networkd(system)
 
     def read(self) -> str | None:
         """Our file's content; None when there is no file of ours."""
@@ -135,33 +137,39 @@ class NetplanFile:
 
     def install(self, netplan: str | None) -> None:
         """Write (or, for None, delete) our file and `netplan apply`; ApplyError if it fails."""
-        if netplan is None:
-            self.path.unlink(missing_ok=True)
-        else:
-            write_atomically(self.path, netplan, 0o600)
-        result = self.system.run(self.system.tools.netplan, "apply")
-        if result.returncode != 0:
-            why = first_error(result.stderr + result.stdout)
+        why = self._replace(netplan)
+        if why:
             raise ApplyError(f"netplan apply failed: {why}", stage="netplan-apply")
 
     def restore(self, saved: Path) -> str | None:
         """Put back a saved copy of our file (none saved: no file) and apply; what went wrong."""
-        if saved.exists():
-            write_atomically(self.path, saved.read_bytes(), 0o600)
-        else:
-            self.path.unlink(missing_ok=True)
-        return self._apply_after_change()
+        why = self._replace(read_text(saved))
+        return f"netplan apply: {why}" if why else None
 
     def remove(self) -> list[str]:
         """Delete our file, then `netplan apply`; what went wrong, if anything."""
         if not self.path.exists():
+            self.networkd.remove()
             return []
-        self.path.unlink()
-        error = self._apply_after_change()
-        return [error] if error else []
+        why = self._replace(None)
+        return [f"netplan apply: {why}"] if why else []
 
-    def _apply_after_change(self) -> str | None:
+    def _replace(self, netplan: str | None) -> str | None:
+        """Our file becomes `netplan` (None: no file) and is applied; None, or why not.
+
+        `networkd` keeps other software's rules and routes through the apply and deletes the
+        stale ones of ours after it.
+        """
+        previous = self.read()
+        if netplan is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            write_atomically(self.path, netplan, 0o600)
+        why = self.networkd.prepare()
+        if why:
+            return why
         result = self.system.run(self.system.tools.netplan, "apply")
         if result.returncode != 0:
-            return f"netplan apply: {first_error(result.stderr)}"
+            return first_error(result.stderr + result.stdout)
+        self.networkd.tidy(previous, netplan)
         return None

@@ -115,6 +115,8 @@ class Tools:
     systemd_run: str = "/usr/bin/systemd-run"
     sh: str = "/bin/sh"
     ip: str = "/sbin/ip"
+    tc: str = "/sbin/tc"
+    bpftool: str = "/usr/sbin/bpftool"
 
 
 @dataclass(frozen=True)

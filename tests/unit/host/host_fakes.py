@@ -16,12 +16,14 @@ from pathlib import Path
 from network_isolation.host import ProbeTarget, Result, gateway_target
 from network_isolation.observed import HISTORY_FILE
 
-NFT, NETPLAN, SYSTEMCTL, SYSTEMD_RUN = (
+NFT, NETPLAN, SYSTEMCTL, SYSTEMD_RUN, IP = (
     "/usr/sbin/nft",
     "/usr/sbin/netplan",
     "/usr/bin/systemctl",
     "/usr/bin/systemd-run",
+    "/sbin/ip",
 )
+RESTART_NETWORKD = f"{SYSTEMCTL} try-restart systemd-networkd.service"
 REMOVAL = "table inet network_isolation\ndelete table inet network_isolation\n"
 
 

@@ -17,6 +17,7 @@ from host_fakes import (
     ARM,
     CONTROLLER,
     GATEWAY,
+    IP,
     NETPLAN,
     NFT,
     STATE,
@@ -89,6 +90,7 @@ def test_netplan_apply_failure_restores_ruleset_and_netplan(
         f"{NETPLAN} apply",
         f"{NFT} -f {STATE}/rollback/ruleset.nft",
         f"{NETPLAN} apply",
+        f"{IP} -4 rule del priority 102 from 10.20.0.0/24 table 102",
         f"{SYSTEMCTL} stop network-isolation-rollback.timer",
     ]
     after = files(root)
@@ -293,6 +295,7 @@ def test_the_next_hook_restores_a_killed_apply_itself(
     assert machine.commands() == [
         f"{NFT} -f {STATE}/rollback/ruleset.nft",
         f"{NETPLAN} apply",
+        f"{IP} -4 rule del priority 102 from 10.20.0.0/24 table 102",
         f"{SYSTEMCTL} stop network-isolation-rollback.timer",
     ]
     assert machine.table == A.nftables

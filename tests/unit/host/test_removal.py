@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from host_fakes import (
     CONTROLLER,
+    IP,
     NETPLAN,
     NFT,
     SYSTEMCTL,
@@ -40,6 +41,7 @@ def test_removal_leaves_the_host_as_it_was(host: Host, machine: FakeMachine, roo
     assert machine.commands() == [
         f"{NFT} -f TMP",
         f"{NETPLAN} apply",
+        f"{IP} -4 rule del priority 101 from 10.20.0.0/24 table 101",
         f"{SYSTEMCTL} disable network-isolation.service",
         f"{SYSTEMCTL} daemon-reload",
     ]
