@@ -11,7 +11,7 @@ import sys
 import ops
 from network_isolation_interface import NetworkIsolationRequirer
 
-from cluster import Cluster
+from cluster import NO_PEER, Cluster, FoldStore, Woken, woken_by
 from cos_agent import CosAgent, scrape_target
 from network_isolation import bypass
 from network_isolation.config import ConfigError
@@ -23,7 +23,6 @@ from network_isolation.host import (
     MachineRegistry,
     ProbeTarget,
     controller_targets,
-    fingerprint,
     gateway_target,
     state_dir,
 )
@@ -33,7 +32,7 @@ from network_isolation.planner import MachinePlan
 from network_isolation.render import Artefacts
 from network_isolation.report import machine_dict, machine_text
 from network_isolation.report_html import cloud_html
-from network_isolation.rollout import UnitRoll, may_apply, waiting_message
+from network_isolation.rollout import Roll, UnitReport, may_apply, waiting_message
 from state import ROLE_ENDPOINTS, HookState, Outcome, Sources, read_state, related_roles
 
 logger = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         self.host = Host(state=state_dir())
         self.service_ports = NetworkIsolationRequirer(self, endpoint="service-ports")
         self.cos_agent = CosAgent(self)
-        self.sources = Sources(self.service_ports, self.registry, self.host)
+        self.sources = Sources(self.service_ports, self.registry, self.host, FoldStore(self))
         self.outcome = Outcome()
         self._state: HookState | None = None  # read once per hook, by its first reader
         reconcile_on = [
@@ -110,34 +109,49 @@ class NetworkIsolationCharm(ops.CharmBase):
             self.outcome.warnings.append(f"drift repaired: {repaired}")
 
     def _reconcile(self, event: ops.EventBase, *, force: bool = False) -> None:
-        """Plan this machine, render its artefacts and apply them when it is this unit's turn."""
-        # update-status only repairs drift: the leader re-reads its peers on their own events
-        lead = not isinstance(event, ops.UpdateStatusEvent)
+        """Plan this machine, render its artefacts and apply them when its wave is open.
+
+        A unit that has never applied applies at once; otherwise it waits for a wave that
+        holds it, applies (or finds nothing to do) and reports once on the rollout.
+        """
         try:
-            state = self._read(lead=lead, declarations=True, artefacts=True)
+            state = self._read(woken=woken_by(event), declarations=True, artefacts=True)
         except ConfigError:
             self.registry.record(self.unit.name, related_roles(self))
             return  # reported by collect-status; nothing on the host is changed
         self.registry.record(self.unit.name, state.roles, state.own_ports)
-        cluster = Cluster(self, state.config.peer_min_prefix)
+        cluster = self._cluster(state)
         cluster.share(state.record, state.cloud if state.aggregated else None)
+        cluster.decide(self._ruleset_config(), state.cloud, state.config.schedule)
         artefacts = state.artefacts
         self._observe(state.plan, artefacts)
-        cluster.report(self._roll_state(artefacts), lead=lead)
+        roll, own = cluster.roll(), cluster.own_report()
+        turn = roll is not None and roll.generation != "" and may_apply(self.unit.name, roll, own)
         if artefacts is None or (not force and self.host.is_applied(artefacts)):
+            if turn and roll is not None:
+                outcome = "applied" if artefacts is not None else "blocked"
+                self._report(cluster, state, roll, UnitReport(outcome=outcome))
             return
-        turn = cluster.roll()
-        exempt = force or self.host.applied().nftables is None  # first apply on a new unit
-        if not exempt and turn is not None and not may_apply(self.unit.name, turn):
-            self.outcome.waiting = waiting_message(self.unit.name, turn)
+        first = self.host.applied().nftables is None  # a new unit: nothing to roll over yet
+        if not (force or first or roll is None or may_apply(self.unit.name, roll, own)):
+            self.outcome.waiting = waiting_message(self.unit.name, roll)
             return
         try:
-            result = self.host.apply(artefacts, self._probe_targets(), force=force)
+            result = self.host.apply(artefacts, self._probe_targets(state), force=force)
         except (ApplyError, HostError) as e:
             self.outcome.blocked = f"apply failed: {e}"
+            stage = e.stage if isinstance(e, ApplyError) else "host"
+            report = UnitReport(outcome="failed", error=f"{stage}: {e}"[:200])
         else:
             logger.info("%s", result.message)
-        cluster.report(self._roll_state(artefacts), lead=lead)
+            report = UnitReport(outcome="applied")
+        if turn and roll is not None:
+            self._report(cluster, state, roll, report)
+
+    def _report(self, cluster: Cluster, state: HookState, roll: Roll, report: UnitReport) -> None:
+        """Report this unit's outcome of the roll; a leader takes its own into account at once."""
+        cluster.report(report.model_copy(update={"generation": roll.generation}))
+        cluster.decide(self._ruleset_config(), state.cloud, state.config.schedule)
 
     def _on_remove(self, _: ops.RemoveEvent) -> None:
         """Leave the host as it was when the last unit of this charm on it goes."""
@@ -208,9 +222,9 @@ class NetworkIsolationCharm(ops.CharmBase):
 
     # Reading and host-facing steps
 
-    def _read(self, **asked: bool) -> HookState:
+    def _read(self, woken: Woken = NO_PEER, **asked: bool) -> HookState:
         """The hook's state (see `read_state`); a render error blocks the hook."""
-        self._state = read_state(self, self.sources, **asked)
+        self._state = read_state(self, self.sources, woken=woken, **asked)
         if self._state.render_error:
             self.outcome.blocked = self._state.render_error
         return self._state
@@ -249,27 +263,34 @@ class NetworkIsolationCharm(ops.CharmBase):
         self._stored.bypass_warning = bypass.warning(found) or ""
         return found
 
-    def _probe_targets(self) -> list[ProbeTarget]:
-        """What must stay reachable after an apply: the Juju controllers and the gateways.
+    def _cluster(self, state: HookState) -> Cluster:
+        """This hook's side of the peer relation."""
+        return Cluster(self, state.config.peer_min_prefix, state.own_subnets, self.sources.fold)
 
-        Read only when applying: an unchanged hook runs no command on the host.
+    def _ruleset_config(self) -> str:
+        """The options that decide rulesets (not the rolling apply's own), for the rollout."""
+        options = {k: v for k, v in self.config.items() if not k.startswith("rolling-")}
+        return json.dumps(options, sort_keys=True, default=str)
+
+    def _probe_targets(self, state: HookState | None = None) -> list[ProbeTarget]:
+        """What must stay reachable after an apply: controllers, gateways and neighbours.
+
+        Neighbours: a few machines on each network this machine may use, as the leader shares
+        them (only addresses inside that network's subnets here). Read only when applying:
+        an unchanged hook runs no command on the host.
         """
         targets = controller_targets(os.environ.get("JUJU_API_ADDRESSES"))
-        return targets + [gateway_target(g) for g in self.host.default_gateways()]
-
-    def _roll_state(self, artefacts: Artefacts | None) -> UnitRoll:
-        """This unit's part in the rolling apply: what it wants, has applied, has failed."""
-        if artefacts is None:
-            return UnitRoll()
-        wanted = fingerprint(artefacts)
-        rejected = self.host.rejected()
-        failed = rejected.fingerprint if rejected else None
-        return UnitRoll(
-            wants=wanted,
-            applied=wanted if self.host.is_applied(artefacts) else None,
-            failed=failed,
-            error=(rejected.reason[:200] if rejected else ""),
-        )
+        targets += [gateway_target(g) for g in self.host.default_gateways()]
+        if state is None:
+            return targets
+        own = {a.ip for network in state.plan.networks.values() for a in network.addresses}
+        return targets + [
+            ProbeTarget(str(address), 22, refused_ok=True, label=f"{net} neighbour")
+            for net, network in state.plan.networks.items()
+            if network.access
+            for address in state.cloud.neighbours_of(net)
+            if address not in own and any(address in s for s in network.subnets)
+        ]
 
 
 if __name__ == "__main__":  # pragma: nocover

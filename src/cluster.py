@@ -1,86 +1,206 @@
-"""Juju glue for the `cluster` peer relation: publish this machine, share the cloud view.
+"""Juju glue for the `cluster` peer relation: records, the cloud view and the rolling apply.
 
-Each unit writes one record in its own databag; only the leader reads them all and writes the
-aggregate to the application databag. A non-leader therefore makes the same few hook-tool
-calls per hook however many peers there are.
+Each unit writes its record and, once per rollout, its report in its own databag. Only the
+leader reads peers' databags, and only the one unit whose change woke it: what it has learnt
+(the accepted records and the reports) it keeps between hooks in leader-local state, and
+re-reads everyone only when it must (elected, upgraded, or its checks changed). It writes the
+view and the roll to the application databag, which every unit reads with one call.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import NamedTuple, TypeVar
 
 import ops
 import pydantic
 
+from network_isolation.config import IPNetwork
+from network_isolation.model import Network
 from network_isolation.peers import (
     CLOUD_KEY,
     UNIT_KEY,
     CloudView,
     MachineRecord,
     PeerError,
+    admit,
     aggregate,
     dump,
     parse_cloud_view,
     parse_record,
 )
-from network_isolation.rollout import Roll, UnitRoll, decide
+from network_isolation.rollout import (
+    Member,
+    Roll,
+    Schedule,
+    UnitReport,
+    generation,
+    step,
+    unit_order,
+)
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T", Roll, UnitRoll)
+T = TypeVar("T", Roll, UnitReport)
 
 PEER_ENDPOINT = "cluster"
 ROLL_KEY = "roll"
+REPORT_KEY = "report"
+MAX_REPORT_BYTES = 512
+clock: Callable[[], float] = time.time  # the wall clock that times waves out
+
+
+class Woken(NamedTuple):
+    """What a hook asks of the leader: read every peer again, or the one peer that changed."""
+
+    reread: bool = False
+    peer: str | None = None
+
+
+NO_PEER = Woken()
+
+
+def woken_by(event: ops.EventBase) -> Woken:
+    """Elected or upgraded: read every peer; a peer's relation event: read that one."""
+    if isinstance(event, (ops.LeaderElectedEvent, ops.UpgradeCharmEvent)):
+        return Woken(reread=True)
+    if isinstance(event, ops.RelationEvent) and event.relation.name == PEER_ENDPOINT:
+        return Woken(peer=event.unit.name if event.unit is not None else None)
+    return Woken()
+
+
+class Fold(pydantic.BaseModel):
+    """What the leader has learnt from its peers, kept between its hooks.
+
+    `checks` digests what the checks depend on (prefix limits, own subnets): when it changes,
+    every record is read and judged again.
+    """
+
+    checks: str = ""
+    records: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    reports: dict[str, str] = {}
+
+    def forget(self, unit: str) -> None:
+        """Drop what is known of a unit (it departed, or is read again)."""
+        for known in (self.records, self.refused, self.reports):
+            known.pop(unit, None)
+
+
+class FoldStore(ops.Object):
+    """The leader's fold in the unit's local state (one per charm instance)."""
+
+    _stored = ops.StoredState()
+
+    def __init__(self, charm: ops.CharmBase):
+        super().__init__(charm, "cluster-fold")
+        self._stored.set_default(fold="")
+
+    def load(self) -> Fold:
+        """The fold as the last hook left it; empty when unreadable."""
+        try:
+            return Fold.model_validate_json(self._stored.fold or "{}")
+        except pydantic.ValidationError:
+            return Fold()
+
+    def save(self, fold: Fold) -> None:
+        """Keep the fold for the next hook."""
+        self._stored.fold = fold.model_dump_json()
 
 
 class CloudReading(NamedTuple):
-    """The cloud-wide view as this hook found it, and the untrusted data it ignored."""
+    """The cloud-wide view as this hook found it, and the untrusted data it refused."""
 
     view: CloudView
     problems: tuple[str, ...]
-    aggregated: bool  # folded by this leader from every record: it publishes the view
+    aggregated: bool  # folded by this leader: it publishes the view
 
 
 class Cluster:
-    """This unit's side of the peer relation."""
+    """This unit's side of the peer relation, for one hook."""
 
-    def __init__(self, charm: ops.CharmBase, min_prefix: dict[int, int]):
+    def __init__(
+        self,
+        charm: ops.CharmBase,
+        min_prefix: dict[int, int],
+        own: Mapping[Network, tuple[IPNetwork, ...]],
+        store: FoldStore,
+    ):
         self._charm = charm
         self._min_prefix = min_prefix
+        self._own = own
+        self._store = store
 
     @property
     def _relation(self) -> ops.Relation | None:
         return self._charm.model.get_relation(PEER_ENDPOINT)
 
-    def read(self, record: MachineRecord, *, lead: bool = True) -> CloudReading:
-        """The cloud-wide view: the leader (when `lead`) folds every record into a new one.
+    @property
+    def _leads(self) -> bool:
+        return self._charm.unit.is_leader()
 
-        The leader is the only unit that reads every peer's databag; everyone else reads the one
-        aggregate, so a non-leader's cost per hook does not grow with the cloud.
+    def read(self, record: MachineRecord, woken: Woken = NO_PEER) -> CloudReading:
+        """The cloud-wide view: the leader folds what woke it into what it knew; others read it.
+
+        The leader reads at most the one peer whose change woke it (every peer when `woken`
+        says so, or when its checks changed); everyone else reads the one aggregate.
         """
         relation = self._relation
         if relation is None:
             return CloudReading(CloudView(), (), aggregated=False)
-        problems: list[str] = []
-        if lead and self._charm.unit.is_leader():
-            records = {self._charm.unit.name: record}
-            for unit in relation.units:
-                try:
-                    parsed = parse_record(relation.data[unit].get(UNIT_KEY), self._min_prefix)
-                except PeerError as e:
-                    problems.append(_warn(f"ignored data from {unit.name}: {e}"))
-                    continue
-                if parsed is not None:
-                    records[unit.name] = parsed
-            return CloudReading(aggregate(records), tuple(problems), aggregated=True)
+        if self._leads:
+            fold = self._fold(relation, record, woken)
+            problems = tuple(f"refused the record of {u}: {r}" for u, r in fold.refused.items())
+            records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
+            return CloudReading(aggregate(records), problems, aggregated=True)
         try:
             view = parse_cloud_view(
                 relation.data[self._charm.app].get(CLOUD_KEY), self._min_prefix
             )
         except PeerError as e:
-            problems.append(_warn(f"ignored the shared cloud view: {e}"))
-            view = CloudView()
-        return CloudReading(view, tuple(problems), aggregated=False)
+            return CloudReading(
+                CloudView(), (_warn(f"ignored the shared cloud view: {e}"),), False
+            )
+        return CloudReading(view, (), aggregated=False)
+
+    def _fold(self, relation: ops.Relation, record: MachineRecord, woken: Woken) -> Fold:
+        fold = self._store.load()
+        me = self._charm.unit.name
+        present = {u.name for u in relation.units}
+        own = {str(net): [str(s) for s in subnets] for net, subnets in self._own.items()}
+        checks = generation(json.dumps([self._min_prefix, own], sort_keys=True))
+        if fold.checks != checks or woken.reread:
+            fold = Fold(checks=checks, records={me: dump(record)})
+            for name in sorted(present, key=unit_order):
+                self._learn(fold, relation, name)
+        elif woken.peer in present:
+            self._learn(fold, relation, woken.peer)
+        for gone in {*fold.records, *fold.refused, *fold.reports} - present - {me}:
+            fold.forget(gone)
+        fold.records[me] = dump(record)
+        self._store.save(fold)
+        return fold
+
+    def _learn(self, fold: Fold, relation: ops.Relation, name: str) -> None:
+        """Read one peer's databag: its record (judged against the others) and its report."""
+        bag = relation.data[self._charm.model.get_unit(name)]
+        fold.forget(name)
+        report = bag.get(REPORT_KEY)
+        if report and len(report) <= MAX_REPORT_BYTES:
+            fold.reports[name] = report
+        try:
+            record = parse_record(bag.get(UNIT_KEY), self._min_prefix)
+            if record is None:
+                return
+            others = (MachineRecord.model_validate_json(r) for r in fold.records.values())
+            admit(record, others, self._own)
+        except PeerError as e:
+            _warn(f"refused the record of {name}: {e}")
+            fold.refused[name] = str(e)[:200]
+            return
+        fold.records[name] = dump(record)
 
     def share(self, record: MachineRecord, view: CloudView | None = None) -> None:
         """Publish this unit's record, and the `view` this leader has just aggregated, if any."""
@@ -91,27 +211,49 @@ class Cluster:
         if view is not None:
             _set_if_changed(relation.data[self._charm.app], CLOUD_KEY, dump(view))
 
-    def report(self, roll: UnitRoll, *, lead: bool = True) -> None:
-        """Publish this unit's apply state; the leader (when `lead`) hands out the next turn."""
+    def decide(self, inputs: str, view: CloudView, schedule: Schedule) -> None:
+        """As leader: the next roll state from the fold, published when it changed.
+
+        `inputs` digests the config that decides rulesets: with the view and every record it
+        names the rollout.
+        """
         relation = self._relation
-        if relation is None:
+        if relation is None or not self._leads:
             return
-        _set_if_changed(relation.data[self._charm.unit], ROLL_KEY, dump(roll))
-        if not (lead and self._charm.unit.is_leader()):
-            return
-        rolls = {self._charm.unit.name: roll}
-        for unit in relation.units:
-            rolls[unit.name] = _parse_roll(relation.data[unit].get(ROLL_KEY), UnitRoll)
+        fold = self._store.load()
+        me = self._charm.unit.name
+        if own_report := relation.data[self._charm.unit].get(REPORT_KEY):
+            fold.reports[me] = own_report
+            self._store.save(fold)
+        records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
+        members = {u: Member(u, r.machine, frozenset(r.roles)) for u, r in records.items()}
+        reports = {u: _parse(raw, UnitReport) for u, raw in fold.reports.items()}
+        gen = generation(inputs, dump(view), *(f"{u}={fold.records[u]}" for u in sorted(records)))
         app_bag = relation.data[self._charm.app]
-        decision = decide(rolls, _parse_roll(app_bag.get(ROLL_KEY), Roll))
-        _set_if_changed(app_bag, ROLL_KEY, dump(decision))
+        previous = _parse(app_bag.get(ROLL_KEY), Roll)
+        roll = step(previous, gen, members, reports, clock(), schedule)
+        if roll.halted and roll.halted != previous.halted:
+            logger.error("rolling apply halted: %s", roll.halted)
+        _set_if_changed(app_bag, ROLL_KEY, dump(roll))
 
     def roll(self) -> Roll | None:
-        """The leader's apply-turn decision; None when there is no peer relation."""
+        """The leader's roll; None when there is no peer relation (a lone unit)."""
         relation = self._relation
         if relation is None:
             return None
-        return _parse_roll(relation.data[self._charm.app].get(ROLL_KEY), Roll)
+        return _parse(relation.data[self._charm.app].get(ROLL_KEY), Roll)
+
+    def own_report(self) -> UnitReport:
+        """What this unit last reported on a rollout."""
+        relation = self._relation
+        if relation is None:
+            return UnitReport()
+        return _parse(relation.data[self._charm.unit].get(REPORT_KEY), UnitReport)
+
+    def report(self, report: UnitReport) -> None:
+        """Publish this unit's outcome of the current rollout: its one write per rollout."""
+        if (relation := self._relation) is not None:
+            _set_if_changed(relation.data[self._charm.unit], REPORT_KEY, dump(report))
 
 
 def _warn(message: str) -> str:
@@ -119,12 +261,12 @@ def _warn(message: str) -> str:
     return message
 
 
-def _parse_roll(raw: str | None, model: type[T]) -> T:
+def _parse(raw: str | None, model: type[T]) -> T:
     """Roll state from a databag; what cannot be read counts as empty (untrusted data)."""
     try:
         return model.model_validate_json(raw) if raw else model()
     except pydantic.ValidationError:
-        logger.warning("ignored unreadable apply-turn data: %r", raw)
+        logger.warning("ignored unreadable rolling-apply data: %r", (raw or "")[:100])
         return model()
 
 

@@ -10,6 +10,7 @@ waiting, warnings) goes into its one `Outcome`.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ import ops
 import pydantic
 from network_isolation_interface import NetworkIsolationRequirer
 
-from cluster import Cluster
-from network_isolation.config import CharmConfig, config_error
+from cluster import NO_PEER, Cluster, FoldStore, Woken
+from network_isolation.config import CharmConfig, IPNetwork, config_error
 from network_isolation.host import Host, MachineRegistry
 from network_isolation.model import NETWORKS, PRESET_ROLES, Network
 from network_isolation.peers import CloudView, MachineRecord
@@ -28,11 +29,13 @@ from network_isolation.planner import (
     MachinePlan,
     NetworkView,
     PlanInput,
+    known_subnets,
     plan_machine,
 )
 from network_isolation.ports import PortRange, denied_ports, machine_ports, registered_ports
 from network_isolation.principals import principal_warnings
 from network_isolation.render import Artefacts, RenderError, render
+from network_isolation.rollout import generation
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class HookState:
     config: CharmConfig
     related_roles: frozenset[str]  # from the principals related to this unit
     networks: Mapping[Network, NetworkView]  # this machine's bindings, with the cloud's subnets
+    own_subnets: Mapping[Network, tuple[IPNetwork, ...]]  # from bindings and network-cidrs
     record: MachineRecord  # what this unit tells its peers
     cloud: CloudView
     aggregated: bool  # this leader folded the cloud view from every peer: it publishes it
@@ -124,20 +128,21 @@ class Sources:
     service_ports: NetworkIsolationRequirer
     registry: MachineRegistry
     host: Host
+    fold: FoldStore  # what the leader has learnt from its peers, between hooks
 
 
 def read_state(
     charm: ops.CharmBase,
     sources: Sources,
     *,
-    lead: bool = False,
+    woken: Woken = NO_PEER,
     declarations: bool = False,
     artefacts: bool = False,
 ) -> HookState:
     """Read the hook's inputs and plan; raises ConfigError on invalid config.
 
-    `lead`: the leader folds its peers' records into a new cloud view (reconciling hooks but
-    update-status); `declarations`: read the principal's declared ports even without
+    `woken`: which peers a leader reads into its fold (none, the one whose change woke the
+    hook, or all); `declarations`: read the principal's declared ports even without
     strict-ports (reconciling hooks record them for the other units of the machine);
     `artefacts`: render them. Only what a hook asks for is read: a hook-tool call each.
     """
@@ -145,15 +150,6 @@ def read_state(
     unit = charm.unit.name
     roles = related_roles(charm)
     bindings = {net: _binding_view(charm, net) for net in NETWORKS}
-    record = MachineRecord(
-        machine=_machine_name(charm),
-        roles=tuple(sorted(roles)),
-        subnets={
-            net: tuple(sorted({i.address.network for i in view.interfaces}, key=str))
-            for net, view in bindings.items()
-            if view.interfaces
-        },
-    )
     problems: list[str] = []
     own_ports: dict[str, tuple[str, ...]] | None = None
     if declarations or (artefacts and config.strict_ports):
@@ -163,10 +159,12 @@ def read_state(
             network: tuple(str(PortRange.of(triple)) for triple in triples)
             for network, triples in found.by_network().items()
         }
-    cloud = Cluster(charm, config.peer_min_prefix).read(record, lead=lead)
+    record = _record(charm, roles, bindings, own_ports if config.strict_ports else None)
+    own = known_subnets(bindings, config)
+    cloud = Cluster(charm, config.peer_min_prefix, own, sources.fold).read(record, woken)
     problems += cloud.problems
     networks = {
-        net: view.model_copy(update={"subnets": cloud.view.subnets_of(net)})
+        net: view.model_copy(update={"learnt": cloud.view.subnets_of(net)})
         for net, view in bindings.items()
     }
     plan = plan_machine(
@@ -197,6 +195,7 @@ def read_state(
         config=config,
         related_roles=roles,
         networks=networks,
+        own_subnets=own,
         record=record,
         cloud=cloud.view,
         aggregated=cloud.aggregated,
@@ -207,6 +206,33 @@ def read_state(
         render_error=render_error,
         problems=tuple(problems),
         principal_warnings=tuple(principal_warnings(plan, principals(charm))),
+    )
+
+
+def _record(
+    charm: ops.CharmBase,
+    roles: frozenset[str],
+    bindings: Mapping[Network, NetworkView],
+    ports: Mapping[str, tuple[str, ...]] | None,
+) -> MachineRecord:
+    """What this unit tells its peers: machine, roles, subnets and addresses per network.
+
+    With strict-ports, a digest of the ports its principal declares: they decide this
+    machine's ruleset, so a change of them is a change to roll out.
+    """
+    present = {net: view for net, view in bindings.items() if view.interfaces}
+    return MachineRecord(
+        machine=_machine_name(charm),
+        roles=tuple(sorted(roles)),
+        subnets={
+            net: tuple(sorted({i.address.network for i in view.interfaces}, key=str))
+            for net, view in present.items()
+        },
+        addresses={
+            net: tuple(sorted({i.address.ip for i in view.interfaces}, key=str))
+            for net, view in present.items()
+        },
+        inputs=generation(json.dumps(ports, sort_keys=True)) if ports is not None else "",
     )
 
 

@@ -15,6 +15,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from .model import DEFAULT_ROLE_TABLE, NETWORK_NAMES, ROLE_TABLES, Network, role_table
+from .rollout import Schedule
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -108,11 +109,24 @@ class CharmConfig(BaseModel):
     metrics_port: int = pydantic.Field(default=9479, ge=0, le=65535)
     peer_min_prefix_v4: int = pydantic.Field(default=16, ge=1, le=32)
     peer_min_prefix_v6: int = pydantic.Field(default=48, ge=1, le=128)
+    rolling_wave_size: str = "25%"
+    rolling_wave_timeout: int = pydantic.Field(default=900, ge=60, le=86400)
 
     @property
     def peer_min_prefix(self) -> dict[int, int]:
         """The narrowest-allowed prefix of subnets learnt from peers, per IP version."""
         return {4: self.peer_min_prefix_v4, 6: self.peer_min_prefix_v6}
+
+    @property
+    def schedule(self) -> Schedule:
+        """The rolling apply's wave sizes and timeout."""
+        return Schedule.parse(self.rolling_wave_size, self.rolling_wave_timeout)
+
+    @field_validator("rolling_wave_size")
+    @classmethod
+    def _check_wave_size(cls, value: str) -> str:
+        Schedule.parse(value, timeout=0)
+        return value
 
     @field_validator("roles", mode="before")
     @classmethod

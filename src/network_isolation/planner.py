@@ -17,6 +17,9 @@ from .model import NETWORKS, ROLE_TABLES, IsolationLevel, Network, networks_for_
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_REASONS = 10  # refused learnt subnets named in a plan; the rest are counted
+# A subnet with its domain's index and a tag (own, learnt, ...) for the overlap sweep.
+Tagged = tuple[IPNetwork, int, int]
 InterfaceKind = Literal["ethernets", "vlans", "bonds", "bridges"]
 
 NO_ROLE_MESSAGE = (
@@ -36,10 +39,15 @@ class InterfaceAddress(_Frozen):
 
 
 class NetworkView(_Frozen):
-    """What the machine knows of one cloud network: Juju's binding, or a topology's space."""
+    """What the machine knows of one cloud network: Juju's binding, or a topology's space.
+
+    `subnets` are trusted (a topology's space); `learnt` come from peers and are untrusted:
+    they may extend a network's sets, never merge domains, widen management or block a plan.
+    """
 
     interfaces: tuple[InterfaceAddress, ...] = ()
-    subnets: tuple[IPNetwork, ...] = Field(default=(), description="known cloud-wide")
+    subnets: tuple[IPNetwork, ...] = Field(default=(), description="the space's, trusted")
+    learnt: tuple[IPNetwork, ...] = Field(default=(), description="from peers, untrusted")
     space: str | None = None
     gateways: dict[IPNetwork, IPAddress] = {}
 
@@ -102,6 +110,7 @@ class MachinePlan(_Frozen):
     isolation: Isolation
     config: CharmConfig
     interface_kinds: dict[str, InterfaceKind] = {}
+    ignored: tuple[str, ...] = Field(default=(), description="peer subnets refused here")
 
     @property
     def allowed_domains(self) -> tuple[Domain, ...]:
@@ -137,7 +146,7 @@ def _sorted_unique(items: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
 def known_subnets(
     networks: Mapping[Network, NetworkView], config: CharmConfig
 ) -> dict[Network, tuple[IPNetwork, ...]]:
-    """Each network's subnets: what the binding or space shows, plus `network-cidrs`.
+    """Each network's own subnets: what the binding or space shows, plus `network-cidrs`.
 
     Extra subnets belong to the space: a subnet added to one network is added to every network
     that shares its space, so networks bound together stay one domain.
@@ -157,6 +166,102 @@ def known_subnets(
         extra = [c for mate in space_mates for c in config.network_cidrs.get(mate, ())]
         result[net] = _sorted_unique([*base[net], *extra])
     return result
+
+
+def domain_index(domains: tuple[tuple[Network, ...], ...]) -> dict[Network, int]:
+    """Each network's place in the domains."""
+    return {net: i for i, group in enumerate(domains) for net in group}
+
+
+def learnt_subnets(
+    networks: Mapping[Network, NetworkView],
+    own: Mapping[Network, tuple[IPNetwork, ...]],
+    config: CharmConfig,
+) -> tuple[dict[Network, tuple[IPNetwork, ...]], list[str]]:
+    """Each network's subnets with those learnt from peers, and the learnt ones refused.
+
+    Domains stay those of the machine's own subnets: a learnt subnet joins every network of
+    its network's domain, unless it overlaps a subnet of another domain (own or learnt: both
+    learnt ones go). Management takes only learnt subnets inside what its own subnets and
+    `client-cidrs` give, so peers never widen the failsafe or the management accepts. One
+    sorted sweep: O(n log n) in the subnets.
+    """
+    domains = group_domains(own)
+    index = domain_index(domains)
+    management = index[Network.MANAGEMENT]
+    bound = [*own[Network.MANAGEMENT], *config.client_cidrs]
+    # (domain, learnt subnet) -> why it is refused: outside management's bound, or the
+    # subnet (and its domain) it overlaps
+    refused: dict[tuple[int, IPNetwork], tuple[IPNetwork, int] | None] = {}
+    entries: list[Tagged] = [(s, index[net], 1) for net in NETWORKS for s in own[net]]
+    for net in NETWORKS:
+        for subnet in networks.get(net, NetworkView()).learnt:
+            if index[net] == management and not any(within(subnet, b) for b in bound):
+                refused[(management, subnet)] = None
+            else:
+                entries.append((subnet, index[net], 0))
+    for outer, inner in nested_pairs(entries):
+        if outer[1] == inner[1]:
+            continue
+        for (subnet, domain, trusted), other in ((outer, inner), (inner, outer)):
+            if not trusted and (domain, subnet) not in refused:
+                refused[(domain, subnet)] = (other[0], other[1])
+    extended = {
+        net: _sorted_unique(
+            [
+                *own[net],
+                *(
+                    s
+                    for mate in domains[index[net]]
+                    for s in networks.get(mate, NetworkView()).learnt
+                    if (index[net], s) not in refused
+                ),
+            ]
+        )
+        for net in NETWORKS
+    }
+    reasons = [
+        f"{subnet} learnt for {domains[domain][0]} "
+        + (
+            f"overlaps {why[0]} of {domains[why[1]][0]}"
+            if why
+            else "is outside its own subnets and client-cidrs"
+        )
+        for (domain, subnet), why in list(refused.items())[:MAX_REASONS]
+    ]
+    if len(refused) > MAX_REASONS:
+        reasons.append(f"(+{len(refused) - MAX_REASONS} more learnt subnets refused)")
+    return extended, reasons
+
+
+def within(inner: IPNetwork, outer: IPNetwork) -> bool:
+    """Whether `inner` lies inside `outer` (False across address families)."""
+    return (
+        inner.version == outer.version
+        and int(outer.network_address) <= int(inner.network_address)
+        and int(inner.broadcast_address) <= int(outer.broadcast_address)
+    )
+
+
+def nested_pairs(entries: Iterable[Tagged]) -> Iterable[tuple[Tagged, Tagged]]:
+    """Pairs (outer, inner) of overlapping tagged subnets, by one sorted sweep.
+
+    CIDR blocks overlap only by nesting, so the stack holds the blocks enclosing the current
+    one: at most one per prefix length and tag.
+    """
+    ordered = sorted(
+        set(entries), key=lambda e: (e[0].version, int(e[0].network_address), e[0].prefixlen)
+    )
+    stack: list[Tagged] = []
+    for entry in ordered:
+        start = int(entry[0].network_address)
+        while stack and (
+            stack[-1][0].version != entry[0].version or int(stack[-1][0].broadcast_address) < start
+        ):
+            stack.pop()
+        for outer in stack:
+            yield outer, entry
+        stack.append(entry)
 
 
 def group_domains(
@@ -240,7 +345,8 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
     roles = tuple(sorted(plan_input.roles | config.roles))
     unknown = sorted(set(roles) - set(config.networks_by_role))
     allowed = networks_for_roles((r for r in roles if r not in unknown), config.networks_by_role)
-    subnets = known_subnets(plan_input.networks, config)
+    own = known_subnets(plan_input.networks, config)
+    subnets, ignored = learnt_subnets(plan_input.networks, own, config)
     views = {net: plan_input.networks.get(net, NetworkView()) for net in NETWORKS}
 
     networks = {
@@ -253,14 +359,14 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
         )
         for net in NETWORKS
     }
-    isolation = isolation_of(subnets)
+    isolation = isolation_of(own)
     domains = tuple(_domain(group, networks, views) for group in isolation.domains)
 
     problems = [_unknown_role(r, config) for r in unknown]
     if not roles:
         problems.append(NO_ROLE_MESSAGE)
     problems += _missing_networks((r for r in roles if r not in unknown), config, networks)
-    problems += overlaps(subnets)
+    problems += overlaps(own)
 
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -279,6 +385,7 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
         isolation=isolation,
         config=config,
         interface_kinds=plan_input.interface_kinds,
+        ignored=tuple(ignored),
     )
 
 

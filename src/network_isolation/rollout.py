@@ -1,56 +1,108 @@
-"""Rolling apply: one machine at a time, each confirmed before the next starts.
+"""Rolling apply in waves: a canary machine, then growing waves, each confirmed before the next.
 
 A `juju config` change reaches every unit at once. A change that passes each host's own checks
-but is still wrong must not hit the whole cloud in one moment, so the leader hands out apply
-turns over the peer relation. This module is the pure decision: who may apply now, and what
-each unit should say while it waits.
+but is still wrong must not hit the whole cloud in one moment, so the leader opens waves over
+the peer relation. This module is the pure decision: how machines are ordered into waves, when
+the next wave opens or the roll halts, who may apply now, and what each unit says meanwhile.
+
+A rollout is named by a generation: a digest of everything the leader knows that decides the
+rulesets (config, the cloud view, every unit's record). Units never announce what they want:
+each waits for a wave that holds it, applies, and reports once, for its own apply only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FINGERPRINT = re.compile(r"^[0-9a-f]{16,64}$")
+GENERATION = re.compile(r"^[0-9a-f]{16}$")
+WAVE_LIMIT = re.compile(r"^([1-9][0-9]{0,4})(%?)$")
+# Roles whose machines hold quorums (Kubernetes/dqlite and MySQL on control, Ceph MON on
+# storage): at most one machine of each in flight at once.
+QUORUM_ROLES: tuple[str, ...] = ("control", "storage")
+MAX_HALT = 300
+Outcome = Literal["applied", "failed", "blocked"]
 
 
-class UnitRoll(BaseModel):
-    """What a unit says about its apply: the change it wants, and how its last attempt went."""
-
+class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    wants: str | None = Field(default=None, pattern=FINGERPRINT.pattern)
-    applied: str | None = Field(default=None, pattern=FINGERPRINT.pattern)
-    failed: str | None = Field(default=None, pattern=FINGERPRINT.pattern)
+
+class UnitReport(_Frozen):
+    """What a unit says, once per rollout, about its own apply of that rollout.
+
+    `blocked`: its plan or render is blocked (its status says why), so it applied nothing and
+    its host keeps the previous ruleset: done for the roll, and no reason to halt it.
+    """
+
+    generation: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
+    outcome: Outcome = "applied"
     error: str = Field(default="", max_length=200)
 
     @property
-    def pending(self) -> bool:
-        """The unit has a change it has neither applied nor failed."""
-        return self.wants is not None and self.wants not in (self.applied, self.failed)
+    def failed(self) -> bool:
+        """The unit's apply failed, at whatever stage."""
+        return self.outcome == "failed"
+
+
+class Roll(_Frozen):
+    """The leader's decision, published in the application databag.
+
+    `waves` lists unit names (every unit of a machine in the same wave); waves 1..`opened` may
+    apply. `opened_at` (seconds since the epoch) times the newest wave out.
+    """
+
+    generation: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
+    waves: tuple[tuple[str, ...], ...] = ()
+    opened: int = Field(default=0, ge=0)
+    opened_at: float = 0.0
+    halted: str = Field(default="", max_length=MAX_HALT)
+
+    def wave_of(self, unit: str) -> int | None:
+        """1-based wave that holds a unit, if any."""
+        return next((i + 1 for i, wave in enumerate(self.waves) if unit in wave), None)
 
     @property
-    def has_failed(self) -> bool:
-        """The unit's wanted change failed on its host and was rolled back."""
-        return self.wants is not None and self.wants == self.failed
+    def done(self) -> bool:
+        """Every wave has been opened (the last one may still be applying)."""
+        return self.opened >= len(self.waves)
 
 
-class Roll(BaseModel):
-    """The leader's decision, published in the application databag."""
+@dataclass(frozen=True)
+class Member:
+    """A unit in the roll as the leader knows it from its record: its machine and roles."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    unit: str
+    machine: str
+    roles: frozenset[str]
 
-    turn: str | None = None
-    queue: tuple[str, ...] = ()
-    halted: str = Field(default="", max_length=300)
 
-    def position(self, unit: str) -> tuple[int, int] | None:
-        """1-based place of a unit in the queue and the queue length, if it is waiting."""
-        if unit not in self.queue:
-            return None
-        return self.queue.index(unit) + 1, len(self.queue)
+@dataclass(frozen=True)
+class Schedule:
+    """How fast waves grow: doubling from one machine up to `limit` machines (or percent)."""
+
+    limit: int = 25
+    percent: bool = True
+    timeout: float = 900.0
+
+    @classmethod
+    def parse(cls, text: str, timeout: float) -> Schedule:
+        """`16` (machines per wave at most) or `25%` (of the machines in the roll)."""
+        match = WAVE_LIMIT.match(text.strip())
+        if not match or (match.group(2) and int(match.group(1)) > 100):
+            raise ValueError(f"'{text}' is neither a number of machines nor a percentage 1-100%")
+        return cls(int(match.group(1)), bool(match.group(2)), timeout)
+
+    def cap(self, machines: int) -> int:
+        """The most machines in one wave for a roll of `machines`."""
+        if self.percent:
+            return max(1, machines * self.limit // 100)
+        return self.limit
 
 
 def unit_order(name: str) -> tuple[str, int]:
@@ -59,34 +111,147 @@ def unit_order(name: str) -> tuple[str, int]:
     return app, int(number) if number.isdigit() else -1
 
 
-def decide(units: Mapping[str, UnitRoll], previous: Roll) -> Roll:
-    """The next roll state, from every unit's report and the previous decision.
+def generation(*parts: str) -> str:
+    """The name of a rollout: a short digest of what decides every unit's ruleset."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
 
-    A failure halts the roll; the halt lifts when the failed unit wants a new change (the
-    inputs changed). Otherwise the turn stays with its unit until it has applied or failed,
-    then passes to the next pending unit in a stable order.
+
+def _machines(members: Iterable[Member]) -> list[tuple[str, frozenset[str], tuple[str, ...]]]:
+    """(machine, roles, units) per machine; the roles of a machine are its units' roles."""
+    roles: dict[str, set[str]] = {}
+    units: dict[str, list[str]] = {}
+    for member in members:
+        roles.setdefault(member.machine, set()).update(member.roles)
+        units.setdefault(member.machine, []).append(member.unit)
+    return [
+        (m, frozenset(roles[m]), tuple(sorted(units[m], key=unit_order))) for m in sorted(roles)
+    ]
+
+
+def _role_first_order(
+    machines: list[tuple[str, frozenset[str], tuple[str, ...]]],
+) -> list[tuple[str, frozenset[str], tuple[str, ...]]]:
+    """Round-robin over kinds of machine (their role sets), the most numerous kind first.
+
+    The canary is then a machine of the commonest kind (compute in a Sunbeam cloud: no quorum
+    lives there), and the first waves hold a machine of every kind.
     """
-    failed = sorted((u for u, s in units.items() if s.has_failed), key=unit_order)
+    kinds: dict[frozenset[str], list[tuple[str, frozenset[str], tuple[str, ...]]]] = {}
+    for machine in machines:
+        kinds.setdefault(machine[1], []).append(machine)
+    queues = sorted(kinds.values(), key=lambda q: (-len(q), sorted(q[0][1])))
+    order: list[tuple[str, frozenset[str], tuple[str, ...]]] = []
+    for depth in range(max((len(q) for q in queues), default=0)):
+        order += [q[depth] for q in queues if depth < len(q)]
+    return order
+
+
+def plan_waves(members: Iterable[Member], schedule: Schedule) -> tuple[tuple[str, ...], ...]:
+    """Machines into waves of 1, 2, 4, ... up to the cap, within the quorum limits.
+
+    A wave holds at most one machine of each quorum role, and never every machine of a role
+    that has more than one. A machine that does not fit waits for a later wave.
+    """
+    machines = _role_first_order(_machines(members))
+    per_role: dict[str, int] = {}
+    for _, roles, _ in machines:
+        for role in roles:
+            per_role[role] = per_role.get(role, 0) + 1
+    limits = {role: count - 1 if count > 1 else 1 for role, count in per_role.items()}
+    for role in QUORUM_ROLES:
+        limits[role] = 1
+    cap = schedule.cap(len(machines))
+    waves: list[tuple[str, ...]] = []
+    size = 1
+    waiting = machines
+    while waiting:
+        wave: list[str] = []
+        taken = 0
+        in_wave: dict[str, int] = {}
+        later: list[tuple[str, frozenset[str], tuple[str, ...]]] = []
+        for machine in waiting:
+            _, roles, units = machine
+            if taken >= size or any(in_wave.get(r, 0) >= limits[r] for r in roles):
+                later.append(machine)
+                continue
+            for role in roles:
+                in_wave[role] = in_wave.get(role, 0) + 1
+            wave += units
+            taken += 1
+        waves.append(tuple(wave))
+        waiting = later
+        size = min(size * 2, cap)
+    return tuple(waves)
+
+
+def step(
+    previous: Roll,
+    gen: str,
+    members: Mapping[str, Member],
+    reports: Mapping[str, UnitReport],
+    now: float,
+    schedule: Schedule,
+) -> Roll:
+    """The leader's next roll state.
+
+    A new generation starts a new roll from the canary (and lifts a halt: the inputs changed).
+    Within a roll only reports of this generation from units of an opened wave count, each for
+    its own apply: a failure halts the roll; when every unit still present in the opened waves
+    has reported, the next wave opens; a wave that outlives the timeout halts the roll.
+    """
+    if gen != previous.generation:
+        waves = plan_waves(members.values(), schedule)
+        return Roll(generation=gen, waves=waves, opened=min(1, len(waves)), opened_at=now)
+    if previous.halted or previous.opened == 0:
+        return previous
+    opened = [u for wave in previous.waves[: previous.opened] for u in wave if u in members]
+    current = {u: r for u, r in reports.items() if r.generation == gen}
+    failed = [u for u in opened if u in current and current[u].failed]
     if failed:
         unit = failed[0]
-        reason = units[unit].error or "apply failed and was rolled back"
-        return Roll(turn=None, queue=(), halted=f"{unit}: {reason}"[:300])
-    pending = sorted((u for u, s in units.items() if s.pending), key=unit_order)
-    turn = previous.turn if previous.turn in pending else (pending[0] if pending else None)
-    queue = tuple(u for u in pending if u != turn)
-    return Roll(turn=turn, queue=queue, halted="")
+        reason = current[unit].error or "apply failed"
+        halted = f"{unit} ({members[unit].machine}) in wave {previous.wave_of(unit)}: {reason}"
+        return previous.model_copy(update={"halted": halted[:MAX_HALT]})
+    missing = [u for u in opened if u not in current]
+    if not missing:
+        if previous.done:
+            return previous
+        return previous.model_copy(update={"opened": previous.opened + 1, "opened_at": now})
+    if now - previous.opened_at > schedule.timeout:
+        late = ", ".join(missing[:3]) + (
+            f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+        )
+        halted = (
+            f"wave {previous.opened}/{len(previous.waves)} timed out after"
+            f" {schedule.timeout:.0f} s waiting for {late}"
+        )
+        return previous.model_copy(update={"halted": halted[:MAX_HALT]})
+    return previous
 
 
-def may_apply(unit: str, roll: Roll) -> bool:
-    """Whether a unit that wants a change may apply it now."""
-    return not roll.halted and roll.turn == unit
+def may_apply(unit: str, roll: Roll, own: UnitReport) -> bool:
+    """Whether a unit may apply now: its wave is open and it has not yet reported on this roll.
+
+    A roll with no generation yet (no leader decision) lets a unit apply at once, as a lone
+    unit with no peers does.
+    """
+    if not roll.generation:
+        return True
+    if roll.halted or own.generation == roll.generation:
+        return False
+    wave = roll.wave_of(unit)
+    return wave is not None and wave <= roll.opened
 
 
 def waiting_message(unit: str, roll: Roll) -> str:
-    """What a unit waiting for its turn says in its status."""
+    """What a unit that has a change but may not apply it says in its status."""
     if roll.halted:
-        return f"rolling apply halted by {roll.halted}"
-    place = roll.position(unit)
-    if place is None:
-        return "waiting for an apply turn from the leader"
-    return f"waiting for apply turn {place[0] + 1}/{place[1] + 1}"
+        return f"rolling apply halted: {roll.halted}"
+    wave = roll.wave_of(unit)
+    if wave is None or wave <= roll.opened:
+        return "waiting for the leader to schedule this change"
+    return f"waiting for wave {wave}/{len(roll.waves)}"

@@ -7,11 +7,11 @@ test.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from bindings import DISJOINT_SUBNETS, GUIDE_NETWORKS, binding
 from fake_host import FakeHost
 from ops import testing
 from render_helpers import EXAMPLES
@@ -19,29 +19,9 @@ from render_helpers import EXAMPLES
 from network_isolation.topology import Topology, load_topology
 from tests.role_tables import GUIDE_ROLE_TABLE, SUNBEAM_ROLE_TABLE
 
-# The guide's "Cloud networks" table: the six network names.
-GUIDE_NETWORKS: tuple[str, ...] = (
-    "data",
-    "internal",
-    "management",
-    "public",
-    "storage",
-    "storage-cluster",
-)
-
 # The two role tables, written out by hand (role -> cloud network access).
 GUIDE_ROLE_NETWORKS = GUIDE_ROLE_TABLE
 SUNBEAM_ROLE_NETWORKS = SUNBEAM_ROLE_TABLE
-
-# One subnet per network, all disjoint: the guide's "maximum isolation" layout.
-DISJOINT_SUBNETS: dict[str, str] = {
-    "management": "10.10.0.0/24",
-    "internal": "10.20.0.0/24",
-    "public": "10.30.0.0/24",
-    "data": "10.40.0.0/24",
-    "storage": "10.50.0.0/24",
-    "storage-cluster": "10.60.0.0/24",
-}
 
 # Where a network has an address on the test machine: (interface, subnet), or None for none.
 Layout = Mapping[str, tuple[str, str] | None]
@@ -90,23 +70,6 @@ def disjoint_subnets() -> dict[str, str]:
     return dict(DISJOINT_SUBNETS)
 
 
-def _binding(name: str, place: tuple[str, str] | None, host: int = 5) -> testing.Network:
-    if place is None:
-        # Declared, but the machine has no address in the network's space.
-        return testing.Network(name, bind_addresses=[], ingress_addresses=[], egress_subnets=[])
-    interface, cidr = place
-    subnet = ipaddress.ip_network(cidr)
-    address = str(subnet[host])
-    return testing.Network(
-        name,
-        bind_addresses=[
-            testing.BindAddress([testing.Address(address, cidr=cidr)], interface_name=interface)
-        ],
-        ingress_addresses=[address],
-        egress_subnets=[cidr],
-    )
-
-
 @pytest.fixture(scope="session")
 def make_networks() -> NetworksFactory:
     """Bindings for all six networks, as `network-get` would give them on one machine.
@@ -116,7 +79,7 @@ def make_networks() -> NetworksFactory:
 
     def make(layout: Layout) -> list[testing.Network]:
         assert set(layout) == set(GUIDE_NETWORKS), "declare every one of the six bindings"
-        return [_binding(name, layout[name]) for name in GUIDE_NETWORKS]
+        return [binding(name, layout[name]) for name in GUIDE_NETWORKS]
 
     return make
 

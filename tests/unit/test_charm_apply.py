@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 from collections.abc import Iterable
 
@@ -18,8 +20,10 @@ from network_isolation.host import (
     RejectedRecord,
     fingerprint,
 )
+from network_isolation.model import Network
+from network_isolation.peers import MachineRecord
 from network_isolation.render import Artefacts
-from network_isolation.rollout import Roll, UnitRoll
+from network_isolation.rollout import Roll, UnitReport
 
 Ctx = testing.Context[NetworkIsolationCharm]
 
@@ -175,60 +179,104 @@ def roll_of(out: testing.State, relation: testing.PeerRelation) -> Roll:
     return Roll.model_validate_json(out.get_relation(relation.id).local_app_data["roll"])
 
 
-def unit_roll(out: testing.State, relation: testing.PeerRelation) -> UnitRoll:
-    return UnitRoll.model_validate_json(out.get_relation(relation.id).local_unit_data["roll"])
+def report_of(out: testing.State, relation: testing.PeerRelation) -> UnitReport:
+    return UnitReport.model_validate_json(out.get_relation(relation.id).local_unit_data["report"])
 
 
-def test_a_change_waits_for_its_turn(networks, fake_host):
+G = "1" * 16
+ME, PEER = "network-isolation/0", "network-isolation/1"
+
+
+def compute_record(machine: str) -> str:
+    """A peer compute machine's record, on the test machine's subnets."""
+    return MachineRecord(
+        machine=machine,
+        roles=("compute",),
+        subnets={Network.MANAGEMENT: (ipaddress.ip_network("10.10.0.0/24"),)},
+        addresses={Network.MANAGEMENT: (ipaddress.ip_address("10.10.0.9"),)},
+    ).model_dump_json()
+
+
+def peer_reports(
+    out: testing.State, peers: testing.PeerRelation, report: UnitReport
+) -> tuple[testing.PeerRelation, testing.State]:
+    """The state after peer 1 has written its report, as Juju would deliver it."""
+    relation = out.get_relation(peers.id)
+    assert isinstance(relation, testing.PeerRelation)
+    bag = {**relation.peers_data[1], "report": report.model_dump_json()}
+    relation = dataclasses.replace(relation, peers_data={**relation.peers_data, 1: bag})
+    others = [r for r in out.relations if r.id != peers.id]
+    return relation, dataclasses.replace(out, relations=[*others, relation])
+
+
+def test_a_change_waits_for_its_wave_and_announces_nothing(networks, fake_host):
     fake_host.applied_state = Applied("an older ruleset", None)  # not a first apply
-    peers = testing.PeerRelation(
-        "cluster",
-        local_app_data={
-            "roll": Roll(
-                turn="network-isolation/1", queue=("network-isolation/0",)
-            ).model_dump_json()
-        },
-    )
+    roll = Roll(generation=G, waves=((PEER,), (ME,)), opened=1)
+    peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
     ctx = context(0)
     out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
-    assert out.unit_status == testing.WaitingStatus("waiting for apply turn 2/2")
+    assert out.unit_status == testing.WaitingStatus("waiting for wave 2/2")
     assert applies(fake_host) == []
-    assert unit_roll(out, peers).pending
+    assert "report" not in out.get_relation(peers.id).local_unit_data
 
 
-def test_the_leader_takes_the_first_turn_and_applies(networks, fake_host):
+def test_a_unit_applies_in_its_wave_and_reports_once(networks, fake_host):
     fake_host.applied_state = Applied("an older ruleset", None)
-    fingerprint_ = "b" * 64
+    roll = Roll(generation=G, waves=((PEER,), (ME,)), opened=2)
+    peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
+    ctx = context(0)
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    assert len(applies(fake_host)) == 1
+    assert report_of(out, peers) == UnitReport(generation=G, outcome="applied")
+    # The same roll again (another peer's event): nothing to apply, nothing to write.
+    out = ctx.run(ctx.on.update_status(), out)
+    assert len(applies(fake_host)) == 1
+    assert report_of(out, peers) == UnitReport(generation=G, outcome="applied")
+
+
+def test_the_leader_opens_the_canary_then_the_next_wave_on_its_report(networks, fake_host):
+    fake_host.applied_state = Applied("an older ruleset", None)
     peers = testing.PeerRelation(
-        "cluster", peers_data={1: {"roll": UnitRoll(wants=fingerprint_).model_dump_json()}}
+        "cluster",
+        peers_data={1: {"machine": compute_record("machine-1")}},
     )
     ctx = context(0)
     out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
-    assert len(applies(fake_host)) == 1
-    assert isinstance(out.unit_status, ops.ActiveStatus)
-    mine = unit_roll(out, peers)
-    assert mine.applied == mine.wants
-    # Having applied, the leader passes the turn to the next pending unit in the same hook.
-    assert roll_of(out, peers).turn == "network-isolation/1"
+    roll = roll_of(out, peers)
+    assert roll.waves[0] == (PEER,) and roll.opened == 1  # machine-1 is the canary
+    assert applies(fake_host) == []
+    assert out.unit_status == testing.WaitingStatus("waiting for wave 2/2")
+
+    # The canary reports: the leader reads that one unit and opens the next wave.
+    relation, after = peer_reports(out, peers, UnitReport(generation=roll.generation))
+    out = ctx.run(ctx.on.relation_changed(relation, remote_unit=1), after)
+    roll = roll_of(out, peers)
+    assert roll.opened == 2 and ME in roll.waves[1]
+    assert len(applies(fake_host)) == 1, "the leader applies in its wave, in the same hook"
+    assert report_of(out, peers).generation == roll.generation
 
 
-def test_a_failed_machine_halts_the_roll(networks, fake_host):
+def test_a_failure_anywhere_in_the_apply_halts_the_roll(networks, fake_host):
     fake_host.applied_state = Applied("an older ruleset", None)
-    bad = UnitRoll(wants="c" * 64, failed="c" * 64, error="unreachable: 10.10.0.2:17070")
-    peers = testing.PeerRelation("cluster", peers_data={1: {"roll": bad.model_dump_json()}})
+    peers = testing.PeerRelation(
+        "cluster",
+        peers_data={1: {"machine": compute_record("machine-1")}},
+    )
     ctx = context(0)
     out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
+    gen = roll_of(out, peers).generation
+    failed = UnitReport(generation=gen, outcome="failed", error="arm: cannot arm the timer")
+    relation, after = peer_reports(out, peers, failed)
+    out = ctx.run(ctx.on.relation_changed(relation, remote_unit=1), after)
+    halted = roll_of(out, peers).halted
+    assert halted.startswith(f"{PEER} (machine-1) in wave 1: arm: cannot arm the timer")
     assert applies(fake_host) == []
-    assert roll_of(out, peers).halted.startswith("network-isolation/1")
-    assert isinstance(out.unit_status, ops.WaitingStatus)
-    assert "halted" in out.unit_status.message
+    assert out.unit_status == testing.WaitingStatus(f"rolling apply halted: {halted}")
 
 
 def test_the_first_apply_of_a_new_unit_is_not_held_back(networks, fake_host):
-    peers = testing.PeerRelation(
-        "cluster",
-        local_app_data={"roll": Roll(turn="network-isolation/1").model_dump_json()},
-    )
+    roll = Roll(generation=G, waves=((PEER,), (ME,)), opened=1)
+    peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
     ctx = context(0)
     ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
     assert len(applies(fake_host)) == 1
@@ -237,7 +285,11 @@ def test_the_first_apply_of_a_new_unit_is_not_held_back(networks, fake_host):
 def test_unreadable_roll_data_from_peers_is_ignored(networks, fake_host):
     fake_host.applied_state = Applied("an older ruleset", None)
     peers = testing.PeerRelation(
-        "cluster", peers_data={1: {"roll": "{not json"}, 2: {"roll": '{"wants": "; rm -rf /"}'}}
+        "cluster",
+        peers_data={
+            1: {"report": "{not json"},
+            2: {"report": '{"outcome": "failed"}' + " " * 600},
+        },
     )
     ctx = context(0)
     out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
@@ -245,18 +297,20 @@ def test_unreadable_roll_data_from_peers_is_ignored(networks, fake_host):
     assert roll_of(out, peers).halted == ""
 
 
-def test_rejected_artefacts_are_reported_to_the_roll(networks, fake_host):
+def test_rejected_artefacts_count_as_a_failure_of_the_roll(networks, fake_host):
     ctx = context(0)
     ctx.run(ctx.on.action("show-plan"), state(networks))
     nftables = (ctx.action_results or {})["nftables"]
     netplan = (ctx.action_results or {})["netplan"]
     wanted = fingerprint(Applied(nftables, netplan))  # type: ignore[arg-type]
+    fake_host.applied_state = Applied("an older ruleset", None)
     fake_host.rejected_state = RejectedRecord(wanted, "probe", "gateway unreachable")
-    peers = testing.PeerRelation("cluster")
+    roll = Roll(generation=G, waves=((ME,),), opened=1)
+    peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
     out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
-    mine = unit_roll(out, peers)
-    assert mine.has_failed
-    assert mine.error == "gateway unreachable"
+    mine = report_of(out, peers)
+    assert mine.failed and mine.generation == G
+    assert "gateway unreachable" in mine.error and mine.error.startswith("rejected: ")
 
 
 def test_the_hosts_netplan_sections_reach_the_rendered_file(networks, fake_host):

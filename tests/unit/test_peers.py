@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 
@@ -152,7 +153,7 @@ def test_a_peer_claiming_everything_is_ignored_and_named(storage_networks):
     st = testing.State(networks=storage_networks, relations=[storage_node(), peers], leader=True)
     out = ctx.run(ctx.on.config_changed(), st)
     assert isinstance(out.unit_status, ops.ActiveStatus)
-    assert "ignored data from network-isolation/3" in out.unit_status.message
+    assert "refused the record of network-isolation/3: 0.0.0.0/0 is wider" in str(out.unit_status)
     cloud = out.get_relation(peers.id).local_app_data["cloud"]
     assert "0.0.0.0/0" not in cloud
     subnets = plan_of(ctx, out)["networks"]["storage-cluster"]["subnets"]
@@ -190,10 +191,22 @@ def test_the_leader_applies_the_view_it_has_just_aggregated(storage_networks, fa
     assert "10.60.1.0/24" in (fake_host.applied_state.nftables or "")
 
 
-def test_update_status_does_not_make_the_leader_reread_its_peers(storage_networks):
+def test_the_leader_keeps_what_it_learnt_and_rereads_no_peer_on_update_status(storage_networks):
     evil = '{"machine": "m666", "subnets": {"storage-cluster": ["0.0.0.0/0"]}}'
     peers = testing.PeerRelation("cluster", peers_data={3: peer_bag(evil)})
     ctx = context()
     st = testing.State(networks=storage_networks, relations=[storage_node(), peers], leader=True)
-    assert "ignored data" in str(ctx.run(ctx.on.config_changed(), st).unit_status)
-    assert "ignored data" not in str(ctx.run(ctx.on.update_status(), st).unit_status)
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert "refused the record of network-isolation/3" in str(out.unit_status)
+    # The peer's databag now holds a valid record; update-status does not read it, so the
+    # leader still names what it learnt (and refused) before.
+    fixed = dump(record("m3", storage_cluster=["10.60.7.0/24"]))
+    relation = dataclasses.replace(out.get_relation(peers.id), peers_data={3: peer_bag(fixed)})
+    later = dataclasses.replace(out, relations=[storage_node(), relation])
+    again = ctx.run(ctx.on.update_status(), later)
+    assert "refused the record of network-isolation/3" in str(again.unit_status)
+    # Its own relation-changed makes the leader read it.
+    changed = ctx.run(ctx.on.relation_changed(relation, remote_unit=3), later)
+    assert "refused" not in str(changed.unit_status)
+    view = CloudView.model_validate_json(changed.get_relation(peers.id).local_app_data["cloud"])
+    assert ipaddress.ip_network("10.60.7.0/24") in view.subnets_of(Network.STORAGE_CLUSTER)

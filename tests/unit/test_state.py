@@ -12,6 +12,7 @@ from ops import testing
 import charm
 import state as state_module
 from charm import NetworkIsolationCharm
+from cluster import Woken
 from state import HookState, Outcome
 
 
@@ -50,7 +51,7 @@ def test_every_hook_reads_its_state_once(reads, make_networks, distinct_layout, 
     asked, read = reads[0]
     reconciles = event != "start"
     assert asked.get("artefacts", False) == reconciles
-    assert asked.get("lead", False) == (event == "config_changed")
+    assert asked.get("woken", Woken()) == Woken(), "no peer woke it: the leader reads none"
     assert (read.artefacts is not None) == reconciles
     assert read.plan.roles == ("compute",)
 

@@ -10,7 +10,7 @@ from ops import testing
 
 from network_isolation.model import NETWORKS, Network
 from network_isolation.peers import CloudView, MachineRecord, aggregate, dump
-from network_isolation.rollout import Roll, UnitRoll
+from network_isolation.rollout import Roll, UnitReport
 
 APP = "network-isolation"
 RACK_SIZE = 20
@@ -65,7 +65,7 @@ def peer_databag(unit: int) -> dict[str, str]:
     wanted = _fingerprint(unit)
     return {
         "machine": dump(machine_record(unit)),
-        "roll": dump(UnitRoll(wants=wanted, applied=wanted)),
+        "report": dump(UnitReport(generation=wanted[:16])),
         "private-address": address,
         "ingress-address": address,
         "egress-subnets": f"{address}/32",
@@ -128,11 +128,12 @@ def hook_state(
 
 
 def granted_turn(state: testing.State) -> testing.State:
-    """The state with the leader's apply turn given to unit 0."""
+    """The state with a wave open that holds unit 0."""
     relations = []
     for relation in state.relations:
         if isinstance(relation, testing.PeerRelation):
-            app_data = {**relation.local_app_data, "roll": dump(Roll(turn=f"{APP}/0"))}
+            granted = Roll(generation="0" * 16, waves=((f"{APP}/0",),), opened=1)
+            app_data = {**relation.local_app_data, "roll": dump(granted)}
             relation = dataclasses.replace(relation, local_app_data=app_data)
         relations.append(relation)
     return dataclasses.replace(state, relations=relations)

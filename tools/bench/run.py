@@ -19,6 +19,7 @@ from pathlib import Path
 
 from network_isolation.model import Network
 
+from . import rollout
 from .cloud import cloud_view
 from .hooks import Harness, HookToolCounter, load_fake_host
 from .packets import packet_path, packet_settings
@@ -114,12 +115,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--packet-peers", type=_int_list, help="peer counts of the packet path (1000,10000)"
     )
     parser.add_argument("--runs", type=int, default=0, help="hooks per median")
+    parser.add_argument(
+        "--rollout-machines",
+        type=_int_list,
+        help="cloud sizes of the modelled rollout (default 10,32,100,1000; quick: up to 100)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results there")
     args = parser.parse_args(argv)
     if args.peers is None:
         args.peers = QUICK_PEERS if args.quick else FULL_PEERS
     if args.packet_peers is None:
         args.packet_peers = PACKET_PEERS
+    if args.rollout_machines is None:
+        args.rollout_machines = (10, 32, 100) if args.quick else (10, 32, 100, 1000)
     return args
 
 
@@ -136,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = run(args, log)
     print("\n".join(report(results, machine())))
+    log("rolling apply: the real charm for 10 machines, then the model")
+    print("\n" + "\n".join(rollout.main(args.rollout_machines)))
     if args.json:
         args.json.write_text(json.dumps(raw_results(results), indent=2) + "\n")
     return 1 if results.failures and not args.quick else 0

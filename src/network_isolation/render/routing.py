@@ -14,9 +14,8 @@ from typing import Literal
 
 from ..config import IPNetwork
 from ..model import NETWORKS, Network
-from ..planner import Domain, InterfaceKind, IPAddress, IPInterface, MachinePlan
+from ..planner import Domain, InterfaceKind, IPAddress, IPInterface, MachinePlan, within
 from .common import RenderError, check_interface_name, file_header, network_names
-from .subnets import within
 
 # MAAS (cloud-init) writes 50-cloud-init.yaml; netplan reads files in lexical order of their
 # names and appends sequences, so ours adds routes and rules after MAAS's definitions.
