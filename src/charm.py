@@ -23,6 +23,7 @@ from network_isolation.host import (
     MachineRegistry,
     ProbeTarget,
     controller_targets,
+    fingerprint,
     gateway_target,
     state_dir,
 )
