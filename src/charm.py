@@ -6,24 +6,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 import ops
 from network_isolation_interface import NetworkIsolationRequirer
 
 from cluster import NO_PEER, Cluster, FoldStore, Woken, woken_by
+from cos_agent import CosAgent, scrape_target
 from network_isolation import bypass
 from network_isolation.config import ConfigError
 from network_isolation.host import (
     ApplyError,
+    ExporterSpec,
     Host,
     HostError,
     MachineRegistry,
     ProbeTarget,
     controller_targets,
+    fingerprint,
     gateway_target,
     state_dir,
 )
+from network_isolation.model import Network
+from network_isolation.observed import PlanSummary
+from network_isolation.planner import MachinePlan
+from network_isolation.render import Artefacts
 from network_isolation.report import machine_dict, machine_text
+from network_isolation.report_html import cloud_html
 from network_isolation.rollout import Roll, UnitReport, may_apply, waiting_message
 from state import ROLE_ENDPOINTS, HookState, Outcome, Sources, read_state, related_roles
 
@@ -41,6 +50,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         self.registry = MachineRegistry(state_dir() / "units")
         self.host = Host(state=state_dir())
         self.service_ports = NetworkIsolationRequirer(self, endpoint="service-ports")
+        self.cos_agent = CosAgent(self)
         self.sources = Sources(self.service_ports, self.registry, self.host, FoldStore(self))
         self.outcome = Outcome()
         self._state: HookState | None = None  # read once per hook, by its first reader
@@ -60,6 +70,10 @@ class NetworkIsolationCharm(ops.CharmBase):
                 self.on[endpoint].relation_broken,
             ]
         reconcile_on.append(self.service_ports.on.ports_changed)
+        reconcile_on += [
+            self.on["cos-agent"].relation_joined,
+            self.on["cos-agent"].relation_changed,
+        ]
         for event in reconcile_on:
             framework.observe(event, self._reconcile)
         framework.observe(self.on.install, self._on_install)
@@ -119,6 +133,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         cluster.share(state.record, state.cloud if state.aggregated else None)
         cluster.decide(self._ruleset_config(), state.cloud, state.config.schedule)
         artefacts = state.artefacts
+        self._observe(state.plan, artefacts)
         roll, own = cluster.roll(), cluster.own_report()
         turn = roll is not None and roll.generation != "" and may_apply(self.unit.name, roll, own)
         if artefacts is None or (not force and self.host.is_applied(artefacts)):
@@ -174,16 +189,22 @@ class NetworkIsolationCharm(ops.CharmBase):
             event.fail(str(e))
             return
         results: dict[str, str] = {}
+        plan, artefacts = state.plan, state.artefacts
         found = self._packet_bypasses(state)
         if event.params.get("format") == "json":
             results["plan"] = json.dumps(
-                machine_dict(state.plan, state.principal_warnings), sort_keys=True
+                machine_dict(plan, state.principal_warnings), sort_keys=True
             )
             results["bypasses"] = json.dumps([b.as_dict() for b in found])
-        else:
-            results["plan"] = machine_text(state.plan, state.principal_warnings)
+        elif event.params.get("format") == "html":
+            page = {plan.machine: plan}
+            results["plan"] = cloud_html(
+                plan.machine, plan.isolation, page, {plan.machine: artefacts}
+            )
             results["bypasses"] = bypass.describe(found)
-        artefacts = state.artefacts
+        else:
+            results["plan"] = machine_text(plan, state.principal_warnings)
+            results["bypasses"] = bypass.describe(found)
         if artefacts is not None:
             results["nftables"] = artefacts.nftables
             results["netplan"] = artefacts.netplan or "(none: no policy routing to render)"
@@ -216,6 +237,34 @@ class NetworkIsolationCharm(ops.CharmBase):
         if self._state.render_error:
             self.outcome.blocked = self._state.render_error
         return self._state
+
+    def _observe(self, plan: MachinePlan, artefacts: Artefacts | None) -> None:
+        """The exporter's service and inputs, and what a related COS agent scrapes and loads.
+
+        One unit per machine (the first registered) runs the exporter and publishes its scrape
+        job, so that it is scraped once. It starts with the first active plan (a unit with no
+        role yet runs nothing on the host); a blocked plan leaves it as it is. A failure here
+        never holds back the isolation.
+        """
+        summary = PlanSummary.of(plan, fingerprint(artefacts) if artefacts else "")
+        owner = min(self.registry.entries(), default=self.unit.name) == self.unit.name
+        addresses = plan.networks[Network.MANAGEMENT].addresses
+        spec = None
+        if owner and plan.config.metrics_port and addresses:
+            spec = ExporterSpec(
+                address=str(addresses[0].ip),
+                port=plan.config.metrics_port,
+                python=sys.executable,
+                pythonpath=tuple(p for p in sys.path if p.startswith(str(self.charm_dir))),
+                state_dir=state_dir(),
+            )
+        if owner and plan.status == "active":
+            try:
+                self.host.ensure_exporter(spec)
+            except HostError as e:
+                self.outcome.warnings.append(f"metrics exporter: {e}")
+        self.host.record_plan(summary)
+        self.cos_agent.publish(scrape_target(spec.address, spec.port) if spec else None)
 
     def _packet_bypasses(self, state: HookState) -> list[bypass.Bypass]:
         """BPF programs on the space interfaces that netfilter comes after; kept for status."""

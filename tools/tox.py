@@ -6,8 +6,8 @@ tox with the given arguments:
 
 - tox and tox-uv, in a virtual environment of their own (`.venv-tox/`);
 - as root, the Debian/Ubuntu packages the functional tests drive for real (nftables,
-  netplan.io, iproute2, iperf3, socat, systemd, dbus-daemon, bpftool), and python3-venv
-  where python3 cannot make a venv with pip.
+  netplan.io, iproute2, iperf3, socat, systemd, dbus-daemon, bpftool, prometheus for
+  promtool, chromium), and python3-venv where python3 cannot make a venv with pip.
 
 `python3 tools/tox.py -e plan` shows the plan of the example cloud; `python3 tools/tox.py`
 runs every test.
@@ -35,6 +35,8 @@ SYSTEM_TOOLS = {
     "networkctl": "systemd",  # with systemd-networkd, run in a namespace by the tests
     "dbus-daemon": "dbus-daemon",  # the private system bus networkctl talks over
     "bpftool": "bpftool",  # lists XDP and tc programs for the bypass detection
+    "promtool": "prometheus",  # checks and unit-tests the alert rules
+    "chromium": "chromium",  # loads the HTML plan headless
 }
 
 

@@ -18,6 +18,7 @@ from .planner import MachinePlan, plan_machine
 from .principals import principal_warnings
 from .render import Artefacts, RenderError, render
 from .report import cloud_dict, cloud_text
+from .report_html import cloud_html
 from .topology import TopologyError, load_topology
 
 
@@ -35,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("topology", type=Path, help="topology file (YAML)")
     parser.add_argument("--machine", help="only this machine")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json", "html"),
+        default="text",
+        help="html: one self-contained page, a grid of machines by networks",
+    )
     parser.add_argument(
         "--render-dir",
         type=Path,
@@ -58,17 +64,24 @@ def write_artefacts(directory: Path, artefacts: Artefacts) -> None:
         write_atomically(directory / NETPLAN_FILE, artefacts.netplan, mode=0o600)
 
 
-def _render_all(
-    parser: argparse.ArgumentParser, directory: Path, plans: dict[str, MachinePlan]
-) -> None:
+def _render_each(
+    parser: argparse.ArgumentParser, plans: dict[str, MachinePlan]
+) -> dict[str, Artefacts]:
     rendered: dict[str, Artefacts] = {}
     for name, plan in plans.items():
-        if name in ("", ".", "..") or "/" in name or "\0" in name:
-            parser.error(f"machine name '{name}' cannot be a directory name")
         try:
             rendered[name] = render(plan)
         except RenderError as e:
             parser.error(f"cannot render machine '{name}': {e}")
+    return rendered
+
+
+def _write_all(
+    parser: argparse.ArgumentParser, directory: Path, rendered: dict[str, Artefacts]
+) -> None:
+    for name in rendered:
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            parser.error(f"machine name '{name}' cannot be a directory name")
     for name, artefacts in rendered.items():
         try:
             write_artefacts(directory / name, artefacts)
@@ -90,8 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"{args.topology}: no machine '{args.machine}'")
         names = [args.machine]
     plans = {name: plan_machine(topology.plan_input(name)) for name in names}
+    rendered = _render_each(parser, plans) if args.render_dir or args.format == "html" else {}
     if args.render_dir is not None:
-        _render_all(parser, args.render_dir, plans)
+        _write_all(parser, args.render_dir, rendered)
     isolation = topology.isolation()
     warnings = {
         name: principal_warnings(plan, topology.machines[name].principals)
@@ -99,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.format == "json":
         sys.stdout.write(json.dumps(cloud_dict(isolation, plans, warnings), indent=2) + "\n")
+    elif args.format == "html":
+        active = {n: rendered[n] if plans[n].status == "active" else None for n in plans}
+        sys.stdout.write(cloud_html(args.topology.stem, isolation, plans, active))
     else:
         sys.stdout.write(cloud_text(isolation, plans, warnings))
     return 1 if any(plan.status == "blocked" for plan in plans.values()) else 0

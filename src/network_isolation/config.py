@@ -105,6 +105,8 @@ class CharmConfig(BaseModel):
     strict_ports: pydantic.StrictBool = False
     extra_ports: dict[Network, tuple[tuple[str, int, int], ...]] = {}
     manage_routing: pydantic.StrictBool = True
+    # the exporter's TCP port on the management address; 0: no exporter
+    metrics_port: int = pydantic.Field(default=9479, ge=0, le=65535)
     peer_min_prefix_v4: int = pydantic.Field(default=16, ge=1, le=32)
     peer_min_prefix_v6: int = pydantic.Field(default=48, ge=1, le=128)
     rolling_wave_size: str = "25%"

@@ -2,7 +2,8 @@
 
 Three sources add up, per allowed network of the machine:
 
-- the built-in catalogue, keyed by (role, network): what the services of a role listen on there;
+- the built-in catalogue, keyed by (role, network): what the services of a role listen on there,
+  and on management this charm's own exporter (`metrics-port`, unless 0);
 - the `extra-ports` option;
 - what the principal charms on the machine declare over the `network-isolation` interface.
 
@@ -221,6 +222,13 @@ def catalogue_ports(roles: Iterable[str], network: Network) -> tuple[PortRange, 
     return merge_ranges(p for role in roles for p in CATALOGUE.get((role, network), ()))
 
 
+def exporter_ports(port: int, network: Network) -> tuple[PortRange, ...]:
+    """This charm's metrics exporter: on the management network only (0: no exporter)."""
+    if network is not Network.MANAGEMENT or not port:
+        return ()
+    return (PortRange("tcp", port, port),)
+
+
 def declared_ports(
     declared: Mapping[str, Iterable[tuple[str, int, int]]],
 ) -> dict[Network, tuple[PortRange, ...]]:
@@ -278,6 +286,7 @@ def machine_ports(
         result[net] = merge_ranges(
             [
                 *catalogue_ports(plan.roles, net),
+                *exporter_ports(config.metrics_port, net),
                 *(PortRange.of(p) for p in config.extra_ports.get(net, ())),
                 *declared.get(net, ()),
             ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -41,16 +42,25 @@ class ToolError(Exception):
 
 
 def fake_systemctl(root: str | os.PathLike[str], args: Sequence[str]) -> None:
-    """What `systemctl enable/disable` would do to ROOT/etc; anything else does nothing."""
-    wants = os.path.join(root, "etc/systemd/system/sysinit.target.wants")
-    if args[:1] == ["enable"]:
+    """What `systemctl enable/disable` would do to ROOT/etc; anything else does nothing.
+
+    The link goes where the unit's `WantedBy=` says (`disable --now` included).
+    """
+    if args[:1] not in (["enable"], ["disable"]):
+        return
+    unit = args[-1]
+    units = os.path.join(root, "etc/systemd/system")
+    with open(os.path.join(units, unit)) as f:
+        wanted_by = re.search(r"^WantedBy=(\S+)$", f.read(), re.MULTILINE)
+    if wanted_by is None:
+        raise ToolError(f"{unit} has no WantedBy=")
+    wants = os.path.join(units, f"{wanted_by.group(1)}.wants")
+    link = os.path.join(wants, unit)
+    if os.path.lexists(link):
+        os.unlink(link)
+    if args[0] == "enable":
         os.makedirs(wants, exist_ok=True)
-        link = os.path.join(wants, args[1])
-        if os.path.lexists(link):
-            os.unlink(link)
-        os.symlink(f"/etc/systemd/system/{args[1]}", link)
-    elif args[:1] == ["disable"] and os.path.lexists(os.path.join(wants, args[1])):
-        os.unlink(os.path.join(wants, args[1]))
+        os.symlink(f"/etc/systemd/system/{unit}", link)
 
 
 # -- the hook tools ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -36,6 +37,15 @@ def need(message: str) -> None:
     if in_ci():
         pytest.fail(f"CI=true: {message}", pytrace=False)
     pytest.skip(message)
+
+
+def need_tool(command: str, package: str) -> str:
+    """The path of a command the test drives; skip (fail in CI) naming its package if missing."""
+    found = shutil.which(command)
+    if found is None:
+        need(f"{command} is missing: install the Debian package {package}")
+        raise AssertionError  # unreachable: need() skips or fails
+    return found
 
 
 @pytest.fixture(scope="session")

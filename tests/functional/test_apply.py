@@ -14,6 +14,7 @@ Needs root, nft, ip and netplan: skipped with a message without them, failed und
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -108,6 +109,14 @@ NETPLAN_B = (
     "network:\n  version: 2\n  ethernets:\n    enp1s0:\n      routing-policy:\n"
     "        - {from: 10.10.0.11, table: 102, priority: 9000}\n"
 )
+
+
+HISTORY = "var/lib/network-isolation/history.json"
+
+
+def rollbacks(history: bytes) -> int:
+    """The rollbacks the apply history counts (what the exporter reports)."""
+    return json.loads(history)["rollbacks"]
 
 
 @dataclass(frozen=True)
@@ -522,6 +531,7 @@ def test_nft_failing_midway_leaves_the_previous_table(bed: Bed, tmp_path: Path):
     assert bed.netplan_applies() == applies
     after = bed.files()
     assert after.pop("var/lib/network-isolation/rejected.json")
+    assert rollbacks(after.pop(HISTORY)) == rollbacks(files.pop(HISTORY)) + 1
     assert after == files
 
     # a load that dies without a word (killed nft): same outcome
@@ -546,6 +556,7 @@ def test_a_change_that_cuts_the_controller_off_is_rolled_back(bed: Bed):
     assert bed.netplan_applies() == applies + 2  # the bad netplan, then the previous one
     after = bed.files()
     assert after.pop("var/lib/network-isolation/rejected.json")
+    assert rollbacks(after.pop(HISTORY)) == rollbacks(files.pop(HISTORY)) + 1
     assert after == files
     assert reachable()
     assert took < 5.0

@@ -52,6 +52,7 @@ from .machine import (
     GATEWAY_ADDRESS,
     IP,
     MACHINE,
+    MACHINE_ADDRESS,
     MACHINE_ID,
     MACHINE_NS,
     SCRATCH_NS,
@@ -299,6 +300,11 @@ def test_config_changed_audit_off_and_remove_drive_the_real_host(bed: Bed, tmp_p
     assert bed.probe.targets[-1] == bed.probe.targets[0]  # both answered before and after
     assert rendered(ctx, out)["diff"] == "(none: this plan is what is applied)"
     assert foreign() == foreign_before
+    # the exporter service, on the management address, and what it reports of the plan
+    exporter = (bed.root / "etc/systemd/system/network-isolation-exporter.service").read_text()
+    assert f"--address {MACHINE_ADDRESS} --port 9479" in exporter
+    summary = json.loads((bed.state / "plan-summary.json").read_text())
+    assert summary["enforcement"] == "enforce" and summary["networks"]["storage-cluster"] is False
 
     # the same config again: nothing to do, not a single nft command (nor any other)
     calls = len(bed.runner.calls)

@@ -15,6 +15,7 @@ from network_isolation.bypass import Bypass
 from network_isolation.host import (
     Applied,
     ApplyResult,
+    ExporterSpec,
     HostError,
     ProbeTarget,
     RejectedError,
@@ -22,6 +23,7 @@ from network_isolation.host import (
     RolledBackError,
     fingerprint,
 )
+from network_isolation.observed import PlanSummary
 from network_isolation.planner import IPAddress
 
 MAAS_NICS = tuple(f"enp{k}s0" for k in range(1, 7))
@@ -43,6 +45,8 @@ class FakeHost:
     removed: ClassVar[bool] = False
     vias: ClassVar[dict[str, list[str]]] = {}  # gateways per interface in MAAS's netplan file
     unconfirmed: ClassVar[Applied | None] = None  # what an apply killed unconfirmed replaced
+    plan_summary: ClassVar[PlanSummary | None] = None
+    exporter: ClassVar[ExporterSpec | None] = None
 
     def __init__(self, *_: Any, state: Path | None = None, **__: Any):
         self.state = state
@@ -61,6 +65,8 @@ class FakeHost:
         cls.removed = False
         cls.vias = {}
         cls.unconfirmed = None
+        cls.plan_summary = None
+        cls.exporter = None
 
     @classmethod
     def names(cls) -> list[str]:
@@ -128,6 +134,14 @@ class FakeHost:
 
     def interface_gateways(self) -> dict[str, tuple[IPAddress, ...]]:
         return {name: tuple(ip_address(g) for g in vias) for name, vias in self.vias.items()}
+
+    def record_plan(self, summary: PlanSummary) -> None:
+        type(self).plan_summary = summary
+
+    def ensure_exporter(self, spec: ExporterSpec | None) -> bool:
+        changed = spec != self.exporter
+        type(self).exporter = spec
+        return changed
 
     def remove(self) -> None:
         self.calls.append(("remove", None))

@@ -100,8 +100,14 @@ def test_no_endpoint_shares_a_name_with_an_extra_binding():
 
 def test_show_plan_action_formats():
     params = META["actions"]["show-plan"]["params"]
-    assert set(params["format"]["enum"]) == {"json", "text"}
+    assert set(params["format"]["enum"]) == {"json", "text", "html"}
     assert params["format"]["default"] in params["format"]["enum"]
+
+
+def test_cos_agent_endpoint_is_provided_container_scoped():
+    endpoint = META["provides"]["cos-agent"]
+    assert endpoint["interface"] == "cos_agent"
+    assert endpoint["scope"] == "container"
 
 
 def test_charm_entry_point_is_executable():

@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import markupsafe
 import pytest
 import yaml
 
@@ -214,11 +216,17 @@ def test_role_networks_in_the_config_change_the_plan(
     assert plan["machines"]["hyper-1"]["status"] == "active"
 
 
-def test_exit_status_is_1_when_a_machine_is_blocked(tmp_path: Path):
+def blocked_example(tmp_path: Path) -> Path:
+    """The example cloud with compute-1 blocked: it loses its NIC on data, which it needs."""
     data = yaml.safe_load(MICROSTACK.read_text())
-    del data["machines"]["compute-1"]["interfaces"]["enp5s0"]  # compute-1 loses data
+    del data["machines"]["compute-1"]["interfaces"]["enp5s0"]
     path = tmp_path / "blocked.yaml"
     path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_exit_status_is_1_when_a_machine_is_blocked(tmp_path: Path):
+    path = blocked_example(tmp_path)
     result = run_plan(path, "--format", "json")
     assert json.loads(result.stdout)["machines"]["compute-1"]["status"] == "blocked"
     assert result.returncode == 1
@@ -321,7 +329,7 @@ def test_unknown_format_is_a_usage_error():
 
 
 @pytest.mark.parametrize("path", [MICROSTACK, SINGLE_SPACE], ids=lambda p: p.stem)
-@pytest.mark.parametrize("fmt", ["json", "text"])
+@pytest.mark.parametrize("fmt", ["json", "text", "html"])
 def test_main_in_process_prints_what_the_command_prints(
     capsys: pytest.CaptureFixture[str], path: Path, fmt: str
 ):
@@ -337,3 +345,36 @@ def test_main_in_process_unknown_machine(capsys: pytest.CaptureFixture[str]):
     assert result.returncode == 2
     assert result.stderr.startswith("plan: error:")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_html_page_is_self_contained_and_escapes_what_it_shows(tmp_path: Path):
+    data = yaml.safe_load(MICROSTACK.read_text())
+    data["machines"]["<i>odd&"] = data["machines"].pop("compute-1")
+    path = tmp_path / "odd.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = run_plan(path, "--format", "html")
+    assert result.returncode == 0, result.stderr
+    page = result.stdout
+    assert page.startswith("<!DOCTYPE html>")
+    assert "<i>odd" not in page
+    assert "&lt;i&gt;odd&amp;" in page
+    assert not re.search(r"(?:src|href)=|@import|url\(|<script|<link", page)
+    assert "default-src 'none'" in page
+    assert page.count('class="machine-row') == len(data["machines"])
+    # every machine's ruleset is in the page, exactly as `--render-dir` writes it
+    render_dir = tmp_path / "render"
+    run_plan(path, "--render-dir", render_dir)
+    ruleset = (render_dir / "compute-2" / "nftables.conf").read_text()
+    assert str(markupsafe.escape(ruleset)) in page
+
+
+def test_html_marks_a_blocked_machine_and_renders_nothing_for_it(tmp_path: Path):
+    path = blocked_example(tmp_path)
+    result = run_plan(path, "--format", "html")
+    assert result.returncode == 1
+    row = re.search(
+        r'<tr class="machine-row blocked" id="machine-compute-1">(.*?)</tr>', result.stdout, re.S
+    )
+    assert row is not None
+    assert '<td class="blocked" data-network="data"' in row.group(1)
+    assert "nothing rendered: the plan is blocked" in result.stdout

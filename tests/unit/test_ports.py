@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from network_isolation.config import CharmConfig
-from network_isolation.model import PRESET_ROLES, Network
+from network_isolation.model import PRESET_ROLES, ROLE_TABLES, Network
 from network_isolation.planner import MachinePlan, NetworkView, PlanInput, plan_machine
 from network_isolation.ports import (
     CATALOGUE,
@@ -295,7 +295,12 @@ def test_control_given_data_by_role_networks_gets_geneve_only():
 def test_custom_role_has_allowed_networks_without_ports():
     options = {"role-networks": "edge=management,internal,data"}
     ports = machine_ports(make_plan({"edge"}, options))
-    assert ports == {Network.MANAGEMENT: (), Network.INTERNAL: (), Network.DATA: ()}
+    # management keeps only this charm's exporter
+    assert ports == {
+        Network.MANAGEMENT: (pr("tcp:9479"),),
+        Network.INTERNAL: (),
+        Network.DATA: (),
+    }
 
 
 def test_custom_role_with_extra_ports():
@@ -305,6 +310,22 @@ def test_custom_role_with_extra_ports():
     }
     ports = machine_ports(make_plan({"edge"}, options))
     assert texts(ports[Network.DATA]) == ["udp:4789", "udp:6081"]
+
+
+@pytest.mark.parametrize(
+    ("table", "role"), [(t, r) for t, rows in ROLE_TABLES.items() for r in sorted(rows)]
+)
+def test_the_exporter_port_is_accepted_on_management_only(table: str, role: str):
+    ports = machine_ports(make_plan({role}, {"metrics-port": 9100, "role-table": table}))
+    assert "tcp:9100" in texts(ports[Network.MANAGEMENT])
+    assert all("tcp:9100" not in texts(p) for net, p in ports.items() if net != Network.MANAGEMENT)
+
+
+def test_metrics_port_0_opens_no_exporter_port():
+    with_exporter = machine_ports(make_plan({"compute"}))[Network.MANAGEMENT]
+    without = machine_ports(make_plan({"compute"}, {"metrics-port": 0}))[Network.MANAGEMENT]
+    assert set(texts(with_exporter)) - set(texts(without)) == {"tcp:9479"}
+    assert len(with_exporter) == len(without) + 1
 
 
 def test_extra_ports_merge_with_the_catalogue():

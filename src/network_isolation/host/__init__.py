@@ -11,6 +11,8 @@
   - `guard`: baseline and confirm probes, the dead-man timer and its rollback script, the
     rejected fingerprints;
   - `boot`: the systemd unit that loads the confirmed ruleset at boot;
+  - `exporter`: the metrics exporter's systemd unit, and the plan summary and apply history
+    it reads;
   - `removal`: the host as it was before this charm.
 - `registry`: the state directory, and the per-machine registry of this charm's co-located
   units, through which units that share a machine agree on one plan.
@@ -26,6 +28,7 @@ called by absolute path) and a `Probe` of connectivity. Tests replace all three.
 """
 
 from .boot import UNIT_NAME, UNIT_WANTED_BY
+from .exporter import EXPORTER_UNIT_NAME, ExporterSpec, exporter_unit_text
 from .guard import ROLLBACK_UNIT
 from .host import Host
 from .netplan import NETPLAN_DIRS, NETPLAN_FILE_NAME
@@ -56,6 +59,7 @@ from .system import (
 
 __all__ = [
     "DEFAULT_STATE_DIR",
+    "EXPORTER_UNIT_NAME",
     "NETPLAN_DIRS",
     "NETPLAN_FILE_NAME",
     "REMOVAL_RULESET",
@@ -69,6 +73,7 @@ __all__ = [
     "ApplyError",
     "ApplyResult",
     "ArtefactsLike",
+    "ExporterSpec",
     "Host",
     "HostError",
     "InvalidArtefactsError",
@@ -85,6 +90,7 @@ __all__ = [
     "UnitEntry",
     "apt_install",
     "controller_targets",
+    "exporter_unit_text",
     "fingerprint",
     "first_error",
     "gateway_target",

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..bypass import Bypass
+from ..observed import ApplyHistory, PlanSummary
 from ..planner import InterfaceKind, IPAddress
 from . import removal
 from .boot import BootUnit
 from .bypasses import packet_bypasses
+from .exporter import Exporter, ExporterSpec
 from .guard import Guard, Progress
 from .netplan import NETPLAN_FILE_NAME, NetplanFile
 from .nftables import Table
@@ -21,6 +24,7 @@ from .outcomes import (
     ArtefactsLike,
     HostError,
     RejectedRecord,
+    RolledBackError,
     fingerprint,
 )
 from .probes import Probe, ProbeTarget, default_gateways, tcp_probe
@@ -44,6 +48,7 @@ class Host:
     - `ruleset.nft`: the confirmed ruleset, the one the boot unit loads (0600);
     - `live.nft`: `nft -s list table` right after the last confirmed apply, for drift checks;
     - `rejected.json`: the fingerprint of artefacts that failed, and why;
+    - `plan-summary.json` and `history.json`: what the metrics exporter reads (see `exporter`);
     - during an apply only: `pending.nft`, `rollback/` (the previous state), `rollback.sh` (the
       dead-man's restore script, which the boot unit also runs after a reboot) and a marker,
       `armed`, then `restoring` or `fired` while a restore holds it (see `Guard`).
@@ -61,6 +66,7 @@ class Host:
         rollback_after: int = 300,
         probe_budget: float = 20.0,
         baseline_budget: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ):
         self.root = root
         self.runner: Runner = runner or SubprocessRunner()
@@ -68,8 +74,10 @@ class Host:
         self.system = System(root, self.runner, self.tools)
         self.state = state or self.system.at(DEFAULT_STATE_DIR)
         self.installer = installer
+        self.clock = clock
         self.table = Table(self.system, self.state)
         self.netplan = NetplanFile(self.system)
+        self.exporter = Exporter(self.system, self.state)
         self.guard = Guard(
             self.system,
             self.state,
@@ -159,7 +167,10 @@ class Host:
         Every hook calls it first, before it waits for its turn to apply: nothing else runs
         while an unconfirmed change is live. Raises HostError if the restore fails.
         """
-        return self.guard.recover_unconfirmed()
+        recovered = self.guard.recover_unconfirmed()
+        if recovered:
+            self.exporter.note(ApplyHistory.rolled_back)
+        return recovered
 
     def validate(self, artefacts: ArtefactsLike) -> None:
         """Check the artefacts with the real tools; changes nothing on the host.
@@ -226,11 +237,16 @@ class Host:
         netplan_changes = not self.netplan.matches(artefacts.netplan)
         self.boot.ensure()  # a reboot before the confirmation restores the snapshot
         self.guard.arm(wanted, netplan_changes)  # arm the dead-man timer
-        with self.guard.rolling_back(wanted, netplan_changes) as progress:  # or roll back
-            self._change(artefacts, netplan_changes, progress)  # apply atomically
-            self.guard.still_reachable(reachable)  # confirm
-        self.guard.confirm()
+        try:
+            with self.guard.rolling_back(wanted, netplan_changes) as progress:  # or roll back
+                self._change(artefacts, netplan_changes, progress)  # apply atomically
+                self.guard.still_reachable(reachable)  # confirm
+            self.guard.confirm()
+        except RolledBackError:
+            self.exporter.note(ApplyHistory.rolled_back)
+            raise
         self._persist(forget_rejection=not repair)
+        self.exporter.note(lambda history: history.applied(self.clock()))
         what = "ruleset and netplan" if netplan_changes else "ruleset"
         return ApplyResult(True, netplan_changes, f"applied {what}", tuple(skipped))
 
@@ -250,6 +266,20 @@ class Host:
         self.guard.clean()
         self.boot.ensure()
 
+    # -- what the metrics exporter reads, and its service ---------------------------------
+
+    def history(self) -> ApplyHistory:
+        """What applies have done on this machine (zeros before the first)."""
+        return self.exporter.history()
+
+    def record_plan(self, summary: PlanSummary) -> None:
+        """What the exporter reports of the plan; written only when it changed."""
+        self.exporter.record_plan(summary)
+
+    def ensure_exporter(self, spec: ExporterSpec | None) -> bool:
+        """The exporter service as `spec` says (None: removed); True if something changed."""
+        return self.exporter.ensure(spec)
+
     # -- removal and prerequisites ---------------------------------------------------------
 
     def remove(self) -> None:
@@ -257,7 +287,7 @@ class Host:
 
         Every step is tried; HostError lists those that failed.
         """
-        removal.remove(self.state, self.table, self.netplan, self.boot, self.guard)
+        removal.remove(self.state, self.table, self.netplan, self.boot, self.guard, self.exporter)
 
     def install_prerequisites(self) -> bool:
         """Install nftables when `nft` is missing; True if something was installed."""

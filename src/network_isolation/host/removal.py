@@ -6,17 +6,25 @@ import contextlib
 from pathlib import Path
 
 from .boot import BootUnit
+from .exporter import Exporter
 from .guard import Guard
 from .netplan import NetplanFile
 from .nftables import Table
 from .outcomes import HostError
 
 
-def remove(state: Path, table: Table, netplan: NetplanFile, boot: BootUnit, guard: Guard) -> None:
-    """Remove our table, netplan file, unit and state; HostError lists the steps that failed."""
+def remove(
+    state: Path,
+    table: Table,
+    netplan: NetplanFile,
+    boot: BootUnit,
+    guard: Guard,
+    exporter: Exporter,
+) -> None:
+    """Remove our table, netplan file, units and state; HostError lists the steps that failed."""
     if guard.is_armed():
         guard.claim()
-    errors = table.remove() + netplan.remove() + boot.remove()
+    errors = table.remove() + netplan.remove() + boot.remove() + exporter.remove()
     _remove_state(state, table, guard)
     if errors:
         raise HostError("removal incomplete: " + "; ".join(errors))

@@ -61,7 +61,8 @@ def test_first_apply_runs_each_step_once_in_order(host: Host, machine: FakeMachi
     assert stat.S_IMODE(persisted.stat().st_mode) == 0o600
     assert machine.table == A.nftables
     state = sorted(p.name for p in (root / "var/lib/network-isolation").iterdir())
-    assert state == ["live.nft", "ruleset.nft"]  # no snapshot, marker or script left
+    # no snapshot, marker or script left; the apply history the exporter reads
+    assert state == ["history.json", "live.nft", "ruleset.nft"]
     assert (root / "etc/nftables.conf").read_text() == "flush ruleset\n"
 
 
