@@ -123,6 +123,7 @@ def test_an_unconfirmed_apply_restored_by_the_next_hook_is_a_rollback(host: Host
     host.guard.armed_file.write_text("x\n")  # a hook died between apply and confirm
     (host.rollback_dir).mkdir(parents=True, exist_ok=True)
     (host.rollback_dir / "ruleset.nft").write_text(ruleset(1).nftables)
+    host.table.pending_file.write_text(ruleset(1).nftables)  # its change had started
     host.apply(ruleset(2))
     assert host.history().rollbacks == 1
 
