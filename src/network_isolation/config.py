@@ -111,6 +111,8 @@ class CharmConfig(BaseModel):
     peer_min_prefix_v6: int = pydantic.Field(default=48, ge=1, le=128)
     rolling_wave_size: str = "25%"
     rolling_wave_timeout: int = pydantic.Field(default=900, ge=60, le=86400)
+    rolling_canary_window: int = pydantic.Field(default=300, ge=30, le=3600)
+    rolling_canary_threshold: int = pydantic.Field(default=20, ge=0, le=1_000_000)
 
     @property
     def peer_min_prefix(self) -> dict[int, int]:

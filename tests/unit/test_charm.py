@@ -204,6 +204,8 @@ def test_no_role_is_blocked(make_networks: MakeNetworks, distinct_layout: Layout
         ("extra-ports", "internal=tcp:70000"),
         ("peer-min-prefix-v4", 0),
         ("peer-min-prefix-v6", 129),
+        ("rolling-canary-window", 10),
+        ("rolling-canary-threshold", -5),
     ],
 )
 def test_invalid_config_is_blocked_naming_the_option(

@@ -63,6 +63,13 @@ INVALID: list[tuple[str, Any, str]] = [
     ("peer-min-prefix-v4", "wide", ""),
     ("peer-min-prefix-v6", 0, ""),
     ("peer-min-prefix-v6", 129, ""),
+    # the canary's counter rule of a first deployment
+    ("rolling-canary-window", 29, "30"),
+    ("rolling-canary-window", 3601, "3600"),
+    ("rolling-canary-window", "soon", ""),
+    ("rolling-canary-threshold", -1, "0"),
+    ("rolling-canary-threshold", 1_000_001, "1000000"),
+    ("rolling-canary-threshold", "few", ""),
 ]
 
 

@@ -1,0 +1,164 @@
+"""The canary's counters: did its first minutes of enforcing drop what the role table allows?
+
+A ruleset can pass every check of its own host (validation, probes of the controllers, the
+gateways and a few neighbours) and still cut traffic the cloud needs: a rack's subnet that MAAS
+put in the wrong space, a space bound to the wrong network. Before a first deployment's next
+wave opens, the canary's drop counters say whether that happened. Each counter of our table is
+named after the networks it drops (see `render.network_rules.drop_counter`), so the machine's
+plan tells which drops the role table expects and which it does not:
+
+- expected: a network this machine may not use (`drop_in_<n>`, `drop_out_<n>`: from, to or on
+  a denied network) and conntrack-invalid packets (`drop_in_invalid`);
+- unexpected: `drop_in_<n>` of the interfaces of networks this machine may use. A packet counted
+  there came in on the machine's own interface of an allowed network, from a source its ruleset
+  does not accept: a subnet of that network the plan does not know, another allowed network's
+  subnet, or a host in no subnet of the cloud.
+
+The audit form counts what the enforcing form would drop, so its counts before the switch are
+the machine's background (port scans, a stray host). The rule: over the first W seconds of
+enforcing, an unexpected counter may exceed the audit form's rate over W by `threshold`
+packets at most, else the roll halts. A short audit is never extrapolated upwards: its baseline
+is `audit packets × W / max(audit seconds, W)`.
+
+Pure code: the canary summarises, the leader judges; nothing here reads the host or Juju.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .planner import MachinePlan
+from .render.common import network_names
+from .render.network_rules import INVALID_COUNTER, drop_counter, interface_groups
+
+# Bounds of a summary published in relation data (untrusted): far above any real table, which
+# has one counter per interface group and two per denied domain, at most six networks each.
+MAX_COUNTERS = 32
+COUNTER_NAME = r"^drop_(in|out)_[a-z_]{1,80}$"
+MAX_PACKETS = 2**63 - 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class CounterCount(_Frozen):
+    """One drop counter of the canary's table, before and after it started enforcing."""
+
+    counter: str = Field(pattern=COUNTER_NAME)
+    networks: str = Field(default="", max_length=80)  # `internal+public`; "" for invalid
+    expected: bool  # the role table expects drops here: denied networks, invalid packets
+    audit: int = Field(default=0, ge=0, le=MAX_PACKETS)  # counted by the audit form
+    enforcing: int = Field(default=0, ge=0, le=MAX_PACKETS)  # dropped in the window
+
+
+class CounterSummary(_Frozen):
+    """What the canary publishes: its counters over its audit time and its first window."""
+
+    audit_seconds: float = Field(ge=0, le=10**9)
+    window_seconds: float = Field(gt=0, le=10**9)
+    counters: tuple[CounterCount, ...] = Field(default=(), max_length=MAX_COUNTERS)
+
+    def baseline(self, count: CounterCount) -> float:
+        """The packets the audit form's rate predicts over the window (never extrapolated)."""
+        return count.audit * self.window_seconds / max(self.audit_seconds, self.window_seconds)
+
+    def excess(self, count: CounterCount) -> float:
+        """Packets dropped in the window beyond the audit form's baseline."""
+        return count.enforcing - self.baseline(count)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Packets per named counter of one form of our table, read `seconds` after it loaded."""
+
+    packets: Mapping[str, int]
+    seconds: float
+
+    @classmethod
+    def of(cls, counters: Mapping[str, Mapping[str, int]], seconds: float) -> Snapshot:
+        """From `Host.counters()` (packets and bytes per counter)."""
+        return cls({name: int(c.get("packets", 0)) for name, c in counters.items()}, seconds)
+
+
+@dataclass(frozen=True)
+class CounterKind:
+    """What a counter's drops mean on this machine."""
+
+    networks: str
+    expected: bool
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The leader's judgement of a canary: `halted` says why the roll stops ("" passes)."""
+
+    halted: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """The canary's counters allow the next wave."""
+        return not self.halted
+
+
+def counter_kinds(plan: MachinePlan) -> dict[str, CounterKind]:
+    """Every drop counter the plan's ruleset has, and whether the role table expects drops."""
+    kinds = {INVALID_COUNTER: CounterKind("", expected=True)}
+    for group in interface_groups(plan):
+        kinds[drop_counter("in", group.networks)] = CounterKind(
+            network_names(group.networks), expected=False
+        )
+    for domain in plan.denied_domains:
+        for direction in ("in", "out"):
+            kinds[drop_counter(direction, domain.networks)] = CounterKind(
+                network_names(domain.networks), expected=True
+            )
+    return kinds
+
+
+def summarise(plan: MachinePlan, audit: Snapshot, enforcing: Snapshot) -> CounterSummary:
+    """The canary's summary: each counter of its enforcing ruleset, before and after.
+
+    `audit`: the audit form's counters read just before the enforcing form replaced it;
+    `enforcing`: the enforcing form's, read at least a window after it loaded. Counters of
+    neither ruleset's plan (none today) are left out.
+    """
+    counts = tuple(
+        CounterCount(
+            counter=name,
+            networks=kind.networks,
+            expected=kind.expected,
+            audit=max(0, audit.packets.get(name, 0)),
+            enforcing=max(0, enforcing.packets.get(name, 0)),
+        )
+        for name, kind in sorted(counter_kinds(plan).items())
+    )
+    return CounterSummary(
+        audit_seconds=max(0.0, audit.seconds),
+        window_seconds=max(enforcing.seconds, 1.0),
+        counters=counts,
+    )
+
+
+def judge(summary: CounterSummary, threshold: int, machine: str = "the canary") -> Verdict:
+    """Halt when an allowed network's counter grew beyond the audit baseline by `threshold`.
+
+    The message names the counter, its networks and the figures, the worst counter first.
+    """
+    over = sorted(
+        (c for c in summary.counters if not c.expected and summary.excess(c) > threshold),
+        key=lambda c: (-summary.excess(c), c.counter),
+    )
+    if not over:
+        return Verdict()
+    worst = over[0]
+    more = f" (+{len(over) - 1} more counters)" if len(over) > 1 else ""
+    return Verdict(
+        f"{machine} dropped {worst.enforcing} packets on {worst.networks}, which it may use"
+        f" (counter {worst.counter}), in its first {summary.window_seconds:.0f} s of enforcing;"
+        f" its audit form counted {worst.audit} in {summary.audit_seconds:.0f} s"
+        f" (threshold {threshold}){more}"
+    )
