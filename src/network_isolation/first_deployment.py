@@ -1,0 +1,103 @@
+"""A first deployment: observe everywhere at once, enforce through the canary and the waves.
+
+`juju deploy` on a running cloud reaches every machine in the same moment. A unit whose
+machine has never enforced therefore loads its ruleset in audit form at once (counters and
+logs from the first hook, nothing dropped) and waits for the rolling apply to reach it before
+it loads the enforcing form. Its enforcement counts as confirmed once the roll has gone past
+its wave; until then a halt (a failure, the canary's counters) sends it back to audit.
+
+This module is the pure decision next to the rollout's (`rollout`): which form to load now and
+what the unit says meanwhile. It reads the leader's roll through `WaveView`, the part of the
+roll it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Enforcement = Literal["enforce", "audit", "off"]
+
+
+class WaveView(Protocol):
+    """What the decision reads of the leader's roll (`rollout.Roll`)."""
+
+    @property
+    def generation(self) -> str:
+        """The rollout's name; "" before the leader has decided anything."""
+        ...
+
+    @property
+    def waves(self) -> tuple[tuple[str, ...], ...]:
+        """Unit names per wave."""
+        ...
+
+    @property
+    def opened(self) -> int:
+        """Waves 1..opened may apply."""
+        ...
+
+    @property
+    def halted(self) -> str:
+        """Why the roll stopped ("" while it runs)."""
+        ...
+
+    def wave_of(self, unit: str) -> int | None:
+        """1-based wave that holds a unit, if any."""
+        ...
+
+
+@dataclass(frozen=True)
+class FormDecision:
+    """The form of the ruleset to load now, and the status text while it is the audit form."""
+
+    enforcement: Enforcement
+    message: str = ""
+
+    @property
+    def held_back(self) -> bool:
+        """The unit loads audit although `enforcement` is configured to enforce."""
+        return bool(self.message)
+
+
+def confirmed(unit: str, roll: WaveView, reported: bool) -> bool:
+    """Whether this unit's first enforcement is confirmed by the roll that brought it.
+
+    Confirmed once a later wave has opened (its own wave was judged), or, in the last wave,
+    once the unit has reported its apply and the roll has not halted.
+    """
+    wave = roll.wave_of(unit)
+    if wave is None or (roll.halted and wave >= roll.opened):
+        return False
+    return wave < roll.opened or (wave == roll.opened == len(roll.waves) and reported)
+
+
+def first_deployment_form(
+    unit: str,
+    roll: WaveView | None,
+    *,
+    configured: Enforcement,
+    enforced: bool,
+    cloud_enforces: bool = False,
+) -> FormDecision:
+    """Which form of its ruleset a unit loads now.
+
+    `enforced`: this machine's enforcement is confirmed (an earlier roll went past it): the
+    rolling apply alone decides when it changes. `cloud_enforces`: every other machine of the
+    cloud enforces, so a machine joining it may enforce at once (its apply still probes the
+    neighbours first). Without a peer relation (`roll` None) there is nothing to roll.
+    """
+    if configured != "enforce" or enforced or roll is None:
+        return FormDecision(configured)
+    if roll.halted:
+        return FormDecision("audit", f"audit: rolling apply halted: {roll.halted}")
+    wave = roll.wave_of(unit)
+    if roll.generation and wave is not None and wave <= roll.opened:
+        return FormDecision("enforce")
+    if cloud_enforces:
+        return FormDecision("enforce")
+    if not roll.generation or wave is None:
+        return FormDecision("audit", "audit until the leader schedules enforcement here")
+    return FormDecision(
+        "audit", f"audit until enforcement reaches this machine (wave {wave}/{len(roll.waves)})"
+    )
