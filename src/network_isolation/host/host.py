@@ -15,6 +15,7 @@ from . import removal
 from .boot import BootUnit
 from .bypasses import packet_bypasses
 from .exporter import Exporter, ExporterSpec
+from .first_enforcement import FirstEnforcement, FirstEnforcementRecord
 from .guard import Guard, Progress
 from .netplan import NETPLAN_FILE_NAME, NetplanFile
 from .nftables import Table
@@ -49,6 +50,8 @@ class Host:
     - `live.nft`: `nft -s list table` right after the last confirmed apply, for drift checks;
     - `rejected.json`: the fingerprint of artefacts that failed, and why;
     - `plan-summary.json` and `history.json`: what the metrics exporter reads (see `exporter`);
+    - `first-enforcement.json`: until the machine's first enforcement is confirmed, when its
+      audit form loaded and what it had counted when the enforcing form replaced it;
     - during an apply only: `pending.nft`, `rollback/` (the previous state), `rollback.sh` (the
       dead-man's restore script, which the boot unit also runs after a reboot) and a marker,
       `armed`, then `restoring` or `fired` while a restore holds it (see `Guard`).
@@ -92,6 +95,7 @@ class Host:
             self.system, self.state, self.table.ruleset_file, self.guard.rollback_script
         )
         self.rollback_dir = self.guard.rollback_dir
+        self.first = FirstEnforcementRecord(self.state)
 
     # -- read-only views -------------------------------------------------------------------
 
@@ -150,6 +154,40 @@ class Host:
     def counters(self) -> dict[str, dict[str, int]]:
         """Packets and bytes of each named counter (and of each commented rule's counter)."""
         return self.table.counters()
+
+    # -- a machine's first enforcement ------------------------------------------------------
+
+    def first_enforcement(self) -> FirstEnforcement | None:
+        """The record of a first enforcement not yet confirmed (files only: no command)."""
+        return self.first.read()
+
+    def never_enforced(self) -> bool:
+        """Nothing applied yet, or a first enforcement not yet confirmed."""
+        return self.table.confirmed() is None or self.first.read() is not None
+
+    def begin_audit(self, now: float) -> None:
+        """The audit form of a machine that never enforced is loaded: remember since when."""
+        record = self.first.read()
+        if record is None or record.enforcing_since is not None:
+            self.first.write(FirstEnforcement(audit_since=now))
+
+    def before_enforcing(self, now: float) -> None:
+        """The enforcing form is about to replace the audit form: keep the audit counters."""
+        record = self.first.read() or FirstEnforcement(audit_since=now)
+        counters = self.table.counters()
+        self.first.write(
+            record.model_copy(
+                update={
+                    "enforcing_since": now,
+                    "audit_packets": {n: c["packets"] for n, c in counters.items()},
+                    "audit_seconds": max(0.0, now - record.audit_since),
+                }
+            )
+        )
+
+    def confirm_enforcement(self) -> None:
+        """The roll went past this machine: its enforcement is no longer a first one."""
+        self.first.remove()
 
     def rollback_command(self) -> list[str]:
         """What the dead-man timer runs: restores the state from before the unconfirmed apply."""

@@ -1,0 +1,56 @@
+"""The machine's first enforcement: from its audit form to its enforcing form, confirmed.
+
+A machine that has never enforced loads its audit form first and its enforcing form only when
+the rolling apply reaches it. Until the roll confirms that enforcement, the state directory
+keeps `first-enforcement.json`: when the audit form loaded, and once the enforcing form
+replaced it, the audit form's counters at that moment and when the enforcing form loaded. The
+canary's counter rule compares those with the enforcing form's own counters. The record is
+per machine, like the table: the units that share a machine agree on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+from pydantic import BaseModel, ConfigDict
+
+from .system import read_text, write_atomically
+
+RECORD_NAME = "first-enforcement.json"
+
+
+class FirstEnforcement(BaseModel):
+    """What the machine's first enforcement has seen so far."""
+
+    model_config = ConfigDict(frozen=True)
+
+    audit_since: float
+    enforcing_since: float | None = None
+    audit_packets: dict[str, int] = {}  # the audit form's counters when it was replaced
+    audit_seconds: float = 0.0  # how long the audit form had been loaded then
+
+
+class FirstEnforcementRecord:
+    """`first-enforcement.json` in the state directory."""
+
+    def __init__(self, state: Path):
+        self.path = state / RECORD_NAME
+
+    def read(self) -> FirstEnforcement | None:
+        """The record; None when there is none (or it cannot be read: start again)."""
+        text = read_text(self.path)
+        if text is None:
+            return None
+        try:
+            return FirstEnforcement.model_validate_json(text)
+        except pydantic.ValidationError:
+            return None
+
+    def write(self, record: FirstEnforcement) -> None:
+        """Keep the record for the next hook."""
+        write_atomically(self.path, record.model_dump_json(), 0o600)
+
+    def remove(self) -> None:
+        """The first enforcement is confirmed: nothing more to keep."""
+        self.path.unlink(missing_ok=True)
