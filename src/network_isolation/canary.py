@@ -34,9 +34,10 @@ from .planner import MachinePlan
 from .render.common import network_names
 from .render.network_rules import INVALID_COUNTER, drop_counter, interface_groups
 
-# Bounds of a summary published in relation data (untrusted): far above any real table, which
-# has one counter per interface group and two per denied domain, at most six networks each.
-MAX_COUNTERS = 32
+# Bounds of a summary published in relation data (untrusted). A table has one counter per
+# group of allowed interfaces, two per denied domain and one for invalid packets: with six
+# networks at most, 13.
+MAX_COUNTERS = 16
 COUNTER_NAME = r"^drop_(in|out)_[a-z_]{1,80}$"
 MAX_PACKETS = 2**63 - 1
 
@@ -143,10 +144,11 @@ def summarise(plan: MachinePlan, audit: Snapshot, enforcing: Snapshot) -> Counte
     )
 
 
-def judge(summary: CounterSummary, threshold: int, machine: str = "the canary") -> Verdict:
+def judge(summary: CounterSummary, threshold: int) -> Verdict:
     """Halt when an allowed network's counter grew beyond the audit baseline by `threshold`.
 
-    The message names the counter, its networks and the figures, the worst counter first.
+    The message (at most 200 characters, for a unit's report) names the counter, its networks
+    and the figures, the worst counter first.
     """
     over = sorted(
         (c for c in summary.counters if not c.expected and summary.excess(c) > threshold),
@@ -155,10 +157,10 @@ def judge(summary: CounterSummary, threshold: int, machine: str = "the canary") 
     if not over:
         return Verdict()
     worst = over[0]
-    more = f" (+{len(over) - 1} more counters)" if len(over) > 1 else ""
-    return Verdict(
-        f"{machine} dropped {worst.enforcing} packets on {worst.networks}, which it may use"
-        f" (counter {worst.counter}), in its first {summary.window_seconds:.0f} s of enforcing;"
-        f" its audit form counted {worst.audit} in {summary.audit_seconds:.0f} s"
-        f" (threshold {threshold}){more}"
+    more = f" (+{len(over) - 1} more)" if len(over) > 1 else ""
+    message = (
+        f"{worst.enforcing} packets dropped on {worst.networks}, which it may use"
+        f" ({worst.counter}), in {summary.window_seconds:.0f} s of enforcing; audit counted"
+        f" {worst.audit} in {summary.audit_seconds:.0f} s; threshold {threshold}{more}"
     )
+    return Verdict(message[:200])
