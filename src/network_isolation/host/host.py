@@ -172,8 +172,15 @@ class Host:
             self.first.write(FirstEnforcement(audit_since=now))
 
     def before_enforcing(self, now: float) -> None:
-        """The enforcing form is about to replace the audit form: keep the audit counters."""
+        """The enforcing form is about to be loaded: keep the audit form's counters.
+
+        An enforcing form replacing another one (the plan changed meanwhile) restarts the
+        window, since loading resets the counters, and keeps the audit form's figures.
+        """
         record = self.first.read() or FirstEnforcement(audit_since=now)
+        if record.enforcing_since is not None:
+            self.first.write(record.model_copy(update={"enforcing_since": now}))
+            return
         counters = self.table.counters()
         self.first.write(
             record.model_copy(

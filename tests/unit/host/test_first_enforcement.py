@@ -45,6 +45,11 @@ def test_audit_then_enforcing_keeps_the_audit_counters_until_confirmed(
     assert record.audit_packets == {"drop_in_storage": 12, "drop_in_internal": 40}
     assert (record.audit_seconds, record.enforcing_since) == (600.0, 1600.0)
     assert oct(next(root.rglob(RECORD_NAME)).stat().st_mode & 0o777) == "0o600"
+    machine.json_listing = json.dumps({"nftables": []})  # the enforcing form, reloaded
+    host.before_enforcing(now=1700.0)
+    again = host.first_enforcement()
+    assert again is not None and again.enforcing_since == 1700.0
+    assert (again.audit_packets, again.audit_seconds) == (record.audit_packets, 600.0)
     host.confirm_enforcement()
     assert not host.never_enforced() and host.first_enforcement() is None
 
