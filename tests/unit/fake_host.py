@@ -24,6 +24,7 @@ from network_isolation.host import (
     fingerprint,
 )
 from network_isolation.observed import PlanSummary
+from network_isolation.host.first_enforcement import FirstEnforcement, FirstEnforcementRecord
 from network_isolation.planner import IPAddress
 
 MAAS_NICS = tuple(f"enp{k}s0" for k in range(1, 7))
@@ -38,6 +39,9 @@ class FakeHost:
     fail_apply: ClassVar[str | None] = None  # probe failure message to inject
     drift_reason: ClassVar[str | None] = None
     counters_state: ClassVar[dict[str, dict[str, int]]] = {}
+    # packets per counter that the loaded form counts, by form ("audit" or "enforce"): what
+    # `counters()` shows once a ruleset of that form is applied (else `counters_state`)
+    traffic: ClassVar[dict[str, dict[str, int]]] = {}
     gateways: ClassVar[list[str]] = []
     # What MAAS's netplan file defines: the NICs the tests' bindings use.
     kinds: ClassVar[dict[str, str]] = dict.fromkeys(MAAS_NICS, "ethernets")
@@ -59,6 +63,7 @@ class FakeHost:
         cls.fail_apply = None
         cls.drift_reason = None
         cls.counters_state = {}
+        cls.traffic = {}
         cls.gateways = []
         cls.kinds = dict.fromkeys(MAAS_NICS, "ethernets")
         cls.bypasses = []
@@ -114,9 +119,38 @@ class FakeHost:
         return self.drift_reason
 
     def counters(self) -> dict[str, dict[str, int]]:
-        if self.applied_state.nftables is None:
+        ruleset = self.applied_state.nftables
+        if ruleset is None:
             raise HostError("no table inet network_isolation")
+        form = "audit" if "enforcement: audit" in ruleset else "enforce"
+        if form in self.traffic:
+            return {n: {"packets": p, "bytes": 60 * p} for n, p in self.traffic[form].items()}
         return self.counters_state
+
+    # a machine's first enforcement: the real record, in the unit's state directory
+
+    @property
+    def _first(self) -> FirstEnforcementRecord:
+        assert self.state is not None, "FakeHost(state=...) keeps the first-enforcement record"
+        return FirstEnforcementRecord(self.state)
+
+    def first_enforcement(self) -> FirstEnforcement | None:
+        return self._first.read()
+
+    def never_enforced(self) -> bool:
+        return self.applied_state.nftables is None or self._first.read() is not None
+
+    def begin_audit(self, now: float) -> None:
+        self.calls.append(("begin_audit", now))
+        self._first.begin_audit(now)
+
+    def before_enforcing(self, now: float) -> None:
+        self.calls.append(("before_enforcing", now))
+        self._first.before_enforcing(now, self.counters)
+
+    def confirm_enforcement(self) -> None:
+        self.calls.append(("confirm_enforcement", None))
+        self._first.remove()
 
     def diff(self, artefacts: Any) -> str:
         return "" if self.is_applied(artefacts) else "--- applied\n+++ planned\n"

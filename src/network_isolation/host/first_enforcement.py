@@ -10,6 +10,7 @@ per machine, like the table: the units that share a machine agree on it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pydantic
@@ -54,3 +55,32 @@ class FirstEnforcementRecord:
     def remove(self) -> None:
         """The first enforcement is confirmed: nothing more to keep."""
         self.path.unlink(missing_ok=True)
+
+    def begin_audit(self, now: float) -> None:
+        """The audit form is being loaded: a new audit starts unless one is running."""
+        record = self.read()
+        if record is None or record.enforcing_since is not None:
+            self.write(FirstEnforcement(audit_since=now))
+
+    def before_enforcing(
+        self, now: float, counters: Callable[[], Mapping[str, Mapping[str, int]]]
+    ) -> None:
+        """The enforcing form is about to be loaded: keep the audit form's `counters`.
+
+        An enforcing form replacing another one (the plan changed meanwhile) restarts the
+        window, since loading resets the counters, and keeps the audit form's figures.
+        """
+        record = self.read() or FirstEnforcement(audit_since=now)
+        if record.enforcing_since is not None:
+            self.write(record.model_copy(update={"enforcing_since": now}))
+            return
+        packets = {name: int(c.get("packets", 0)) for name, c in counters().items()}
+        self.write(
+            record.model_copy(
+                update={
+                    "enforcing_since": now,
+                    "audit_packets": packets,
+                    "audit_seconds": max(0.0, now - record.audit_since),
+                }
+            )
+        )

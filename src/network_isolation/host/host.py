@@ -167,30 +167,11 @@ class Host:
 
     def begin_audit(self, now: float) -> None:
         """The audit form of a machine that never enforced is loaded: remember since when."""
-        record = self.first.read()
-        if record is None or record.enforcing_since is not None:
-            self.first.write(FirstEnforcement(audit_since=now))
+        self.first.begin_audit(now)
 
     def before_enforcing(self, now: float) -> None:
-        """The enforcing form is about to be loaded: keep the audit form's counters.
-
-        An enforcing form replacing another one (the plan changed meanwhile) restarts the
-        window, since loading resets the counters, and keeps the audit form's figures.
-        """
-        record = self.first.read() or FirstEnforcement(audit_since=now)
-        if record.enforcing_since is not None:
-            self.first.write(record.model_copy(update={"enforcing_since": now}))
-            return
-        counters = self.table.counters()
-        self.first.write(
-            record.model_copy(
-                update={
-                    "enforcing_since": now,
-                    "audit_packets": {n: c["packets"] for n, c in counters.items()},
-                    "audit_seconds": max(0.0, now - record.audit_since),
-                }
-            )
-        )
+        """The enforcing form is about to be loaded: keep the audit form's counters."""
+        self.first.before_enforcing(now, self.table.counters)
 
     def confirm_enforcement(self) -> None:
         """The roll went past this machine: its enforcement is no longer a first one."""
