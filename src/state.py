@@ -20,7 +20,7 @@ import pydantic
 from network_isolation_interface import NetworkIsolationRequirer
 
 from cluster import NO_PEER, Cluster, FoldStore, Woken
-from network_isolation.config import CharmConfig, IPNetwork, config_error
+from network_isolation.config import CharmConfig, Enforcement, IPNetwork, config_error
 from network_isolation.host import Host, MachineRegistry
 from network_isolation.model import NETWORKS, PRESET_ROLES, Network
 from network_isolation.peers import CloudView, MachineRecord
@@ -76,6 +76,7 @@ class Outcome:
 
     blocked: str | None = None
     waiting: str | None = None
+    held_back: str | None = None  # a first deployment's audit form, and until when
     warnings: list[str] = field(default_factory=list)
 
     def status(self, state: HookState) -> ops.StatusBase:
@@ -88,7 +89,7 @@ class Outcome:
             return ops.BlockedStatus(self.blocked)
         if self.waiting:
             return ops.WaitingStatus(self.waiting)
-        return ops.ActiveStatus(state.plan.message + warning)
+        return ops.ActiveStatus((self.held_back or state.plan.message) + warning)
 
 
 def read_config(charm: ops.CharmBase) -> CharmConfig:
@@ -236,6 +237,17 @@ def _record(
         },
         inputs=generation(json.dumps(ports, sort_keys=True)) if ports is not None else "",
     )
+
+
+def artefacts_as(state: HookState, enforcement: Enforcement) -> Artefacts | None:
+    """The artefacts of the same plan in another form (a first deployment's audit form)."""
+    if state.artefacts is None or enforcement == state.config.enforcement:
+        return state.artefacts
+    plan = state.plan.model_copy(
+        update={"config": state.config.model_copy(update={"enforcement": enforcement})}
+    )
+    ports = machine_ports(plan, state.declared) if state.declared is not None else None
+    return render(plan, ports)
 
 
 def _machine_name(charm: ops.CharmBase) -> str:

@@ -14,9 +14,9 @@ roll it needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-Enforcement = Literal["enforce", "audit", "off"]
+from .config import Enforcement
 
 
 class WaveView(Protocol):

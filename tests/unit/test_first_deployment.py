@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from network_isolation.config import Enforcement
 from network_isolation.first_deployment import (
-    Enforcement,
     FormDecision,
     confirmed,
     first_deployment_form,
