@@ -14,7 +14,9 @@ from network_isolation_interface import NetworkIsolationRequirer
 from cluster import NO_PEER, Cluster, FoldStore, Woken, woken_by
 from cos_agent import CosAgent, scrape_target
 from network_isolation import bypass
+from network_isolation.canary import Snapshot, summarise
 from network_isolation.config import ConfigError
+from network_isolation.first_deployment import FormDecision, confirmed, first_deployment_form
 from network_isolation.host import (
     ApplyError,
     ExporterSpec,
@@ -30,11 +32,19 @@ from network_isolation.host import (
 from network_isolation.model import Network
 from network_isolation.observed import PlanSummary
 from network_isolation.planner import MachinePlan
-from network_isolation.render import Artefacts
+from network_isolation.render import Artefacts, counter_kinds
 from network_isolation.report import machine_dict, machine_text
 from network_isolation.report_html import cloud_html
 from network_isolation.rollout import Roll, UnitReport, may_apply, waiting_message
-from state import ROLE_ENDPOINTS, HookState, Outcome, Sources, read_state, related_roles
+from state import (
+    ROLE_ENDPOINTS,
+    HookState,
+    Outcome,
+    Sources,
+    artefacts_as,
+    read_state,
+    related_roles,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +122,8 @@ class NetworkIsolationCharm(ops.CharmBase):
     def _reconcile(self, event: ops.EventBase, *, force: bool = False) -> None:
         """Plan this machine, render its artefacts and apply them when its wave is open.
 
-        A unit that has never applied applies at once; otherwise it waits for a wave that
+        A machine that has never enforced loads the audit form at once and the enforcing form
+        when its wave opens (see `first_deployment`); otherwise a unit waits for a wave that
         holds it, applies (or finds nothing to do) and reports once on the rollout.
         """
         try:
@@ -132,20 +143,25 @@ class NetworkIsolationCharm(ops.CharmBase):
         cluster = self._cluster(state)
         cluster.share(state.record, state.cloud if state.aggregated else None)
         cluster.decide(self._ruleset_config(), state.cloud, state.config.schedule)
-        artefacts = state.artefacts
-        self._observe(state.plan, artefacts)
         roll, own = cluster.roll(), cluster.own_report()
         turn = roll is not None and roll.generation != "" and may_apply(self.unit.name, roll, own)
+        form = self._form(state, roll, own)
+        self.outcome.held_back = form.message or None
+        artefacts = artefacts_as(state, form.enforcement)
+        self._observe(state.plan, artefacts)
         if artefacts is None or (not force and self.host.is_applied(artefacts)):
             if turn and roll is not None:
                 outcome = "applied" if artefacts is not None else "blocked"
                 self._report(cluster, state, roll, UnitReport(outcome=outcome))
             return
-        first = self.host.applied().nftables is None  # a new unit: nothing to roll over yet
-        if not (force or first or roll is None or may_apply(self.unit.name, roll, own)):
+        if not (force or form.held_back or roll is None or may_apply(self.unit.name, roll, own)):
             self.outcome.waiting = waiting_message(self.unit.name, roll)
             return
         try:
+            if form.held_back:  # before the apply: a machine with a table has a record
+                self.host.begin_audit(cluster.now())
+            elif roll is not None and self.host.never_enforced():
+                self.host.before_enforcing(cluster.now())
             result = self.host.apply(artefacts, self._probe_targets(state), force=force)
         except (ApplyError, HostError) as e:
             self.outcome.blocked = f"apply failed: {e}"
@@ -157,10 +173,61 @@ class NetworkIsolationCharm(ops.CharmBase):
         if turn and roll is not None:
             self._report(cluster, state, roll, report)
 
+    def _form(self, state: HookState, roll: Roll | None, own: UnitReport) -> FormDecision:
+        """Which form of the ruleset this machine loads: audit until it may first enforce.
+
+        A first enforcement that the roll has gone past is confirmed here, once.
+        """
+        never = self.host.never_enforced()
+        if (
+            never
+            and roll is not None
+            and state.artefacts is not None
+            and self.host.is_applied(state.artefacts)
+            and confirmed(self.unit.name, roll, own.generation == roll.generation)
+        ):
+            self.host.confirm_enforcement()
+            never = False
+        return first_deployment_form(
+            self.unit.name, roll, configured=state.config.enforcement, enforced=not never
+        )
+
     def _report(self, cluster: Cluster, state: HookState, roll: Roll, report: UnitReport) -> None:
-        """Report this unit's outcome of the roll; a leader takes its own into account at once."""
+        """Report this unit's outcome of the roll; a leader takes its own into account at once.
+
+        A first deployment's canary reports once it has enforced for `rolling-canary-window`,
+        with its drop counters, which the leader judges before the next wave.
+        """
+        if report.outcome == "applied" and roll.wave_of(self.unit.name) == 1:
+            due = self._with_counters(cluster, state, report)
+            if due is None:
+                return  # the canary's window is still open
+            report = due
         cluster.report(report.model_copy(update={"generation": roll.generation}))
         cluster.decide(self._ruleset_config(), state.cloud, state.config.schedule)
+
+    def _with_counters(
+        self, cluster: Cluster, state: HookState, report: UnitReport
+    ) -> UnitReport | None:
+        """The canary's report with its counters; None while its window is still open.
+
+        A unit whose enforcement is not a first one reports as it is.
+        """
+        record = self.host.first_enforcement()
+        if record is None or record.enforcing_since is None:
+            return report
+        seconds = cluster.now() - record.enforcing_since
+        window = state.config.rolling_canary_window
+        if seconds < window:
+            self.outcome.held_back = f"canary: enforcing, its counters judged after {window} s"
+            return None
+        try:
+            enforcing = Snapshot.of(self.host.counters(), seconds)
+        except HostError as e:
+            return UnitReport(outcome="failed", error=f"counters: cannot read them: {e}"[:200])
+        audit = Snapshot(record.audit_packets, record.audit_seconds)
+        summary = summarise(counter_kinds(state.plan), audit, enforcing)
+        return report.model_copy(update={"counters": summary})
 
     def _on_remove(self, _: ops.RemoveEvent) -> None:
         """Leave the host as it was when the last unit of this charm on it goes."""

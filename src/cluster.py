@@ -48,7 +48,7 @@ T = TypeVar("T", Roll, UnitReport)
 PEER_ENDPOINT = "cluster"
 ROLL_KEY = "roll"
 REPORT_KEY = "report"
-MAX_REPORT_BYTES = 512
+MAX_REPORT_BYTES = 2048  # a canary's report carries its drop counters (16 at most)
 clock: Callable[[], float] = time.time  # the wall clock that times waves out
 
 
@@ -231,10 +231,19 @@ class Cluster:
         gen = generation(inputs, dump(view), *(f"{u}={fold.records[u]}" for u in sorted(records)))
         app_bag = relation.data[self._charm.app]
         previous = _parse(app_bag.get(ROLL_KEY), Roll)
+        unheard = {u.name for u in relation.units} - {*fold.records, *fold.refused}
+        if unheard and not previous.generation:
+            # The first roll (a first deployment) waits for every unit that has joined: a
+            # canary chosen among the first few would not be the one the whole cloud needs.
+            return
         roll = step(previous, gen, members, reports, clock(), schedule)
         if roll.halted and roll.halted != previous.halted:
             logger.error("rolling apply halted: %s", roll.halted)
         _set_if_changed(app_bag, ROLL_KEY, dump(roll))
+
+    def now(self) -> float:
+        """The wall clock that times waves out, and a canary's window."""
+        return clock()
 
     def roll(self) -> Roll | None:
         """The leader's roll; None when there is no peer relation (a lone unit)."""

@@ -76,7 +76,7 @@ class Outcome:
 
     blocked: str | None = None
     waiting: str | None = None
-    held_back: str | None = None  # a first deployment's audit form, and until when
+    held_back: str | None = None  # a first deployment's stage (audit until..., canary)
     warnings: list[str] = field(default_factory=list)
 
     def status(self, state: HookState) -> ops.StatusBase:

@@ -4,8 +4,8 @@ A ruleset can pass every check of its own host (validation, probes of the contro
 gateways and a few neighbours) and still cut traffic the cloud needs: a rack's subnet that MAAS
 put in the wrong space, a space bound to the wrong network. Before a first deployment's next
 wave opens, the canary's drop counters say whether that happened. Each counter of our table is
-named after the networks it drops (see `render.network_rules.drop_counter`), so the machine's
-plan tells which drops the role table expects and which it does not:
+named after the networks it drops, so the machine's plan tells which drops the role table
+expects and which it does not (`render.counter_kinds`):
 
 - expected: a network this machine may not use (`drop_in_<n>`, `drop_out_<n>`: from, to or on
   a denied network) and conntrack-invalid packets (`drop_in_invalid`);
@@ -20,7 +20,8 @@ enforcing, an unexpected counter may exceed the audit form's rate over W by `thr
 packets at most, else the roll halts. A short audit is never extrapolated upwards: its baseline
 is `audit packets × W / max(audit seconds, W)`.
 
-Pure code: the canary summarises, the leader judges; nothing here reads the host or Juju.
+Pure code: the canary summarises, the leader judges; nothing here reads the host or Juju (and
+nothing here depends on the planner, so a unit's report can carry a summary).
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from .planner import MachinePlan
-from .render.common import network_names
-from .render.network_rules import INVALID_COUNTER, drop_counter, interface_groups
 
 # Bounds of a summary published in relation data (untrusted). A table has one counter per
 # group of allowed interfaces, two per denied domain and one for invalid packets: with six
@@ -105,27 +102,14 @@ class Verdict:
         return not self.halted
 
 
-def counter_kinds(plan: MachinePlan) -> dict[str, CounterKind]:
-    """Every drop counter the plan's ruleset has, and whether the role table expects drops."""
-    kinds = {INVALID_COUNTER: CounterKind("", expected=True)}
-    for group in interface_groups(plan):
-        kinds[drop_counter("in", group.networks)] = CounterKind(
-            network_names(group.networks), expected=False
-        )
-    for domain in plan.denied_domains:
-        for direction in ("in", "out"):
-            kinds[drop_counter(direction, domain.networks)] = CounterKind(
-                network_names(domain.networks), expected=True
-            )
-    return kinds
-
-
-def summarise(plan: MachinePlan, audit: Snapshot, enforcing: Snapshot) -> CounterSummary:
+def summarise(
+    kinds: Mapping[str, CounterKind], audit: Snapshot, enforcing: Snapshot
+) -> CounterSummary:
     """The canary's summary: each counter of its enforcing ruleset, before and after.
 
-    `audit`: the audit form's counters read just before the enforcing form replaced it;
-    `enforcing`: the enforcing form's, read at least a window after it loaded. Counters of
-    neither ruleset's plan (none today) are left out.
+    `kinds`: the counters of the canary's plan (`render.counter_kinds`); `audit`: the audit
+    form's counters read just before the enforcing form replaced it; `enforcing`: the enforcing
+    form's, read at least a window after it loaded. Other counters are left out.
     """
     counts = tuple(
         CounterCount(
@@ -135,7 +119,7 @@ def summarise(plan: MachinePlan, audit: Snapshot, enforcing: Snapshot) -> Counte
             audit=max(0, audit.packets.get(name, 0)),
             enforcing=max(0, enforcing.packets.get(name, 0)),
         )
-        for name, kind in sorted(counter_kinds(plan).items())
+        for name, kind in sorted(kinds.items())
     )
     return CounterSummary(
         audit_seconds=max(0.0, audit.seconds),

@@ -122,12 +122,25 @@ class CharmConfig(BaseModel):
     @property
     def schedule(self) -> Schedule:
         """The rolling apply's wave sizes and timeout."""
-        return Schedule.parse(self.rolling_wave_size, self.rolling_wave_timeout)
+        return Schedule.parse(
+            self.rolling_wave_size, self.rolling_wave_timeout, self.rolling_canary_threshold
+        )
 
     @field_validator("rolling_wave_size")
     @classmethod
     def _check_wave_size(cls, value: str) -> str:
         Schedule.parse(value, timeout=0)
+        return value
+
+    @field_validator("rolling_canary_window")
+    @classmethod
+    def _check_canary_window(cls, value: int, info: ValidationInfo) -> int:
+        timeout = info.data.get("rolling_wave_timeout")
+        if timeout is not None and value >= timeout:
+            raise ValueError(
+                f"{value} s is not shorter than rolling-wave-timeout ({timeout} s): the"
+                " canary's wave would time out before its counters are judged"
+            )
         return value
 
     @field_validator("roles", mode="before")

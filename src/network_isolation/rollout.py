@@ -20,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .canary import CounterSummary, judge
+
 GENERATION = re.compile(r"^[0-9a-f]{16}$")
 WAVE_LIMIT = re.compile(r"^([1-9][0-9]{0,4})(%?)$")
 # Roles whose machines hold quorums (Kubernetes/dqlite and MySQL on control, Ceph MON on
@@ -43,11 +45,22 @@ class UnitReport(_Frozen):
     generation: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
     outcome: Outcome = "applied"
     error: str = Field(default="", max_length=200)
+    counters: CounterSummary | None = None  # a first deployment's canary: its drop counters
 
     @property
     def failed(self) -> bool:
         """The unit's apply failed, at whatever stage."""
         return self.outcome == "failed"
+
+    def judged(self, threshold: int) -> UnitReport:
+        """This report, failed when its counters break the canary rule (see `canary`)."""
+        if self.counters is None or self.failed:
+            return self
+        verdict = judge(self.counters, threshold)
+        if verdict.passed:
+            return self
+        error = f"counters: {verdict.halted}"[:200]
+        return self.model_copy(update={"outcome": "failed", "error": error})
 
 
 class Roll(_Frozen):
@@ -89,14 +102,15 @@ class Schedule:
     limit: int = 25
     percent: bool = True
     timeout: float = 900.0
+    canary_threshold: int = 20  # see `canary.judge`
 
     @classmethod
-    def parse(cls, text: str, timeout: float) -> Schedule:
+    def parse(cls, text: str, timeout: float, canary_threshold: int = 20) -> Schedule:
         """`16` (machines per wave at most) or `25%` (of the machines in the roll)."""
         match = WAVE_LIMIT.match(text.strip())
         if not match or (match.group(2) and int(match.group(1)) > 100):
             raise ValueError(f"'{text}' is neither a number of machines nor a percentage 1-100%")
-        return cls(int(match.group(1)), bool(match.group(2)), timeout)
+        return cls(int(match.group(1)), bool(match.group(2)), timeout, canary_threshold)
 
     def cap(self, machines: int) -> int:
         """The most machines in one wave for a roll of `machines`."""
@@ -200,8 +214,9 @@ def step(
 
     A new generation starts a new roll from the canary (and lifts a halt: the inputs changed).
     Within a roll only reports of this generation from units of an opened wave count, each for
-    its own apply: a failure halts the roll; when every unit still present in the opened waves
-    has reported, the next wave opens; a wave that outlives the timeout halts the roll.
+    its own apply: a failure halts the roll, and so do a canary's counters that break the canary
+    rule; when every unit still present in the opened waves has reported, the next wave opens;
+    a wave that outlives the timeout halts the roll.
     """
     if gen != previous.generation:
         waves = plan_waves(members.values(), schedule)
@@ -209,7 +224,8 @@ def step(
     if previous.halted or previous.opened == 0:
         return previous
     opened = [u for wave in previous.waves[: previous.opened] for u in wave if u in members]
-    current = {u: r for u, r in reports.items() if r.generation == gen}
+    threshold = schedule.canary_threshold
+    current = {u: r.judged(threshold) for u, r in reports.items() if r.generation == gen}
     failed = [u for u in opened if u in current and current[u].failed]
     if failed:
         unit = failed[0]

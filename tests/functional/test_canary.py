@@ -30,6 +30,7 @@ from network_isolation.config import CharmConfig
 from network_isolation.host import Host
 from network_isolation.host.system import Result
 from network_isolation.planner import MachinePlan, plan_machine
+from network_isolation.render import counter_kinds
 from network_isolation.topology import load_topology
 
 from .conftest import MAAS, render_dir
@@ -161,7 +162,7 @@ def first_deployment(
     audit, audited = phase(canary, rules.audit)
     assert {r for results in audited.values() for r in results} == {"pass"}, audited
     enforcing, got = phase(canary, rules.enforcing)
-    return summarise(rules.plan, audit, enforcing), got
+    return summarise(counter_kinds(rules.plan), audit, enforcing), got
 
 
 def counts(summary: CounterSummary) -> dict[str, tuple[int, int]]:

@@ -146,7 +146,9 @@ class FakeHost:
 
     def before_enforcing(self, now: float) -> None:
         self.calls.append(("before_enforcing", now))
-        self._first.before_enforcing(now, self.counters)
+        self._first.before_enforcing(
+            now, lambda: self.counters() if self.applied_state.nftables else {}
+        )
 
     def confirm_enforcement(self) -> None:
         self.calls.append(("confirm_enforcement", None))

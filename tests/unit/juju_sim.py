@@ -29,11 +29,14 @@ from ops import testing
 import charm
 import cluster
 from charm import NetworkIsolationCharm
+from network_isolation.host.first_enforcement import RECORD_NAME as FIRST_ENFORCEMENT
 from network_isolation.rollout import Roll, UnitReport
 
 APP = "network-isolation"
+ENFORCING = "enforcement: enforce"  # in the header of an enforcing ruleset
 PEER_ID, PRINCIPAL_ID = 1, 2
 SECONDS_PER_ROUND = 30.0
+UPDATE_STATUS_ROUNDS = 10  # Juju runs update-status every 5 minutes
 ROLE_PRINCIPALS = {"control": "k8s", "storage": "microceph", "compute": "openstack-hypervisor"}
 NICS = ["enp1s0", "enp2s0", "enp3s0", "enp4s0", "enp5s0", "enp6s0"]
 
@@ -281,6 +284,33 @@ class Cloud:
         while self.pending():
             self.step(counter)
             assert self.round - start <= limit, "the cloud did not settle"
+        return self.round - start
+
+    def first_deployment_done(self) -> bool:
+        """The first roll halted, or every machine enforces with its enforcement confirmed."""
+        roll = self.roll()
+        if roll.halted:
+            return True
+        return bool(roll.generation) and all(
+            ENFORCING in (u.host.applied_state.nftables or "")
+            and not (u.state_dir / FIRST_ENFORCEMENT).exists()
+            for u in self.units.values()
+        )
+
+    def deploy(self, limit: int = 300, counter: Any = None) -> int:
+        """`juju deploy` and its relations on a running cloud; the rounds it took.
+
+        Every unit runs its first hooks, then rounds run, with update-status on every unit
+        every 5 minutes as Juju runs it, until the first deployment is done (or halted) and no
+        hook is pending.
+        """
+        self.broadcast("config")
+        start = self.round
+        while not (self.first_deployment_done() and not self.pending()):
+            if (self.round - start) % UPDATE_STATUS_ROUNDS == UPDATE_STATUS_ROUNDS - 1:
+                self.broadcast("update")
+            self.step(counter)
+            assert self.round - start <= limit, "the first deployment did not finish"
         return self.round - start
 
     def clone(self, tmp: Path, rng: random.Random, delay: int) -> Cloud:

@@ -13,12 +13,11 @@ from network_isolation.canary import (
     CounterCount,
     CounterSummary,
     Snapshot,
-    counter_kinds,
     judge,
     summarise,
 )
 from network_isolation.model import Network
-from network_isolation.render import firewall_view
+from network_isolation.render import counter_kinds, firewall_view
 from network_isolation.topology import Topology
 
 ACTIVE = sorted(k for k, (_, _, plan) in golden_plans().items() if plan.status == "active")
@@ -147,7 +146,7 @@ def test_summarise_reads_the_plans_counters_from_both_snapshots(maas: Topology):
         seconds=1200,
     )
     enforcing = Snapshot({"drop_in_storage_cluster": 250, "drop_out_internal": 70}, 301)
-    found = summarise(plan, audit, enforcing)
+    found = summarise(counter_kinds(plan), audit, enforcing)
     by_name = {c.counter: c for c in found.counters}
     assert set(by_name) == set(counter_kinds(plan))
     assert "unrelated" not in by_name

@@ -317,14 +317,15 @@ def test_unreadable_roll_data_from_peers_is_ignored(networks, fake_host):
     peers = testing.PeerRelation(
         "cluster",
         peers_data={
-            1: {"report": "{not json"},
-            2: {"report": '{"outcome": "failed"}' + " " * 600},
+            1: {"machine": compute_record("machine-1"), "report": "{not json"},
+            2: {"machine": compute_record("machine-2"), "report": '{"outcome": "x"}' + " " * 2100},
         },
     )
     ctx = context(0)
     out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
-    assert len(applies(fake_host)) == 1
-    assert roll_of(out, peers).halted == ""
+    roll = roll_of(out, peers)
+    assert sorted(u for wave in roll.waves for u in wave) == [ME, PEER, "network-isolation/2"]
+    assert roll.halted == ""
 
 
 def test_rejected_artefacts_count_as_a_failure_of_the_roll(networks, fake_host):

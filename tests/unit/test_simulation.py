@@ -22,12 +22,11 @@ WAVES = "50%"  # at eight machines: waves of 1, 2, 4, ... within the quorum limi
 
 @pytest.fixture(scope="module")
 def cloud_base(tmp_path_factory: pytest.TempPathFactory) -> Cloud:
-    """Eight machines deployed and settled: each applied at once, then the first roll ran."""
+    """Eight machines deployed: each audited at once, then the first roll enforced them all."""
     cloud = Cloud(MACHINES, tmp_path_factory.mktemp("base"))
     cloud.config["rolling-wave-size"] = WAVES
-    cloud.broadcast("config")
-    cloud.settle()
-    assert all(u.applies for u in cloud.units.values()), "every new machine applied at once"
+    cloud.deploy()
+    assert all(u.applies[0][0] == 1 for u in cloud.units.values()), "every machine audited"
     assert cloud.roll().done and not cloud.roll().halted
     return cloud
 
@@ -142,7 +141,7 @@ def test_a_unit_that_never_reports_times_the_wave_out_into_a_halt(fresh):
     cloud = fresh()
     canary = int(cloud.roll().waves[0][0].rpartition("/")[2])
     cloud.units[canary].down = True  # its agent is down: it runs no hook
-    cloud.set_config(client_cidrs=CHANGE, rolling_wave_timeout=300)
+    cloud.set_config(client_cidrs=CHANGE, rolling_wave_timeout=300, rolling_canary_window=60)
     cloud.settle()
     assert not cloud.roll().halted, "nothing has timed out yet"
     for _ in range(12):  # update-status keeps coming, the clock runs on

@@ -51,8 +51,7 @@ def charm_rollout(machines: int) -> CharmRollout:
     stand_in = importlib.import_module("juju_sim")  # tests/unit: the unit tests' Juju stand-in
     with tempfile.TemporaryDirectory() as tmp:
         cloud = stand_in.Cloud(machines, Path(tmp), random.Random(0))
-        cloud.broadcast("config")
-        cloud.settle(limit=400)
+        cloud.deploy(limit=400)
         hooks = cloud.hooks
         start = time.perf_counter()
         cloud.set_config(**CHANGE)

@@ -30,7 +30,7 @@ from ..planner import MachinePlan
 from ..ports import PortRange
 from .common import RenderError, comment_line
 from .firewall import FirewallView, firewall_view
-from .network_rules import strict_ports
+from .network_rules import counter_kinds, strict_ports
 from .nft import TABLE_FAMILY, TABLE_NAME
 from .routing import (
     NETPLAN_FILE_NAME,
@@ -58,6 +58,7 @@ __all__ = [
     "RoutedInterface",
     "RoutingView",
     "check_policy_routing",
+    "counter_kinds",
     "exclude",
     "firewall_view",
     "normalize",

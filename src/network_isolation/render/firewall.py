@@ -21,6 +21,7 @@ from ..planner import MachinePlan
 from ..ports import JUJU_AGENT_PORTS, PortRange
 from .common import file_header
 from .network_rules import (
+    INVALID_COUNTER,
     InterfaceGroup,
     PortMap,
     denied_interface_drops,
@@ -167,7 +168,7 @@ def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
             (
                 build.accept("in", extra='iifname "lo"'),
                 build.accept("in", extra="ct state established,related"),
-                build.drop("drop_in_invalid", "in ct-invalid", extra="ct state invalid"),
+                build.drop(INVALID_COUNTER, "in ct-invalid", extra="ct state invalid"),
             ),
         ),
         NftSection(

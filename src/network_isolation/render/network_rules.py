@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from ..canary import CounterKind
 from ..model import NETWORKS, Network
 from ..planner import MachinePlan
 from ..ports import PortRange, machine_ports, merge_ranges
@@ -19,6 +20,8 @@ from .nft import FirewallBuilder, NftChain, NftRule, NftSection, Side, label_of
 from .subnets import exclude
 
 IPV6_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
+# Conntrack-invalid packets: dropped before any network's rules, whatever the network.
+INVALID_COUNTER = "drop_in_invalid"
 
 # Ports per network, as `ports.machine_ports` gives them.
 PortMap = Mapping[Network, Iterable[PortRange]]
@@ -56,6 +59,25 @@ def interface_groups(plan: MachinePlan) -> tuple[InterfaceGroup, ...]:
             )
         )
     return tuple(groups)
+
+
+def counter_kinds(plan: MachinePlan) -> dict[str, CounterKind]:
+    """Every drop counter a plan's ruleset may have, and whether the role table expects drops.
+
+    Expected: a denied domain's, in every direction (from, to, through or on a network this
+    machine may not use), and invalid packets. Unexpected: the groups of allowed interfaces',
+    in and forwarded (see `canary`).
+    """
+    kinds = {INVALID_COUNTER: CounterKind("", expected=True)}
+    for group in interface_groups(plan):
+        for direction in ("in", "fwd"):
+            counter, _ = drop_counter(direction, group.networks)
+            kinds[counter] = CounterKind(network_names(group.networks), expected=False)
+    for domain in plan.denied_domains:
+        for direction in ("in", "out", "fwd"):
+            counter, _ = drop_counter(direction, domain.networks)
+            kinds[counter] = CounterKind(network_names(domain.networks), expected=True)
+    return kinds
 
 
 def strict_ports(
