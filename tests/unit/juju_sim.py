@@ -305,9 +305,13 @@ class Cloud:
         hook is pending.
         """
         self.broadcast("config")
+        return self.finish_deployment(limit, counter)
+
+    def finish_deployment(self, limit: int = 300, counter: Any = None) -> int:
+        """Rounds until the first deployment is done and nothing is pending; how many."""
         start = self.round
         while not (self.first_deployment_done() and not self.pending()):
-            if (self.round - start) % UPDATE_STATUS_ROUNDS == UPDATE_STATUS_ROUNDS - 1:
+            if self.round % UPDATE_STATUS_ROUNDS == UPDATE_STATUS_ROUNDS - 1:
                 self.broadcast("update")
             self.step(counter)
             assert self.round - start <= limit, "the first deployment did not finish"
