@@ -18,6 +18,7 @@ from network_isolation.canary import (
 )
 from network_isolation.model import Network
 from network_isolation.render import counter_kinds, firewall_view
+from network_isolation.rollout import Member, Roll, Schedule, UnitReport, step
 from network_isolation.topology import Topology
 
 ACTIVE = sorted(k for k, (_, _, plan) in golden_plans().items() if plan.status == "active")
@@ -193,3 +194,30 @@ def test_more_drops_never_turn_a_halt_into_a_pass_and_more_audit_never_halts(
     else:
         assert not halts(audit + more, enforcing)
     assert not halts(audit, min(enforcing, threshold))  # never more than the threshold
+
+
+def test_the_leader_halts_the_roll_on_a_canary_whose_counters_break_the_rule():
+    members = {
+        f"network-isolation/{i}": Member(f"network-isolation/{i}", f"machine-{i}", roles)
+        for i, roles in enumerate([frozenset({"compute"})] * 3 + [frozenset({"control"})])
+    }
+    schedule = Schedule.parse("50%", timeout=900, canary_threshold=20)
+    gen = "0123456789abcdef"
+    roll = step(Roll(), gen, members, {}, now=0, schedule=schedule)
+    [canary] = roll.waves[0]
+
+    def report(enforcing: int) -> dict[str, UnitReport]:
+        counters = summary(audit=0, enforcing=enforcing)
+        return {canary: UnitReport(generation=gen, outcome="applied", counters=counters)}
+
+    passed = step(roll, gen, members, report(20), now=300, schedule=schedule)
+    assert passed.opened == 2 and not passed.halted
+    halted = step(roll, gen, members, report(21), now=300, schedule=schedule)
+    assert halted.opened == 1
+    assert (
+        halted.halted.startswith(f"{canary} (machine-")
+        and "in wave 1: counters: 21" in halted.halted
+    )
+    assert "(drop_in_storage_cluster)" in halted.halted
+    # the report itself stays as the canary wrote it: the leader judges, the unit only counts
+    assert report(21)[canary].judged(20).failed and not report(21)[canary].failed

@@ -67,6 +67,7 @@ INVALID: list[tuple[str, Any, str]] = [
     ("rolling-canary-window", 29, "30"),
     ("rolling-canary-window", 3601, "3600"),
     ("rolling-canary-window", "soon", ""),
+    ("rolling-canary-window", 900, "rolling-wave-timeout"),  # the default timeout
     ("rolling-canary-threshold", -1, "0"),
     ("rolling-canary-threshold", 1_000_001, "1000000"),
     ("rolling-canary-threshold", "few", ""),
