@@ -318,7 +318,7 @@ def test_unreadable_roll_data_from_peers_is_ignored(networks, fake_host):
         "cluster",
         peers_data={
             1: {"machine": compute_record("machine-1"), "report": "{not json"},
-            2: {"machine": compute_record("machine-2"), "report": '{"outcome": "x"}' + " " * 2100},
+            2: {"machine": compute_record("machine-2"), "report": '{"outcome": "x"}' + " " * 4100},
         },
     )
     ctx = context(0)
