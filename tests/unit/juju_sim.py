@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 from bindings import DISJOINT_SUBNETS, GUIDE_NETWORKS, binding
 from fake_host import FakeHost
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from ops import testing
 
 import charm
@@ -33,6 +35,14 @@ from network_isolation.host.first_enforcement import RECORD_NAME as FIRST_ENFORC
 from network_isolation.rollout import Roll, UnitReport
 
 APP = "network-isolation"
+# Drawn event orders: each example runs a whole cloud's hooks, so a few of them.
+drawn_orders = settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+SEEDS = st.integers(0, 2**16)  # the order of units in a round
+DELAYS = st.integers(0, 2)  # rounds a delivery may be late
 ENFORCING = "enforcement: enforce"  # in the header of an enforcing ruleset
 PEER_ID, PRINCIPAL_ID = 1, 2
 SECONDS_PER_ROUND = 30.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from juju_sim import Cloud
+from juju_sim import DELAYS, SEEDS, Cloud, drawn_orders
 
 from network_isolation.rollout import Schedule
 from tools import bench
@@ -86,14 +86,10 @@ def test_a_config_change_rolls_out_in_growing_waves(fresh):
     assert cloud.hooks - hooks <= MACHINES**2 + (len(cloud.roll().waves) + 1) * MACHINES
 
 
-@settings(
-    max_examples=4,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@drawn_orders
 @given(
-    seed=st.integers(0, 2**16),
-    delay=st.integers(0, 2),
+    seed=SEEDS,
+    delay=DELAYS,
     leader_change=st.one_of(st.none(), st.integers(1, 8)),
     removal=st.one_of(st.none(), st.integers(1, 8)),
 )

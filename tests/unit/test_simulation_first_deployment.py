@@ -12,9 +12,17 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from juju_sim import ENFORCING, UPDATE_STATUS_ROUNDS, Cloud, Unit
+from juju_sim import (
+    DELAYS,
+    ENFORCING,
+    SEEDS,
+    UPDATE_STATUS_ROUNDS,
+    Cloud,
+    Unit,
+    drawn_orders,
+)
 
 MACHINES = 12  # 3 control, 3 storage, 6 compute
 # What compute machines count, per form of their ruleset: the denied public network's
@@ -94,14 +102,10 @@ def test_a_first_deployment_audits_at_once_and_enforces_in_waves(tmp_path: Path)
     )
 
 
-@settings(
-    max_examples=4,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@drawn_orders
 @given(
-    seed=st.integers(0, 2**16),
-    delay=st.integers(0, 2),
+    seed=SEEDS,
+    delay=DELAYS,
     leader_change=st.one_of(st.none(), st.integers(1, 20)),
 )
 def test_any_event_order_deploys_within_the_limits(
