@@ -78,14 +78,13 @@ def first_deployment_form(
     *,
     configured: Enforcement,
     enforced: bool,
-    cloud_enforces: bool = False,
 ) -> FormDecision:
     """Which form of its ruleset a unit loads now.
 
     `enforced`: this machine's enforcement is confirmed (an earlier roll went past it): the
-    rolling apply alone decides when it changes. `cloud_enforces`: every other machine of the
-    cloud enforces, so a machine joining it may enforce at once (its apply still probes the
-    neighbours first). Without a peer relation (`roll` None) there is nothing to roll.
+    rolling apply alone decides when it changes. A machine joining a cloud that enforces is
+    no exception: its record starts a rollout, and it enforces when that rollout reaches it.
+    Without a peer relation (`roll` None) there is nothing to roll.
     """
     if configured != "enforce" or enforced or roll is None:
         return FormDecision(configured)
@@ -93,8 +92,6 @@ def first_deployment_form(
         return FormDecision("audit", f"audit: rolling apply halted: {roll.halted}")
     wave = roll.wave_of(unit)
     if roll.generation and wave is not None and wave <= roll.opened:
-        return FormDecision("enforce")
-    if cloud_enforces:
         return FormDecision("enforce")
     if not roll.generation or wave is None:
         return FormDecision("audit", "audit until the leader schedules enforcement here")

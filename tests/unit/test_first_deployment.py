@@ -42,11 +42,8 @@ def form(
     *,
     configured: Enforcement = "enforce",
     enforced: bool = False,
-    cloud_enforces: bool = False,
 ) -> FormDecision:
-    return first_deployment_form(
-        UNIT, roll, configured=configured, enforced=enforced, cloud_enforces=cloud_enforces
-    )
+    return first_deployment_form(UNIT, roll, configured=configured, enforced=enforced)
 
 
 def test_a_unit_that_never_enforced_audits_until_its_wave_opens():
@@ -69,12 +66,6 @@ def test_a_halt_sends_a_unit_that_never_enforced_back_to_audit():
     decision = form(seven_waves(1, opened=1, halted="machine-3 dropped 48 packets"))
     assert decision.enforcement == "audit"
     assert decision.message == "audit: rolling apply halted: machine-3 dropped 48 packets"
-
-
-def test_a_machine_joining_an_enforcing_cloud_enforces_at_once():
-    assert form(seven_waves(7, opened=1), cloud_enforces=True).enforcement == "enforce"
-    halted = seven_waves(7, opened=1, halted="x")
-    assert form(halted, cloud_enforces=True).enforcement == "audit"
 
 
 @pytest.mark.parametrize("configured", ["audit", "off"])
@@ -109,15 +100,14 @@ def test_confirmation(wave: int, opened: int, halted: str, reported: bool, expec
     opened=st.integers(0, 7),
     halted=st.sampled_from(["", "failed"]),
     decided=st.booleans(),
-    cloud=st.booleans(),
 )
-def test_a_new_unit_enforces_only_when_its_wave_is_open_or_the_cloud_enforces(
-    wave: int, opened: int, halted: str, decided: bool, cloud: bool
+def test_a_new_unit_enforces_only_when_its_wave_is_open(
+    wave: int, opened: int, halted: str, decided: bool
 ):
     roll = seven_waves(wave, opened, halted)
     if not decided:  # no leader decision yet: nothing opened, nothing halted
         roll, halted = Waves(generation="", waves=roll.waves, opened=opened), ""
-    decision = form(roll, cloud_enforces=cloud)
+    decision = form(roll)
     open_wave = decided and 0 < wave <= opened
-    assert (decision.enforcement == "enforce") == (not halted and (open_wave or cloud))
+    assert (decision.enforcement == "enforce") == (not halted and open_wave)
     assert decision.held_back == (decision.enforcement == "audit")
