@@ -179,26 +179,28 @@ class NetworkIsolationCharm(ops.CharmBase):
         A first enforcement that the roll has gone past is confirmed here, once.
         """
         never = self.host.never_enforced()
+        units = (self.unit.name, *sorted(set(self.registry.entries()) - {self.unit.name}))
         if (
             never
             and roll is not None
             and state.artefacts is not None
             and self.host.is_applied(state.artefacts)
-            and confirmed(self.unit.name, roll, own.generation == roll.generation)
+            and confirmed(units, roll, own.generation == roll.generation)
         ):
             self.host.confirm_enforcement()
             never = False
         return first_deployment_form(
-            self.unit.name, roll, configured=state.config.enforcement, enforced=not never
+            units, roll, configured=state.config.enforcement, enforced=not never
         )
 
     def _report(self, cluster: Cluster, state: HookState, roll: Roll, report: UnitReport) -> None:
         """Report this unit's outcome of the roll; a leader takes its own into account at once.
 
         A first deployment's canary reports once it has enforced for `rolling-canary-window`,
-        with its drop counters, which the leader judges before the next wave.
+        with its drop counters, which the leader judges before the next wave (a roll of one
+        wave has no next wave to protect).
         """
-        if report.outcome == "applied" and roll.wave_of(self.unit.name) == 1:
+        if report.outcome == "applied" and roll.wave_of(self.unit.name) == 1 < len(roll.waves):
             due = self._with_counters(cluster, state, report)
             if due is None:
                 return  # the canary's window is still open

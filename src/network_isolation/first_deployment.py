@@ -13,6 +13,7 @@ roll it needs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,20 +61,30 @@ class FormDecision:
         return bool(self.message)
 
 
-def confirmed(unit: str, roll: WaveView, reported: bool) -> bool:
-    """Whether this unit's first enforcement is confirmed by the roll that brought it.
+def machine_wave(units: Sequence[str], roll: WaveView) -> int | None:
+    """The wave of a machine: of the first of its units (this one first) that the roll holds.
 
-    Confirmed once a later wave has opened (its own wave was judged), or, in the last wave,
-    once the unit has reported its apply and the roll has not halted.
+    The roll puts every unit of a machine in the machine's wave; a unit that joined the
+    machine after the roll was planned goes with it.
     """
-    wave = roll.wave_of(unit)
+    return next((w for w in map(roll.wave_of, units) if w is not None), None)
+
+
+def confirmed(units: Sequence[str], roll: WaveView, reported: bool) -> bool:
+    """Whether this machine's first enforcement is confirmed by the roll that brought it.
+
+    `units`: this unit, then the other units of its machine. Confirmed once a later wave has
+    opened (its own wave was judged), or, in the last wave, once the unit has reported its
+    apply and the roll has not halted.
+    """
+    wave = machine_wave(units, roll)
     if wave is None or (roll.halted and wave >= roll.opened):
         return False
     return wave < roll.opened or (wave == roll.opened == len(roll.waves) and reported)
 
 
 def first_deployment_form(
-    unit: str,
+    units: Sequence[str],
     roll: WaveView | None,
     *,
     configured: Enforcement,
@@ -81,6 +92,7 @@ def first_deployment_form(
 ) -> FormDecision:
     """Which form of its ruleset a unit loads now.
 
+    `units`: this unit, then the other units of its machine, which share its table.
     `enforced`: this machine's enforcement is confirmed (an earlier roll went past it): the
     rolling apply alone decides when it changes. A machine joining a cloud that enforces is
     no exception: its record starts a rollout, and it enforces when that rollout reaches it.
@@ -90,7 +102,7 @@ def first_deployment_form(
         return FormDecision(configured)
     if roll.halted:
         return FormDecision("audit", f"audit: rolling apply halted: {roll.halted}")
-    wave = roll.wave_of(unit)
+    wave = machine_wave(units, roll)
     if roll.generation and wave is not None and wave <= roll.opened:
         return FormDecision("enforce")
     if not roll.generation or wave is None:

@@ -43,7 +43,7 @@ def form(
     configured: Enforcement = "enforce",
     enforced: bool = False,
 ) -> FormDecision:
-    return first_deployment_form(UNIT, roll, configured=configured, enforced=enforced)
+    return first_deployment_form((UNIT,), roll, configured=configured, enforced=enforced)
 
 
 def test_a_unit_that_never_enforced_audits_until_its_wave_opens():
@@ -91,7 +91,7 @@ def test_a_confirmed_or_lone_unit_is_left_to_the_rolling_apply():
     ],
 )
 def test_confirmation(wave: int, opened: int, halted: str, reported: bool, expected: bool):
-    assert confirmed(UNIT, seven_waves(wave, opened, halted), reported) is expected
+    assert confirmed((UNIT,), seven_waves(wave, opened, halted), reported) is expected
 
 
 @settings(max_examples=80, deadline=None)
@@ -111,3 +111,18 @@ def test_a_new_unit_enforces_only_when_its_wave_is_open(
     open_wave = decided and 0 < wave <= opened
     assert (decision.enforcement == "enforce") == (not halted and open_wave)
     assert decision.held_back == (decision.enforcement == "audit")
+
+
+def test_a_unit_joining_a_machine_goes_with_the_machines_wave():
+    """A second principal's unit, not yet in the roll, keeps the machine's enforcing form."""
+    roll = seven_waves(2, opened=2)
+    newcomer = ("network-isolation/9", UNIT)  # itself first, then the machine's other units
+    assert first_deployment_form(newcomer, roll, configured="enforce", enforced=False) == (
+        FormDecision("enforce")
+    )
+    waiting = first_deployment_form(
+        newcomer, seven_waves(4, opened=2), configured="enforce", enforced=False
+    )
+    assert waiting.message == "audit until enforcement reaches this machine (wave 4/7)"
+    assert confirmed(newcomer, seven_waves(2, opened=3), reported=False)
+    assert not confirmed(("network-isolation/9",), seven_waves(2, opened=3), reported=False)
