@@ -313,7 +313,9 @@ class Host:
 
         Every step is tried; HostError lists those that failed.
         """
-        removal.remove(self.state, self.table, self.netplan, self.boot, self.guard, self.exporter)
+        removal.remove(
+            self.state, self.table, self.netplan, self.boot, self.guard, self.exporter, self.first
+        )
 
     def install_prerequisites(self) -> bool:
         """Install nftables when `nft` is missing; True if something was installed."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .boot import BootUnit
 from .exporter import Exporter
+from .first_enforcement import FirstEnforcementRecord
 from .guard import Guard
 from .netplan import NetplanFile
 from .nftables import Table
@@ -20,11 +21,13 @@ def remove(
     boot: BootUnit,
     guard: Guard,
     exporter: Exporter,
+    first: FirstEnforcementRecord,
 ) -> None:
     """Remove our table, netplan file, units and state; HostError lists the steps that failed."""
     if guard.is_armed():
         guard.claim()
     errors = table.remove() + netplan.remove() + boot.remove() + exporter.remove()
+    first.remove()
     _remove_state(state, table, guard)
     if errors:
         raise HostError("removal incomplete: " + "; ".join(errors))

@@ -73,3 +73,11 @@ def test_an_unreadable_record_starts_again(host: Host, root: Path):
     host.begin_audit(now=9.0)
     record = host.first_enforcement()
     assert record is not None and record.audit_since == 9.0
+
+
+def test_removal_takes_the_record_with_the_rest(host: Host, root: Path):
+    host.begin_audit(now=5.0)
+    host.apply(A)
+    host.remove()
+    assert not list(root.rglob(RECORD_NAME))
+    assert not host.state.exists()
