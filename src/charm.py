@@ -158,10 +158,8 @@ class NetworkIsolationCharm(ops.CharmBase):
             self.outcome.waiting = waiting_message(self.unit.name, roll)
             return
         try:
-            if form.held_back:  # before the apply: a machine with a table has a record
-                self.host.begin_audit(cluster.now())
-            elif roll is not None and self.host.never_enforced():
-                self.host.before_enforcing(cluster.now())
+            if roll is not None:
+                self._note_first_enforcement(form, cluster.now())
             result = self.host.apply(artefacts, self._probe_targets(state), force=force)
         except (ApplyError, HostError) as e:
             self.outcome.blocked = f"apply failed: {e}"
@@ -193,6 +191,18 @@ class NetworkIsolationCharm(ops.CharmBase):
             units, roll, configured=state.config.enforcement, enforced=not never
         )
 
+    def _note_first_enforcement(self, form: FormDecision, now: float) -> None:
+        """On a machine that never enforced: when its audit form loads, or the enforcing one.
+
+        Called before the apply, so that the table of a first enforcement has its record.
+        """
+        if not self.host.never_enforced():
+            return
+        if form.enforcement == "audit":
+            self.host.begin_audit(now)
+        elif form.enforcement == "enforce":
+            self.host.before_enforcing(now)
+
     def _report(self, cluster: Cluster, state: HookState, roll: Roll, report: UnitReport) -> None:
         """Report this unit's outcome of the roll; a leader takes its own into account at once.
 
@@ -200,7 +210,8 @@ class NetworkIsolationCharm(ops.CharmBase):
         with its drop counters, which the leader judges before the next wave (a roll of one
         wave has no next wave to protect).
         """
-        if report.outcome == "applied" and roll.wave_of(self.unit.name) == 1 < len(roll.waves):
+        canary = roll.wave_of(self.unit.name) == 1 < len(roll.waves)
+        if report.outcome == "applied" and canary and state.config.enforcement == "enforce":
             due = self._with_counters(cluster, state, report)
             if due is None:
                 return  # the canary's window is still open
