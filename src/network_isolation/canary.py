@@ -7,12 +7,13 @@ wave opens, the canary's drop counters say whether that happened. Each counter o
 named after the networks it drops, so the machine's plan tells which drops the role table
 expects and which it does not (`render.counter_kinds`):
 
-- expected: a network this machine may not use (`drop_in_<n>`, `drop_out_<n>`: from, to or on
-  a denied network) and conntrack-invalid packets (`drop_in_invalid`);
-- unexpected: `drop_in_<n>` of the interfaces of networks this machine may use. A packet counted
-  there came in on the machine's own interface of an allowed network, from a source its ruleset
-  does not accept: a subnet of that network the plan does not know, another allowed network's
-  subnet, or a host in no subnet of the cloud.
+- expected: a network this machine may not use (`drop_in_<n>`, `drop_out_<n>`, `drop_fwd_<n>`:
+  from, to, through or on a denied network) and conntrack-invalid packets (`drop_in_invalid`);
+- unexpected: `drop_in_<n>` and `drop_fwd_<n>` of the interfaces of networks this machine may
+  use. A packet counted there came in on the machine's own interface of an allowed network (for
+  the machine or forwarded to a pod behind a VIP), from a source its ruleset does not accept: a
+  subnet of that network the plan does not know, another allowed network's subnet, or a host
+  in no subnet of the cloud.
 
 The audit form counts what the enforcing form would drop, so its counts before the switch are
 the machine's background (port scans, a stray host). The rule: over the first W seconds of
@@ -31,11 +32,11 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Bounds of a summary published in relation data (untrusted). A table has one counter per
-# group of allowed interfaces, two per denied domain and one for invalid packets: with six
-# networks at most, 13.
-MAX_COUNTERS = 16
-COUNTER_NAME = r"^drop_(in|out)_[a-z_]{1,80}$"
+# Bounds of a summary published in relation data (untrusted). A table has two counters per
+# group of allowed interfaces (in, forwarded), three per denied domain (in, out, forwarded)
+# and one for invalid packets: with six networks, management always allowed, 18 at most.
+MAX_COUNTERS = 24
+COUNTER_NAME = r"^drop_(in|out|fwd)_[a-z_]{1,80}$"
 MAX_PACKETS = 2**63 - 1
 
 
