@@ -23,8 +23,8 @@ from network_isolation.host import (
     RolledBackError,
     fingerprint,
 )
-from network_isolation.observed import PlanSummary
 from network_isolation.host.first_enforcement import FirstEnforcement, FirstEnforcementRecord
+from network_isolation.observed import PlanSummary
 from network_isolation.planner import IPAddress
 
 MAAS_NICS = tuple(f"enp{k}s0" for k in range(1, 7))
