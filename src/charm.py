@@ -42,6 +42,7 @@ from state import (
     Outcome,
     Sources,
     artefacts_as,
+    plan_as,
     read_state,
     related_roles,
 )
@@ -148,7 +149,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         form = self._form(state, roll, own)
         self.outcome.held_back = form.message or None
         artefacts = artefacts_as(state, form.enforcement)
-        self._observe(state.plan, artefacts)
+        self._observe(plan_as(state, form.enforcement), artefacts)  # the form it loads
         if artefacts is None or (not force and self.host.is_applied(artefacts)):
             if turn and roll is not None:
                 outcome = "applied" if artefacts is not None else "blocked"

@@ -239,13 +239,20 @@ def _record(
     )
 
 
+def plan_as(state: HookState, enforcement: Enforcement) -> MachinePlan:
+    """The same plan in another form (a first deployment's audit form)."""
+    if enforcement == state.config.enforcement:
+        return state.plan
+    return state.plan.model_copy(
+        update={"config": state.config.model_copy(update={"enforcement": enforcement})}
+    )
+
+
 def artefacts_as(state: HookState, enforcement: Enforcement) -> Artefacts | None:
     """The artefacts of the same plan in another form (a first deployment's audit form)."""
     if state.artefacts is None or enforcement == state.config.enforcement:
         return state.artefacts
-    plan = state.plan.model_copy(
-        update={"config": state.config.model_copy(update={"enforcement": enforcement})}
-    )
+    plan = plan_as(state, enforcement)
     ports = machine_ports(plan, state.declared) if state.declared is not None else None
     return render(plan, ports)
 

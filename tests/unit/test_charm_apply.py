@@ -406,3 +406,25 @@ def test_a_port_declared_on_a_network_the_machine_may_not_use_is_reported(networ
     assert isinstance(out.unit_status, ops.ActiveStatus)
     assert "declared ports on 'public' are not opened" in out.unit_status.message
     assert "8443" not in (fake_host.applied_state.nftables or "")
+
+
+def test_a_machine_that_never_enforced_loads_its_audit_form_until_its_wave(networks, fake_host):
+    roll = Roll(generation=G, waves=((PEER,), ("network-isolation/2",), (ME,)), opened=1)
+    peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
+    ctx = context(0)
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    [(artefacts, _, _)] = applies(fake_host)
+    assert "enforcement: audit" in artefacts.nftables
+    assert out.unit_status == ops.ActiveStatus(
+        "audit until enforcement reaches this machine (wave 3/3)"
+    )
+    assert fake_host.plan_summary is not None
+    assert fake_host.plan_summary.enforcement == "audit"  # what the exporter says it loads
+    assert "report" not in out.get_relation(peers.id).local_unit_data  # not its turn yet
+    # its wave opens: the enforcing form replaces the audit form, and it reports
+    opened = roll.model_copy(update={"opened": 3})
+    peers = dataclasses.replace(peers, local_app_data={"roll": opened.model_dump_json()})
+    out = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, relations=[compute(), peers]))
+    assert "enforcement: enforce" in applies(fake_host)[-1][0].nftables
+    assert report_of(out, peers).generation == G
+    assert out.unit_status.message.startswith("compute: ")
