@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 import ops
 from network_isolation_interface import NetworkIsolationRequirer
@@ -14,9 +15,8 @@ from network_isolation_interface import NetworkIsolationRequirer
 from cluster import NO_PEER, Cluster, FoldStore, Woken, woken_by
 from cos_agent import CosAgent, scrape_target
 from network_isolation import bypass
-from network_isolation.canary import Snapshot, summarise
+from network_isolation.base import Enforcement
 from network_isolation.config import ConfigError
-from network_isolation.first_deployment import FormDecision, confirmed, first_deployment_form
 from network_isolation.host import (
     ApplyError,
     ExporterSpec,
@@ -31,21 +31,13 @@ from network_isolation.host import (
 )
 from network_isolation.model import Network
 from network_isolation.observed import PlanSummary
-from network_isolation.planner import MachinePlan
-from network_isolation.render import Artefacts, counter_kinds
+from network_isolation.render import Artefacts, render
 from network_isolation.report import machine_dict, machine_text
 from network_isolation.report_html import cloud_html
-from network_isolation.rollout import Roll, UnitReport, may_apply, waiting_message
-from state import (
-    ROLE_ENDPOINTS,
-    HookState,
-    Outcome,
-    Sources,
-    artefacts_as,
-    plan_as,
-    read_state,
-    related_roles,
-)
+from network_isolation.rollout import Roll, UnitReport
+from network_isolation.turn import HookFacts, Turn, decide, forms_to_render
+from outcome import Outcome
+from state import ROLE_ENDPOINTS, HookState, Sources, read_state, related_roles
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +54,8 @@ class NetworkIsolationCharm(ops.CharmBase):
         self.host = Host(state=state_dir())
         self.service_ports = NetworkIsolationRequirer(self, endpoint="service-ports")
         self.cos_agent = CosAgent(self)
-        self.sources = Sources(self.service_ports, self.registry, self.host, FoldStore(self))
+        self.sources = Sources(self.service_ports, self.registry, self.host)
+        self.cluster = Cluster(self, FoldStore(self))  # this hook's side of the peer relation
         self.outcome = Outcome()
         self._state: HookState | None = None  # read once per hook, by its first reader
         reconcile_on = [
@@ -112,8 +105,9 @@ class NetworkIsolationCharm(ops.CharmBase):
             self._packet_bypasses(self._state)
         if self.outcome.blocked or self.outcome.waiting:
             return
+        controllers = controller_targets(os.environ.get("JUJU_API_ADDRESSES"))
         try:
-            repaired = self.host.repair_drift(self._probe_targets())
+            repaired = self.host.repair_drift(self._with_gateways(controllers))
         except (ApplyError, HostError) as e:
             self.outcome.blocked = f"drift repair failed: {e}"
             return
@@ -121,11 +115,11 @@ class NetworkIsolationCharm(ops.CharmBase):
             self.outcome.warnings.append(f"drift repaired: {repaired}")
 
     def _reconcile(self, event: ops.EventBase, *, force: bool = False) -> None:
-        """Plan this machine, render its artefacts and apply them when its wave is open.
+        """Read the hook's inputs once, decide this unit's turn once, act, publish once.
 
         A machine that has never enforced loads the audit form at once and the enforcing form
-        when its wave opens (see `first_deployment`); otherwise a unit waits for a wave that
-        holds it, applies (or finds nothing to do) and reports once on the rollout.
+        when its wave opens; otherwise a unit waits for a wave that holds it, applies (or finds
+        nothing to do) and reports once on the rollout (`network_isolation.turn` decides).
         """
         try:
             # before anything, even a wait for this unit's wave: an unconfirmed change is live
@@ -141,107 +135,75 @@ class NetworkIsolationCharm(ops.CharmBase):
         self.registry.record(
             self.unit.name, state.roles, state.own_ports, os.environ.get("JUJU_PRINCIPAL_UNIT")
         )
-        cluster = self._cluster(state)
-        cluster.share(state.record, state.cloud if state.aggregated else None)
-        cluster.decide(self._ruleset_config(), state.cloud, state.config.schedule)
-        roll, own = cluster.roll(), cluster.own_report()
-        turn = roll is not None and roll.generation != "" and may_apply(self.unit.name, roll, own)
-        form = self._form(state, roll, own)
-        self.outcome.held_back = form.message or None
-        artefacts = artefacts_as(state, form.enforcement)
-        self._observe(plan_as(state, form.enforcement), artefacts)  # the form it loads
-        if artefacts is None or (not force and self.host.is_applied(artefacts)):
-            if turn and roll is not None:
-                outcome = "applied" if artefacts is not None else "blocked"
-                self._report(cluster, state, roll, UnitReport(outcome=outcome))
-            return
-        if not (force or form.held_back or roll is None or may_apply(self.unit.name, roll, own)):
-            self.outcome.waiting = waiting_message(self.unit.name, roll)
-            return
+        roll = self.cluster.next_roll(self._ruleset_config(), state.cloud, state.config.schedule)
+        forms = self._forms(state, roll)
+        turn = decide(
+            HookFacts(
+                unit=self.unit.name,
+                plan=state.plan,
+                cloud=state.cloud,
+                roll=roll,
+                own_report=self.cluster.own_report(),
+                colocated=tuple(self.registry.entries()),
+                enforced=not self.host.never_enforced(),
+                rendered=bool(forms),
+                applied=frozenset(form for form, a in forms.items() if self.host.is_applied(a)),
+                first_enforcement=self.host.first_enforcement(),
+                now=self.cluster.now(),
+                api_addresses=os.environ.get("JUJU_API_ADDRESSES"),
+                force=force,
+            )
+        )
+        report = self._act(turn, state, forms.get(turn.form), force=force)
+        self.cluster.publish(state.record, state.cloud if state.aggregated else None, roll, report)
+
+    def _forms(self, state: HookState, roll: Roll | None) -> dict[Enforcement, Artefacts]:
+        """The artefacts of every form this hook may load; none when the plan is not rendered."""
+        if state.artefacts is None:
+            return {}
+        wanted = forms_to_render(state.plan, roll, self.host.never_enforced())
+        return {
+            form: state.artefacts
+            if form == state.config.enforcement
+            else render(state.plan, state.ports, form)
+            for form in wanted
+        }
+
+    def _act(
+        self, turn: Turn, state: HookState, artefacts: Artefacts | None, *, force: bool
+    ) -> UnitReport | None:
+        """Do on the host what the turn says; the report it leaves due on the roll, if any."""
+        if turn.confirm:
+            self.host.confirm_enforcement()
+        self.outcome.held_back = turn.held_back or None
+        self.outcome.waiting = turn.waiting or None
+        self._observe(state, turn, artefacts)
+        if not turn.apply or artefacts is None:
+            return self._with_counters(turn, state)
         try:
-            if roll is not None:
-                self._note_first_enforcement(form, cluster.now())
-            result = self.host.apply(artefacts, self._probe_targets(state), force=force)
+            if turn.note == "audit":
+                self.host.begin_audit(self.cluster.now())
+            elif turn.note == "enforcing":
+                self.host.before_enforcing(self.cluster.now())
+            targets = self._with_gateways(turn.probe_targets)
+            result = self.host.apply(artefacts, targets, force=force)
         except (ApplyError, HostError) as e:
             self.outcome.blocked = f"apply failed: {e}"
             stage = e.stage if isinstance(e, ApplyError) else "host"
-            report = UnitReport(outcome="failed", error=f"{stage}: {e}"[:200])
-        else:
-            logger.info("%s", result.message)
-            report = UnitReport(outcome="applied")
-        if turn and roll is not None:
-            self._report(cluster, state, roll, report)
+            return turn.failed(f"{stage}: {e}")
+        logger.info("%s", result.message)
+        return self._with_counters(turn, state)
 
-    def _form(self, state: HookState, roll: Roll | None, own: UnitReport) -> FormDecision:
-        """Which form of the ruleset this machine loads: audit until it may first enforce.
-
-        A first enforcement that the roll has gone past is confirmed here, once.
-        """
-        never = self.host.never_enforced()
-        units = (self.unit.name, *sorted(set(self.registry.entries()) - {self.unit.name}))
-        if (
-            never
-            and roll is not None
-            and state.artefacts is not None
-            and self.host.is_applied(state.artefacts)
-            and confirmed(units, roll, own.generation == roll.generation)
-        ):
-            self.host.confirm_enforcement()
-            never = False
-        return first_deployment_form(
-            units, roll, configured=state.config.enforcement, enforced=not never
-        )
-
-    def _note_first_enforcement(self, form: FormDecision, now: float) -> None:
-        """On a machine that never enforced: when its audit form loads, or the enforcing one.
-
-        Called before the apply, so that the table of a first enforcement has its record.
-        """
-        if not self.host.never_enforced():
-            return
-        if form.enforcement == "audit":
-            self.host.begin_audit(now)
-        elif form.enforcement == "enforce":
-            self.host.before_enforcing(now)
-
-    def _report(self, cluster: Cluster, state: HookState, roll: Roll, report: UnitReport) -> None:
-        """Report this unit's outcome of the roll; a leader takes its own into account at once.
-
-        A first deployment's canary reports once it has enforced for `rolling-canary-window`,
-        with its drop counters, which the leader judges before the next wave (a roll of one
-        wave has no next wave to protect).
-        """
-        canary = roll.wave_of(self.unit.name) == 1 < len(roll.waves)
-        if report.outcome == "applied" and canary and state.config.enforcement == "enforce":
-            due = self._with_counters(cluster, state, report)
-            if due is None:
-                return  # the canary's window is still open
-            report = due
-        cluster.report(report.model_copy(update={"generation": roll.generation}))
-        cluster.decide(self._ruleset_config(), state.cloud, state.config.schedule)
-
-    def _with_counters(
-        self, cluster: Cluster, state: HookState, report: UnitReport
-    ) -> UnitReport | None:
-        """The canary's report with its counters; None while its window is still open.
-
-        A unit whose enforcement is not a first one reports as it is.
-        """
-        record = self.host.first_enforcement()
-        if record is None or record.enforcing_since is None:
-            return report
-        seconds = cluster.now() - record.enforcing_since
-        window = state.config.rolling_canary_window
-        if seconds < window:
-            self.outcome.held_back = f"canary: enforcing, its counters judged after {window} s"
-            return None
+    def _with_counters(self, turn: Turn, state: HookState) -> UnitReport | None:
+        """The turn's report, with a canary's drop counters when they are due."""
+        if turn.report is None or turn.canary is None:
+            return turn.report
         try:
-            enforcing = Snapshot.of(self.host.counters(), seconds)
+            counters = self.host.counters()
         except HostError as e:
-            return UnitReport(outcome="failed", error=f"counters: cannot read them: {e}"[:200])
-        audit = Snapshot(record.audit_packets, record.audit_seconds)
-        summary = summarise(counter_kinds(state.plan), audit, enforcing)
-        return report.model_copy(update={"counters": summary})
+            return turn.failed(f"counters: cannot read them: {e}")
+        summary = turn.canary.summary(state.plan, counters)
+        return turn.report.model_copy(update={"counters": summary})
 
     def _on_remove(self, _: ops.RemoveEvent) -> None:
         """Leave the host as it was when the last unit of this charm on it goes."""
@@ -314,24 +276,24 @@ class NetworkIsolationCharm(ops.CharmBase):
 
     def _read(self, woken: Woken = NO_PEER, **asked: bool) -> HookState:
         """The hook's state (see `read_state`); a render error blocks the hook."""
-        self._state = read_state(self, self.sources, woken=woken, **asked)
+        self._state = read_state(self, self.sources, self.cluster, woken=woken, **asked)
         if self._state.render_error:
             self.outcome.blocked = self._state.render_error
         return self._state
 
-    def _observe(self, plan: MachinePlan, artefacts: Artefacts | None) -> None:
+    def _observe(self, state: HookState, turn: Turn, artefacts: Artefacts | None) -> None:
         """The exporter's service and inputs, and what a related COS agent scrapes and loads.
 
-        One unit per machine (the first registered) runs the exporter and publishes its scrape
+        One unit per machine (`turn.owns_exporter`) runs the exporter and publishes its scrape
         job, so that it is scraped once. It starts with the first active plan (a unit with no
         role yet runs nothing on the host); a blocked plan leaves it as it is. A failure here
         never holds back the isolation.
         """
-        summary = PlanSummary.of(plan, fingerprint(artefacts) if artefacts else "")
-        owner = min(self.registry.entries(), default=self.unit.name) == self.unit.name
+        plan = state.plan
+        summary = PlanSummary.of(plan, fingerprint(artefacts) if artefacts else "", turn.form)
         addresses = plan.networks[Network.MANAGEMENT].addresses
         spec = None
-        if owner and plan.config.metrics_port and addresses:
+        if turn.owns_exporter and plan.config.metrics_port and addresses:
             spec = ExporterSpec(
                 address=str(addresses[0].ip),
                 port=plan.config.metrics_port,
@@ -339,7 +301,7 @@ class NetworkIsolationCharm(ops.CharmBase):
                 pythonpath=tuple(p for p in sys.path if p.startswith(str(self.charm_dir))),
                 state_dir=state_dir(),
             )
-        if owner and plan.status == "active":
+        if turn.owns_exporter and plan.status == "active":
             try:
                 self.host.ensure_exporter(spec)
             except HostError as e:
@@ -353,34 +315,18 @@ class NetworkIsolationCharm(ops.CharmBase):
         self._stored.bypass_warning = bypass.warning(found) or ""
         return found
 
-    def _cluster(self, state: HookState) -> Cluster:
-        """This hook's side of the peer relation."""
-        return Cluster(self, state.config.peer_min_prefix, state.own_subnets, self.sources.fold)
-
     def _ruleset_config(self) -> str:
         """The options that decide rulesets (not the rolling apply's own), for the rollout."""
         options = {k: v for k, v in self.config.items() if not k.startswith("rolling-")}
         return json.dumps(options, sort_keys=True, default=str)
 
-    def _probe_targets(self, state: HookState | None = None) -> list[ProbeTarget]:
-        """What must stay reachable after an apply: controllers, gateways and neighbours.
+    def _with_gateways(self, targets: Sequence[ProbeTarget]) -> list[ProbeTarget]:
+        """What must stay reachable: `targets`, and the host's default gateways.
 
-        Neighbours: a few machines on each network this machine may use, as the leader shares
-        them (only addresses inside that network's subnets here). Read only when applying:
-        an unchanged hook runs no command on the host.
+        The gateways are read (a command) only here, when applying or repairing: an unchanged
+        hook runs no command on the host.
         """
-        targets = controller_targets(os.environ.get("JUJU_API_ADDRESSES"))
-        targets += [gateway_target(g) for g in self.host.default_gateways()]
-        if state is None:
-            return targets
-        own = {a.ip for network in state.plan.networks.values() for a in network.addresses}
-        return targets + [
-            ProbeTarget(str(address), 22, refused_ok=True, label=f"{net} neighbour")
-            for net, network in state.plan.networks.items()
-            if network.access
-            for address in state.cloud.neighbours_of(net)
-            if address not in own and any(address in s for s in network.subnets)
-        ]
+        return [*targets, *map(gateway_target, self.host.default_gateways())]
 
 
 if __name__ == "__main__":  # pragma: nocover

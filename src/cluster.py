@@ -18,7 +18,7 @@ from typing import NamedTuple, TypeVar
 import ops
 import pydantic
 
-from network_isolation.config import IPNetwork
+from network_isolation.base import IPNetwork
 from network_isolation.model import Network
 from network_isolation.peers import (
     CLOUD_KEY,
@@ -119,19 +119,17 @@ class CloudReading(NamedTuple):
 
 
 class Cluster:
-    """This unit's side of the peer relation, for one hook."""
+    """This unit's side of the peer relation, for one hook: built once, read, then published.
 
-    def __init__(
-        self,
-        charm: ops.CharmBase,
-        min_prefix: dict[int, int],
-        own: Mapping[Network, tuple[IPNetwork, ...]],
-        store: FoldStore,
-    ):
+    A hook reads the cloud view (`read`) and the roll it acts on (`next_roll`), decides, acts,
+    and then writes everything it has to say at once (`publish`): its record, a leader's view
+    and roll, and its report.
+    """
+
+    def __init__(self, charm: ops.CharmBase, store: FoldStore):
         self._charm = charm
-        self._min_prefix = min_prefix
-        self._own = own
         self._store = store
+        self._stepping: tuple[str, dict[str, Member], Schedule] | None = None  # a leader's roll
 
     @property
     def _relation(self) -> ops.Relation | None:
@@ -141,49 +139,68 @@ class Cluster:
     def _leads(self) -> bool:
         return self._charm.unit.is_leader()
 
-    def read(self, record: MachineRecord, woken: Woken = NO_PEER) -> CloudReading:
+    def read(
+        self,
+        record: MachineRecord,
+        own: Mapping[Network, tuple[IPNetwork, ...]],
+        min_prefix: dict[int, int],
+        woken: Woken = NO_PEER,
+    ) -> CloudReading:
         """The cloud-wide view: the leader folds what woke it into what it knew; others read it.
 
         The leader reads at most the one peer whose change woke it (every peer when `woken`
-        says so, or when its checks changed); everyone else reads the one aggregate.
+        says so, or when its checks changed: the prefix limits and this machine's `own`
+        subnets); everyone else reads the one aggregate.
         """
         relation = self._relation
         if relation is None:
             return CloudReading(CloudView(), (), aggregated=False)
         if self._leads:
-            fold = self._fold(relation, record, woken)
+            fold = self._fold(relation, record, own, min_prefix, woken)
             problems = tuple(f"refused the record of {u}: {r}" for u, r in fold.refused.items())
             records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
             return CloudReading(aggregate(records), problems, aggregated=True)
         try:
-            view = parse_cloud_view(
-                relation.data[self._charm.app].get(CLOUD_KEY), self._min_prefix
-            )
+            view = parse_cloud_view(relation.data[self._charm.app].get(CLOUD_KEY), min_prefix)
         except PeerError as e:
             return CloudReading(
                 CloudView(), (_warn(f"ignored the shared cloud view: {e}"),), False
             )
         return CloudReading(view, (), aggregated=False)
 
-    def _fold(self, relation: ops.Relation, record: MachineRecord, woken: Woken) -> Fold:
+    def _fold(
+        self,
+        relation: ops.Relation,
+        record: MachineRecord,
+        own: Mapping[Network, tuple[IPNetwork, ...]],
+        min_prefix: dict[int, int],
+        woken: Woken,
+    ) -> Fold:
         fold = self._store.load()
         me = self._charm.unit.name
         present = {u.name for u in relation.units}
-        own = {str(net): [str(s) for s in subnets] for net, subnets in self._own.items()}
-        checks = generation(json.dumps([self._min_prefix, own], sort_keys=True))
+        own_text = {str(net): [str(s) for s in subnets] for net, subnets in own.items()}
+        checks = generation(json.dumps([min_prefix, own_text], sort_keys=True))
         if fold.checks != checks or woken.reread:
             fold = Fold(checks=checks, records={me: dump(record)})
             for name in sorted(present, key=unit_order):
-                self._learn(fold, relation, name)
+                self._learn(fold, relation, name, own, min_prefix)
         elif woken.peer in present:
-            self._learn(fold, relation, woken.peer)
+            self._learn(fold, relation, woken.peer, own, min_prefix)
         for gone in {*fold.records, *fold.refused, *fold.reports} - present - {me}:
             fold.forget(gone)
         fold.records[me] = dump(record)
         self._store.save(fold)
         return fold
 
-    def _learn(self, fold: Fold, relation: ops.Relation, name: str) -> None:
+    def _learn(
+        self,
+        fold: Fold,
+        relation: ops.Relation,
+        name: str,
+        own: Mapping[Network, tuple[IPNetwork, ...]],
+        min_prefix: dict[int, int],
+    ) -> None:
         """Read one peer's databag: its record (judged against the others) and its report."""
         bag = relation.data[self._charm.model.get_unit(name)]
         fold.forget(name)
@@ -191,66 +208,59 @@ class Cluster:
         if report and len(report) <= MAX_REPORT_BYTES:
             fold.reports[name] = report
         try:
-            record = parse_record(bag.get(UNIT_KEY), self._min_prefix)
+            record = parse_record(bag.get(UNIT_KEY), min_prefix)
             if record is None:
                 return
             others = (MachineRecord.model_validate_json(r) for r in fold.records.values())
-            admit(record, others, self._own)
+            admit(record, others, own)
         except PeerError as e:
             _warn(f"refused the record of {name}: {e}")
             fold.refused[name] = str(e)[:200]
             return
         fold.records[name] = dump(record)
 
-    def share(self, record: MachineRecord, view: CloudView | None = None) -> None:
-        """Publish this unit's record, and the `view` this leader has just aggregated, if any."""
-        relation = self._relation
-        if relation is None:
-            return
-        _set_if_changed(relation.data[self._charm.unit], UNIT_KEY, dump(record))
-        if view is not None:
-            _set_if_changed(relation.data[self._charm.app], CLOUD_KEY, dump(view))
+    def next_roll(self, inputs: str, view: CloudView, schedule: Schedule) -> Roll | None:
+        """The roll this hook acts on; None when there is no peer relation (a lone unit).
 
-    def decide(self, inputs: str, view: CloudView, schedule: Schedule) -> None:
-        """As leader: the next roll state from the fold, published when it changed.
-
-        `inputs` digests the config that decides rulesets: with the view and every record it
-        names the rollout.
+        The leader steps the roll from what it has folded (published by `publish`); `inputs`
+        digests the config that decides rulesets: with the view and every record it names the
+        rollout. Every other unit reads the roll the leader published.
         """
         relation = self._relation
-        if relation is None or not self._leads:
-            return
+        if relation is None:
+            return None
+        app_bag = relation.data[self._charm.app]
+        previous = _parse(app_bag.get(ROLL_KEY), Roll)
+        if not self._leads:
+            return previous
         fold = self._store.load()
-        me = self._charm.unit.name
         if own_report := relation.data[self._charm.unit].get(REPORT_KEY):
-            fold.reports[me] = own_report
+            fold.reports[self._charm.unit.name] = own_report
             self._store.save(fold)
         records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
         members = {u: Member(u, r.machine, frozenset(r.roles)) for u, r in records.items()}
-        reports = {u: _parse(raw, UnitReport) for u, raw in fold.reports.items()}
         gen = generation(inputs, dump(view), *(f"{u}={fold.records[u]}" for u in sorted(records)))
-        app_bag = relation.data[self._charm.app]
-        previous = _parse(app_bag.get(ROLL_KEY), Roll)
         unheard = {u.name for u in relation.units} - {*fold.records, *fold.refused}
         if unheard and not previous.generation:
             # The first roll (a first deployment) waits for every unit that has joined: a
             # canary chosen among the first few would not be the one the whole cloud needs.
-            return
+            return previous
+        self._stepping = (gen, members, schedule)
+        return self._step(fold, previous)
+
+    def _step(self, fold: Fold, previous: Roll) -> Roll:
+        """The leader's next roll from `previous` and the reports it has folded."""
+        assert self._stepping is not None
+        gen, members, schedule = self._stepping
+        reports = {u: _parse(raw, UnitReport) for u, raw in fold.reports.items()}
         roll = step(previous, gen, members, reports, clock(), schedule)
         if roll.halted and roll.halted != previous.halted:
             logger.error("rolling apply halted: %s", roll.halted)
-        _set_if_changed(app_bag, ROLL_KEY, dump(roll))
+        return roll
 
     def now(self) -> float:
         """The wall clock that times waves out, and a canary's window."""
         return clock()
-
-    def roll(self) -> Roll | None:
-        """The leader's roll; None when there is no peer relation (a lone unit)."""
-        relation = self._relation
-        if relation is None:
-            return None
-        return _parse(relation.data[self._charm.app].get(ROLL_KEY), Roll)
 
     def own_report(self) -> UnitReport:
         """What this unit last reported on a rollout."""
@@ -259,10 +269,35 @@ class Cluster:
             return UnitReport()
         return _parse(relation.data[self._charm.unit].get(REPORT_KEY), UnitReport)
 
-    def report(self, report: UnitReport) -> None:
-        """Publish this unit's outcome of the current rollout: its one write per rollout."""
-        if (relation := self._relation) is not None:
-            _set_if_changed(relation.data[self._charm.unit], REPORT_KEY, dump(report))
+    def publish(
+        self,
+        record: MachineRecord,
+        view: CloudView | None,
+        roll: Roll | None,
+        report: UnitReport | None,
+    ) -> None:
+        """Write what this hook has to say: its record, a leader's `view` and roll, its report.
+
+        Each is written only when it changed. A leader takes its own report into account at
+        once: the roll it publishes is stepped again with it.
+        """
+        relation = self._relation
+        if relation is None:
+            return
+        unit_bag = relation.data[self._charm.unit]
+        _set_if_changed(unit_bag, UNIT_KEY, dump(record))
+        if view is not None:
+            _set_if_changed(relation.data[self._charm.app], CLOUD_KEY, dump(view))
+        if report is not None:
+            _set_if_changed(unit_bag, REPORT_KEY, dump(report))
+        if self._stepping is None or roll is None:
+            return
+        if report is not None:
+            fold = self._store.load()
+            fold.reports[self._charm.unit.name] = dump(report)
+            self._store.save(fold)
+            roll = self._step(fold, roll)
+        _set_if_changed(relation.data[self._charm.app], ROLL_KEY, dump(roll))
 
 
 def _warn(message: str) -> str:

@@ -1,10 +1,10 @@
 """The charm's per-hook state: everything a hook decides from, read once, then frozen.
 
-A hook reads Juju (config, the principals' relations, the six bindings, the peer relation) and
-the machine (the registry of co-located units, the netplan sections MAAS wrote) here, once; the
-plan and the artefacts are computed from that by the pure code in `network_isolation`.
-Reconcile, status and actions read the `HookState`; what the hook then finds or does (blocked,
-waiting, warnings) goes into its one `Outcome`.
+A hook reads Juju (config, the principals' relations, the six bindings, the peer relation
+through the hook's one `Cluster`) and the machine (the registry of co-located units, the
+netplan sections MAAS wrote) here, once; the plan and the configured form's artefacts are
+computed from that by the pure code in `network_isolation`. What the hook then decides is
+`network_isolation.turn`'s; this module reads and nothing else.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import ipaddress
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ops
 import pydantic
 from network_isolation_interface import NetworkIsolationRequirer
 
-from cluster import NO_PEER, Cluster, FoldStore, Woken
-from network_isolation.config import CharmConfig, Enforcement, IPNetwork, config_error
+from cluster import NO_PEER, Cluster, Woken
+from network_isolation.base import IPNetwork
+from network_isolation.config import CharmConfig, config_error
 from network_isolation.host import Host, MachineRegistry
 from network_isolation.model import NETWORKS, PRESET_ROLES, Network
 from network_isolation.peers import CloudView, MachineRecord
@@ -59,6 +60,7 @@ class HookState:
     own_ports: Mapping[str, tuple[str, ...]] | None  # the principal's declarations (None: unread)
     declared: Mapping[Network, tuple[PortRange, ...]] | None  # strict-ports: every principal's
     plan: MachinePlan
+    ports: Mapping[Network, tuple[PortRange, ...]] | None  # strict-ports: what each accepts
     artefacts: Artefacts | None  # None: not rendered (plan not active, not asked, or an error)
     render_error: str | None
     problems: tuple[str, ...]  # untrusted input that was ignored, in the order it was read
@@ -68,28 +70,6 @@ class HookState:
     def roles(self) -> frozenset[str]:
         """The roles this unit records for the machine: its principals' and configured ones."""
         return self.related_roles | self.config.roles
-
-
-@dataclass
-class Outcome:
-    """What the hook found and did beyond its inputs; collect-status reports it."""
-
-    blocked: str | None = None
-    waiting: str | None = None
-    held_back: str | None = None  # a first deployment's stage (audit until..., canary)
-    warnings: list[str] = field(default_factory=list)
-
-    def status(self, state: HookState) -> ops.StatusBase:
-        """The unit's status: the plan's verdict, then what went wrong, then what waits."""
-        warnings = [*state.principal_warnings, *state.problems, *self.warnings]
-        warning = f"; {warnings[0]}" if warnings else ""
-        if state.plan.status == "blocked":
-            return ops.BlockedStatus(state.plan.message + warning)
-        if self.blocked:
-            return ops.BlockedStatus(self.blocked)
-        if self.waiting:
-            return ops.WaitingStatus(self.waiting)
-        return ops.ActiveStatus((self.held_back or state.plan.message) + warning)
 
 
 def read_config(charm: ops.CharmBase) -> CharmConfig:
@@ -130,12 +110,12 @@ class Sources:
     service_ports: NetworkIsolationRequirer
     registry: MachineRegistry
     host: Host
-    fold: FoldStore  # what the leader has learnt from its peers, between hooks
 
 
 def read_state(
     charm: ops.CharmBase,
     sources: Sources,
+    cluster: Cluster,
     *,
     woken: Woken = NO_PEER,
     declarations: bool = False,
@@ -164,7 +144,7 @@ def read_state(
         }
     record = _record(charm, roles, bindings, own_ports if config.strict_ports else None)
     own = known_subnets(bindings, config)
-    cloud = Cluster(charm, config.peer_min_prefix, own, sources.fold).read(record, woken)
+    cloud = cluster.read(record, own, config.peer_min_prefix, woken)
     problems += cloud.problems
     networks = {
         net: view.model_copy(update={"learnt": cloud.view.subnets_of(net)})
@@ -182,15 +162,14 @@ def read_state(
     declared = None
     if config.strict_ports and own_ports is not None:
         declared = registered_ports(own_ports, sources.registry.ports_except(unit))
+    ports = machine_ports(plan, declared) if declared is not None else None
     rendered, render_error = None, None
     if artefacts and plan.status == "active":
         if declared is not None:
             # extra-ports is application-wide: only a principal's own misfit is news here
             problems += denied_ports(plan, declared, "declared")
         try:
-            rendered = render(
-                plan, machine_ports(plan, declared) if declared is not None else None
-            )
+            rendered = render(plan, ports)
         except RenderError as e:
             render_error = f"cannot render: {e}"
     return HookState(
@@ -205,6 +184,7 @@ def read_state(
         own_ports=own_ports,
         declared=declared,
         plan=plan,
+        ports=ports,
         artefacts=rendered,
         render_error=render_error,
         problems=tuple(problems),
@@ -237,24 +217,6 @@ def _record(
         },
         inputs=generation(json.dumps(ports, sort_keys=True)) if ports is not None else "",
     )
-
-
-def plan_as(state: HookState, enforcement: Enforcement) -> MachinePlan:
-    """The same plan in another form (a first deployment's audit form)."""
-    if enforcement == state.config.enforcement:
-        return state.plan
-    return state.plan.model_copy(
-        update={"config": state.config.model_copy(update={"enforcement": enforcement})}
-    )
-
-
-def artefacts_as(state: HookState, enforcement: Enforcement) -> Artefacts | None:
-    """The artefacts of the same plan in another form (a first deployment's audit form)."""
-    if state.artefacts is None or enforcement == state.config.enforcement:
-        return state.artefacts
-    plan = plan_as(state, enforcement)
-    ports = machine_ports(plan, state.declared) if state.declared is not None else None
-    return render(plan, ports)
 
 
 def _machine_name(charm: ops.CharmBase) -> str:

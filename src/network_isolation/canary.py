@@ -30,7 +30,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .base import Received
 
 # Bounds of a summary published in relation data (untrusted). A table has two counters per
 # group of allowed interfaces (in, forwarded), three per denied domain (in, out, forwarded)
@@ -40,11 +42,7 @@ COUNTER_NAME = r"^drop_(in|out|fwd)_[a-z_]{1,80}$"
 MAX_PACKETS = 2**63 - 1
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class CounterCount(_Frozen):
+class CounterCount(Received):
     """One drop counter of the canary's table, before and after it started enforcing."""
 
     counter: str = Field(pattern=COUNTER_NAME)
@@ -54,7 +52,7 @@ class CounterCount(_Frozen):
     enforcing: int = Field(default=0, ge=0, le=MAX_PACKETS)  # dropped in the window
 
 
-class CounterSummary(_Frozen):
+class CounterSummary(Received):
     """What the canary publishes: its counters over its audit time and its first window."""
 
     audit_seconds: float = Field(ge=0, le=10**9)

@@ -9,19 +9,17 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
+from .base import Enforcement, IPNetwork
 from .model import DEFAULT_ROLE_TABLE, NETWORK_NAMES, ROLE_TABLES, Network, role_table
 from .rollout import Schedule
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 PORT_ENTRY = re.compile(r"^(tcp|udp):(\d{1,5})(?:-(\d{1,5}))?$")
-Enforcement = Literal["enforce", "audit", "off"]
 T = TypeVar("T")
 
 

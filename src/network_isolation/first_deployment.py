@@ -17,7 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .config import Enforcement
+from .base import Enforcement, Received
+
+
+class FirstEnforcement(Received):
+    """What the machine's first enforcement has seen so far (`host` keeps it in a file)."""
+
+    audit_since: float
+    enforcing_since: float | None = None
+    audit_packets: dict[str, int] = {}  # the audit form's counters when it was replaced
+    audit_seconds: float = 0.0  # how long the audit form had been loaded then
 
 
 class WaveView(Protocol):

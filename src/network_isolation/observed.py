@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from .base import Enforcement, Received
 from .model import NETWORKS
 from .planner import MachinePlan
 
@@ -20,10 +21,8 @@ HISTORY_FILE = "history.json"
 Record = TypeVar("Record", bound=BaseModel)
 
 
-class PlanSummary(BaseModel):
+class PlanSummary(Received):
     """The part of a machine's plan that alerts need, and what it renders to."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     status: str  # active, or blocked (the plan names a problem: nothing new is applied)
     enforcement: str
@@ -36,11 +35,16 @@ class PlanSummary(BaseModel):
     wanted: str = ""
 
     @classmethod
-    def of(cls, plan: MachinePlan, wanted: str) -> PlanSummary:
-        """The summary of a plan whose artefacts have fingerprint `wanted`."""
+    def of(
+        cls, plan: MachinePlan, wanted: str, enforcement: Enforcement | None = None
+    ) -> PlanSummary:
+        """The summary of a plan whose artefacts, in form `enforcement`, have fingerprint `wanted`.
+
+        `enforcement`: the form loaded (a first deployment's audit form); None: the configured.
+        """
         return cls(
             status=plan.status,
-            enforcement=plan.config.enforcement,
+            enforcement=enforcement or plan.config.enforcement,
             isolation=plan.isolation.level.value,
             domains=len(plan.isolation.domains),
             strict_ports=plan.config.strict_ports,
@@ -49,10 +53,8 @@ class PlanSummary(BaseModel):
         )
 
 
-class ApplyHistory(BaseModel):
+class ApplyHistory(Received):
     """What applies have done on this machine since the charm came."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
 
     last_apply: float | None = None  # Unix time of the last confirmed apply
     rollbacks: int = 0  # applies undone by the charm (failed load, netplan apply or probe)

@@ -15,11 +15,11 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
-from .config import IPNetwork
+from .base import IPAddress, IPNetwork, Received
 from .model import NETWORKS, Network
-from .planner import IPAddress, domain_index, group_domains, nested_pairs
+from .planner import domain_index, group_domains, nested_pairs
 
 UNIT_KEY = "machine"
 CLOUD_KEY = "cloud"
@@ -40,11 +40,7 @@ class PeerError(ValueError):
     """A peer record that cannot be used, with the reason."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class MachineRecord(_Frozen):
+class MachineRecord(Received):
     """What one unit publishes: its machine, roles, subnets and addresses per network.
 
     `inputs` digests what else decides this machine's ruleset (the ports its principal
@@ -58,7 +54,7 @@ class MachineRecord(_Frozen):
     inputs: Digest = ""
 
 
-class CloudView(_Frozen):
+class CloudView(Received):
     """What the leader publishes: every known subnet of every network, and a few neighbours.
 
     `neighbours` are addresses of machines on each network that a unit probes around its
@@ -87,7 +83,7 @@ def check_subnet(subnet: IPNetwork, min_prefix: Mapping[int, int]) -> None:
         )
 
 
-def _validated(raw: str, model: type[_Frozen], what: str, limit: int) -> Any:
+def _validated(raw: str, model: type[Received], what: str, limit: int) -> Any:
     if len(raw) > limit:
         raise PeerError(f"{what} of {len(raw)} bytes exceeds the {limit}-byte limit")
     try:

@@ -6,39 +6,32 @@ same plan, whichever unit or tool computes it.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .config import CharmConfig, ConfigError, IPNetwork
+from .base import Frozen, InterfaceKind, IPAddress, IPInterface, IPNetwork
+from .config import CharmConfig, ConfigError
 from .model import NETWORKS, ROLE_TABLES, IsolationLevel, Network, networks_for_roles
 
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REASONS = 10  # refused learnt subnets named in a plan; the rest are counted
 # A subnet with its domain's index and a tag (own, learnt, ...) for the overlap sweep.
 Tagged = tuple[IPNetwork, int, int]
-InterfaceKind = Literal["ethernets", "vlans", "bonds", "bridges"]
 
 NO_ROLE_MESSAGE = (
     "no role: relate to a control, compute, storage or juju-controller principal, or set roles"
 )
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class InterfaceAddress(_Frozen):
+class InterfaceAddress(Frozen):
     """One address of this machine on a network, and the interface that holds it."""
 
     name: str
     address: IPInterface
 
 
-class NetworkView(_Frozen):
+class NetworkView(Frozen):
     """What the machine knows of one cloud network: Juju's binding, or a topology's space.
 
     `subnets` are trusted (a topology's space); `learnt` come from peers and are untrusted:
@@ -52,7 +45,7 @@ class NetworkView(_Frozen):
     gateways: dict[IPNetwork, IPAddress] = {}
 
 
-class PlanInput(_Frozen):
+class PlanInput(Frozen):
     """Everything the planner needs about one machine."""
 
     machine: str
@@ -62,7 +55,7 @@ class PlanInput(_Frozen):
     interface_kinds: dict[str, InterfaceKind] = {}
 
 
-class NetworkPlan(_Frozen):
+class NetworkPlan(Frozen):
     """One network on one machine: may the machine use it, and where does it live."""
 
     access: bool
@@ -72,7 +65,7 @@ class NetworkPlan(_Frozen):
     addresses: tuple[IPInterface, ...]
 
 
-class Domain(_Frozen):
+class Domain(Frozen):
     """Networks that resolve to the same subnets (one space): the unit of filtering."""
 
     networks: tuple[Network, ...]
@@ -90,14 +83,14 @@ class Domain(_Frozen):
         return self.space or "+".join(n.value for n in self.networks)
 
 
-class Isolation(_Frozen):
+class Isolation(Frozen):
     """The degree of isolation and the traffic domains that make it."""
 
     level: IsolationLevel
     domains: tuple[tuple[Network, ...], ...]
 
 
-class MachinePlan(_Frozen):
+class MachinePlan(Frozen):
     """The access plan of one machine: the single source for status, rendering and reports."""
 
     machine: str

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from .base import Received
 from .canary import CounterSummary, judge
 
 GENERATION = re.compile(r"^[0-9a-f]{16}$")
@@ -31,11 +32,7 @@ MAX_HALT = 300
 Outcome = Literal["applied", "failed", "blocked"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class UnitReport(_Frozen):
+class UnitReport(Received):
     """What a unit says, once per rollout, about its own apply of that rollout.
 
     `blocked`: its plan or render is blocked (its status says why), so it applied nothing and
@@ -63,7 +60,7 @@ class UnitReport(_Frozen):
         return self.model_copy(update={"outcome": "failed", "error": error})
 
 
-class Roll(_Frozen):
+class Roll(Received):
     """The leader's decision, published in the application databag.
 
     `waves` lists unit names (every unit of a machine in the same wave); waves 1..`opened` may

@@ -15,7 +15,8 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .config import CharmConfig, ConfigError, IPNetwork, parse_cidr
+from .base import IPNetwork
+from .config import CharmConfig, ConfigError, parse_cidr
 from .model import NETWORKS, Network
 from .planner import (
     InterfaceAddress,

@@ -6,7 +6,7 @@ namespace with a management neighbour (10.10.0.1) and storage-1's storage-cluste
 (10.60.0.31), a network compute-1 may not hear. The ruleset the planner renders for it is
 loaded with the real nft.
 
-The exporter runs as the service runs it (`python -m network_isolation.exporter`) inside the
+The exporter runs as the service runs it (`python -m network_isolation.host.metrics`) inside the
 machine's namespace, so it reads the table through the real `Host.counters()` there. A probe
 from storage-cluster is dropped; a scrape (an HTTP client, then a real Prometheus when it is
 installed) shows the drop counter grow to exactly what `Host.counters()` (`show-counters`)
@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from network_isolation.exporter import drop_labels
 from network_isolation.host import Host, Result, fingerprint
+from network_isolation.host.metrics import drop_labels
 from network_isolation.observed import HISTORY_FILE, PLAN_SUMMARY_FILE, ApplyHistory, PlanSummary
 from network_isolation.planner import plan_machine
 from network_isolation.render import render
@@ -115,8 +115,9 @@ def wait_listening(exporter: subprocess.Popen[str]) -> None:
 def start_exporter(state: Path) -> subprocess.Popen[str]:
     """The service's command, in the machine's namespace."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "network_isolation.exporter", "--address", MACHINE_ADDRESS,
-               "--port", str(METRICS_PORT), "--state-dir", str(state)]  # fmt: skip
+    command = [sys.executable, "-m", "network_isolation.host.metrics",
+               "--address", MACHINE_ADDRESS, "--port", str(METRICS_PORT),
+               "--state-dir", str(state)]  # fmt: skip
     return subprocess.Popen(
         [IP, "netns", "exec", MACHINE_NS, *command],
         env=env,

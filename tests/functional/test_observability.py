@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from network_isolation.exporter import Reading, families
 from network_isolation.host import EXPORTER_UNIT_NAME, ExporterSpec, exporter_unit_text
+from network_isolation.host.metrics import Reading, families
 from network_isolation.observed import ApplyHistory, PlanSummary
 
 from .conftest import ROOT, need_tool

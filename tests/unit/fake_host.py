@@ -11,6 +11,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, ClassVar
 
+from network_isolation.base import IPAddress
 from network_isolation.bypass import Bypass
 from network_isolation.host import (
     Applied,
@@ -25,7 +26,6 @@ from network_isolation.host import (
 )
 from network_isolation.host.first_enforcement import FirstEnforcement, FirstEnforcementRecord
 from network_isolation.observed import PlanSummary
-from network_isolation.planner import IPAddress
 
 MAAS_NICS = tuple(f"enp{k}s0" for k in range(1, 7))
 

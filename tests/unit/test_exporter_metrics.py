@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from network_isolation.exporter import drop_labels, read, registry_for
 from network_isolation.host import Applied, HostError, RejectedRecord, fingerprint
+from network_isolation.host.metrics import drop_labels, read, registry_for
 from network_isolation.observed import (
     HISTORY_FILE,
     PLAN_SUMMARY_FILE,

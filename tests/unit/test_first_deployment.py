@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from network_isolation.config import Enforcement
+from network_isolation.base import Enforcement
 from network_isolation.first_deployment import (
     FormDecision,
     confirmed,

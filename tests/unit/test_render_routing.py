@@ -17,11 +17,11 @@ from render_helpers import (
     plan_of,
 )
 
+from network_isolation.base import InterfaceKind
 from network_isolation.config import CharmConfig
 from network_isolation.model import Network
 from network_isolation.planner import (
     InterfaceAddress,
-    InterfaceKind,
     MachinePlan,
     NetworkView,
     PlanInput,

@@ -13,7 +13,8 @@ import charm
 import state as state_module
 from charm import NetworkIsolationCharm
 from cluster import Woken
-from state import HookState, Outcome
+from outcome import Outcome
+from state import HookState
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from network_isolation.config import CharmConfig, IPNetwork
+from network_isolation.base import IPNetwork
+from network_isolation.config import CharmConfig
 from network_isolation.model import NETWORKS, Network
 from network_isolation.peers import MAX_SUBNETS_PER_NETWORK
 from network_isolation.planner import InterfaceAddress, NetworkView, PlanInput, plan_machine

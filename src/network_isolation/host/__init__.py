@@ -13,10 +13,12 @@
   - `boot`: the systemd unit that loads the confirmed ruleset at boot;
   - `exporter`: the metrics exporter's systemd unit, and the plan summary and apply history
     it reads;
+  - `metrics`: the exporter itself, the small service that unit runs
+    (`python3 -m network_isolation.host.metrics`);
   - `removal`: the host as it was before this charm.
 - `registry`: the state directory, and the per-machine registry of this charm's co-located
   units, through which units that share a machine agree on one plan.
-- `probes`: probe targets (controllers, gateways) and the TCP probe.
+- `probes`: the default gateways and the TCP probe of the targets (`reachability`).
 - `bypasses`: BPF programs (XDP, tc/tcx ingress) that see an interface's packets before
   netfilter, read with `ip`, `tc` and `bpftool` (parsed by `network_isolation.bypass`).
 - `system` and `outcomes`: the boundary (runner, tools, files under a root) and what comes
@@ -27,6 +29,7 @@ path lives (`/` in production, a temporary directory in tests), a command `Runne
 called by absolute path) and a `Probe` of connectivity. Tests replace all three.
 """
 
+from ..reachability import ProbeTarget, controller_targets, gateway_target
 from .boot import UNIT_NAME, UNIT_WANTED_BY
 from .exporter import EXPORTER_UNIT_NAME, ExporterSpec, exporter_unit_text
 from .guard import ROLLBACK_UNIT
@@ -45,7 +48,7 @@ from .outcomes import (
     RolledBackError,
     fingerprint,
 )
-from .probes import Probe, ProbeTarget, controller_targets, gateway_target, tcp_probe
+from .probes import Probe, tcp_probe
 from .registry import DEFAULT_STATE_DIR, STATE_DIR_ENV, MachineRegistry, UnitEntry, state_dir
 from .system import (
     Result,

@@ -1,6 +1,6 @@
 """The metrics exporter on the machine: its systemd unit, and the state files it reads.
 
-- `network-isolation-exporter.service` runs `python3 -m network_isolation.exporter` with the
+- `network-isolation-exporter.service` runs `python3 -m network_isolation.host.metrics` with the
   charm's own interpreter and code, on the management address only; it may do nothing but
   read (CAP_NET_ADMIN for nft's netlink listing, a read-only file system).
 - `plan-summary.json`: what the exporter reports of the plan (mode, isolation, access, the
@@ -39,7 +39,7 @@ class ExporterSpec:
         return [
             self.python,
             "-m",
-            "network_isolation.exporter",
+            "network_isolation.host.metrics",
             "--address",
             self.address,
             "--port",

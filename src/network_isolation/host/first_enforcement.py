@@ -14,22 +14,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pydantic
-from pydantic import BaseModel, ConfigDict
 
+from ..first_deployment import FirstEnforcement
 from .system import read_text, write_atomically
 
 RECORD_NAME = "first-enforcement.json"
-
-
-class FirstEnforcement(BaseModel):
-    """What the machine's first enforcement has seen so far."""
-
-    model_config = ConfigDict(frozen=True)
-
-    audit_since: float
-    enforcing_since: float | None = None
-    audit_packets: dict[str, int] = {}  # the audit form's counters when it was replaced
-    audit_seconds: float = 0.0  # how long the audit form had been loaded then
 
 
 class FirstEnforcementRecord:

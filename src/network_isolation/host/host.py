@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base import InterfaceKind, IPAddress
 from ..bypass import Bypass
 from ..observed import ApplyHistory, PlanSummary
-from ..planner import InterfaceKind, IPAddress
 from . import removal
 from .boot import BootUnit
 from .bypasses import packet_bypasses

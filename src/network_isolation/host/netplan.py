@@ -12,7 +12,7 @@ from typing import get_args
 
 import yaml
 
-from ..planner import InterfaceKind, IPAddress
+from ..base import InterfaceKind, IPAddress
 from .networkd import Networkd
 from .outcomes import ApplyError, InvalidArtefactsError
 from .system import System, as_mapping, first_error, read_text, write_atomically

@@ -1,37 +1,18 @@
-"""Reachability: the targets that must stay reachable after an apply, and how they are probed."""
+"""Reachability on the host: the default gateways, and the TCP probe of every target."""
 
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_fixed
 
+from ..reachability import ProbeTarget
 from .system import System
-
-
-@dataclass(frozen=True)
-class ProbeTarget:
-    """A TCP endpoint that must stay reachable after an apply.
-
-    `refused_ok`: a refused connection (a TCP reset) also proves the path works; use it for a
-    gateway that answers but listens on nothing.
-    """
-
-    host: str
-    port: int
-    refused_ok: bool = False
-    label: str = ""
-
-    def __str__(self) -> str:
-        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        return f"{self.label} {where}" if self.label else where
 
 
 class Probe(Protocol):
@@ -40,24 +21,6 @@ class Probe(Protocol):
     def __call__(self, targets: Sequence[ProbeTarget], budget: float) -> Mapping[ProbeTarget, str]:
         """Probe every target; the result maps each unreachable one to the reason."""
         ...
-
-
-def controller_targets(api_addresses: str | None) -> list[ProbeTarget]:
-    """Probe targets from `JUJU_API_ADDRESSES` (`host:port` separated by spaces or commas)."""
-    targets: list[ProbeTarget] = []
-    for item in re.split(r"[\s,]+", api_addresses or ""):
-        host, sep, port = item.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            continue
-        target = ProbeTarget(host.strip("[]"), int(port), label="juju controller")
-        if target not in targets:
-            targets.append(target)
-    return targets
-
-
-def gateway_target(address: str, port: int = 22) -> ProbeTarget:
-    """A gateway probe: any TCP answer, a reset included, proves the gateway is reachable."""
-    return ProbeTarget(address, port, refused_ok=True, label="gateway")
 
 
 def default_gateways(system: System) -> list[str]:

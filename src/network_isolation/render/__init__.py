@@ -25,6 +25,7 @@ from pathlib import Path
 import jinja2
 from pydantic import BaseModel, ConfigDict
 
+from ..base import Enforcement
 from ..model import Network
 from ..planner import MachinePlan
 from ..ports import PortRange
@@ -128,16 +129,19 @@ def render_netplan(view: RoutingView) -> str:
 
 
 def render(
-    plan: MachinePlan, ports: Mapping[Network, tuple[PortRange, ...]] | None = None
+    plan: MachinePlan,
+    ports: Mapping[Network, tuple[PortRange, ...]] | None = None,
+    enforcement: Enforcement | None = None,
 ) -> Artefacts:
-    """Both artefacts of a plan.
+    """Both artefacts of a plan, its ruleset in one form (`enforcement`; None: the configured).
 
-    `ports` matters only with `strict-ports`: the ports each allowed network accepts, as
-    `ports.machine_ports(plan, declared)` gives them (the catalogue, `extra-ports` and what
-    the principals declared). Without it, `machine_ports(plan)`: no declarations.
+    A first deployment loads the audit form before the configured one; routing is the same in
+    every form. `ports` matters only with `strict-ports`: the ports each allowed network
+    accepts, as `ports.machine_ports(plan, declared)` gives them (the catalogue, `extra-ports`
+    and what the principals declared). Without it, `machine_ports(plan)`: no declarations.
     """
     routing = routing_view(plan)
     return Artefacts(
-        nftables=render_nftables(firewall_view(plan, ports)),
+        nftables=render_nftables(firewall_view(plan, ports, enforcement)),
         netplan=render_netplan(routing) if routing else None,
     )

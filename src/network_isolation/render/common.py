@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from ..base import Enforcement
 from ..model import NETWORKS, Network
 from ..planner import MachinePlan
 
@@ -24,13 +25,13 @@ def network_names(networks: Iterable[Network]) -> str:
     return "+".join(n.value for n in sorted(set(networks), key=NETWORKS.index))
 
 
-def file_header(plan: MachinePlan, what: str, *, firewall: bool) -> list[str]:
-    """The generated file's comment header.
+def file_header(plan: MachinePlan, what: str, enforcement: Enforcement | None) -> list[str]:
+    """The generated file's comment header, naming the form of the ruleset (`enforcement`).
 
-    The netplan one leaves out the enforcement mode, which does not change routing, so that
-    switching modes does not rewrite the file (and run `netplan apply`).
+    The netplan one leaves the form out (None), since it does not change routing, so that
+    switching forms does not rewrite the file (and run `netplan apply`).
     """
-    mode = f"; enforcement: {plan.config.enforcement}" if firewall else ""
+    mode = f"; enforcement: {enforcement}" if enforcement is not None else ""
     lines = [
         f"network-isolation: {what} of machine '{plan.machine}'.",
         "Generated from the machine's plan by the network-isolation charm: do not edit,",

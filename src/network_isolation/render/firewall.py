@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ..base import Enforcement
 from ..model import Network
 from ..planner import MachinePlan
 from ..ports import JUJU_AGENT_PORTS, PortRange
@@ -35,7 +36,6 @@ from .network_rules import (
 from .nft import (
     TABLE_FAMILY,
     TABLE_NAME,
-    Enforcement,
     FirewallBuilder,
     Hook,
     NftChain,
@@ -108,14 +108,16 @@ class FirewallView:
         return sum(len(c.rules) for c in self.chains)
 
 
-def firewall_view(plan: MachinePlan, ports: PortMap | None = None) -> FirewallView:
-    """The ruleset of a plan, as data: sets, counters, chains of rules.
+def firewall_view(
+    plan: MachinePlan, ports: PortMap | None = None, enforcement: Enforcement | None = None
+) -> FirewallView:
+    """The ruleset of a plan in one form (`enforcement`; None: the configured one), as data.
 
     With `strict-ports`, an allowed network accepts only its ports (`ports`, see
     `strict_ports`); without it, `ports` is ignored.
     """
-    enforcement: Enforcement = plan.config.enforcement
-    header = file_header(plan, "nftables ruleset", firewall=True)
+    enforcement = enforcement or plan.config.enforcement
+    header = file_header(plan, "nftables ruleset", enforcement)
     header += [
         f"`nft -f` loads it as one transaction: it creates table {TABLE_FAMILY} {TABLE_NAME}"
         " if missing,",

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import IPNetwork
+from ..base import Enforcement, IPNetwork
 from ..model import NETWORKS, Network
 from ..ports import PROTOCOLS, PortRange, merge_ranges
 from .common import RenderError, check_interface_name
@@ -26,7 +26,6 @@ AUDIT_LOG_RATE = "10/minute burst 5 packets"
 LOG_PREFIX = "network-isolation audit"
 LOG_PREFIX_MAX = 127
 
-Enforcement = Literal["enforce", "audit", "off"]
 SetType = Literal["ipv4_addr", "ipv6_addr", "ifname", "inet_service"]
 # `return` hands the packet back to the calling chain; `vmap` looks the verdict up in a map.
 Verdict = Literal["accept", "drop", "log", "return", "vmap", "jump"]

@@ -12,9 +12,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import IPNetwork
+from ..base import InterfaceKind, IPAddress, IPInterface, IPNetwork
 from ..model import NETWORKS, Network
-from ..planner import Domain, InterfaceKind, IPAddress, IPInterface, MachinePlan, within
+from ..planner import Domain, MachinePlan, within
 from .common import RenderError, check_interface_name, file_header, network_names
 
 # MAAS (cloud-init) writes 50-cloud-init.yaml; netplan reads files in lexical order of their
@@ -245,7 +245,7 @@ def routing_view(plan: MachinePlan) -> RoutingView | None:
         )
         if members:
             sections.append((kind, members))
-    header = file_header(plan, "policy routing", firewall=False)
+    header = file_header(plan, "policy routing", None)
     header += [
         "netplan merges it after 50-cloud-init.yaml (MAAS): it adds routes and rules to the",
         "interfaces defined there and never redefines their addresses.",

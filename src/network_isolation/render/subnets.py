@@ -6,7 +6,7 @@ import bisect
 import ipaddress
 from collections.abc import Iterable
 
-from ..config import IPNetwork
+from ..base import IPNetwork
 from ..planner import within
 
 

@@ -1,6 +1,6 @@
 """Prometheus metrics of this machine's isolation: drops, mode, plan, applies, drift.
 
-Runs as a small service of its own (`python3 -m network_isolation.exporter`), which the charm
+Runs as a small service of its own (`python3 -m network_isolation.host.metrics`), which the charm
 starts, enables and removes through the host module, listening on the machine's management
 address only. Every scrape reads the live table through `Host.counters()`, the code behind the
 `show-counters` action, so both always show the same numbers; the rest comes from the state
@@ -26,10 +26,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .config import Enforcement
-from .host import Applied, Host, HostError, RejectedRecord, fingerprint, state_dir
-from .model import NETWORK_NAMES, IsolationLevel
-from .observed import HISTORY_FILE, PLAN_SUMMARY_FILE, ApplyHistory, PlanSummary, load_record
+from ..base import Enforcement
+from ..model import NETWORK_NAMES, IsolationLevel
+from ..observed import HISTORY_FILE, PLAN_SUMMARY_FILE, ApplyHistory, PlanSummary, load_record
+from . import Applied, Host, HostError, RejectedRecord, fingerprint, state_dir
 
 logger = logging.getLogger(__name__)
 
