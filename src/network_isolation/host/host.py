@@ -250,7 +250,7 @@ class Host:
         force: bool,
         repair: bool,
     ) -> ApplyResult:
-        # The steps of the README's "Safety" section.
+        # The steps of an apply, as docs/explanation/safety.md lists them.
         recovered = self.recover_unconfirmed()  # a killed apply is undone first
         if not force and not recovered and self.is_applied(artefacts):  # nothing changed
             self.boot.ensure()
