@@ -8,7 +8,7 @@ Run it with the unit environment's interpreter (it needs pydantic, jinja2 and Py
 `tox exec -e unit -- python tools/regen_dumps.py`. Review the diff before committing: every
 change to a golden file is a change to what lands on the hosts.
 
-The cases are defined in tests/unit/render_helpers.py: both example topologies, every
+The cases are defined in tests/unit/goldens.py: both example topologies, every
 combination of the guide's roles, a partly isolated cloud on VLANs/bonds/bridges, the audit,
 off and no-routing variants, and strict-ports (both examples, and a variant with extra-ports).
 """
@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for entry in (ROOT / "src", ROOT):
+# tests/unit: the golden cases import the helpers beside them as the unit tests do.
+for entry in (ROOT / "src", ROOT / "tests" / "unit", ROOT):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from tests.unit.render_helpers import DUMPS, golden_files, stored_files  # noqa: E402
+from tests.unit.goldens import DUMPS, golden_files, stored_files  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +81,16 @@ def render_dir(topology: Path, out: Path) -> Path:
     return out
 
 
-def variant(topology: Path, out: Path, **config: str) -> Path:
-    """A copy of a topology file with some config options set (e.g. enforcement=audit)."""
+def variant(
+    topology: Path, out: Path, *, machines: Iterable[str] | None = None, **config: str | bool
+) -> Path:
+    """A copy of a topology file with some config options set (e.g. enforcement=audit).
+
+    With `machines`, only those machines of it, in that order.
+    """
     data: dict[str, Any] = yaml.safe_load(topology.read_text())
+    if machines is not None:
+        data["machines"] = {name: data["machines"][name] for name in machines}
     data.setdefault("config", {}).update(config)
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out

@@ -42,6 +42,7 @@ from ops import testing
 import charm
 from charm import NetworkIsolationCharm
 from network_isolation.host import Host, ProbeTarget, Result, Tools, tcp_probe
+from tests.charm_context import context
 
 from .boundary import fake_systemctl
 from .conftest import need
@@ -255,10 +256,6 @@ def bed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bed]:
 # -- the charm's life on compute-1 -------------------------------------------------------------
 
 
-def context(unit_id: int = UNIT) -> testing.Context[NetworkIsolationCharm]:
-    return testing.Context(NetworkIsolationCharm, machine_id=MACHINE_ID, unit_id=unit_id)
-
-
 def rendered(ctx: testing.Context[NetworkIsolationCharm], state: testing.State) -> dict[str, str]:
     """What the charm renders for a state (its show-plan action: applies nothing)."""
     ctx.run(ctx.on.action("show-plan"), state)
@@ -274,7 +271,7 @@ def test_config_changed_audit_off_and_remove_drive_the_real_host(bed: Bed, tmp_p
     began = time.monotonic()
     foreign_before = foreign()
     start_files = bed.files()
-    ctx = context()
+    ctx = context(UNIT, machine_id=MACHINE_ID)
 
     # config-changed: the charm loads its table into the machine's namespace
     out = ctx.run(ctx.on.config_changed(), first_state())
@@ -313,7 +310,7 @@ def test_config_changed_audit_off_and_remove_drive_the_real_host(bed: Bed, tmp_p
     assert bed.runner.calls[calls:] == []
 
     # a second unit of the charm on the machine (another principal) agrees: nothing to do
-    other = context(5)
+    other = context(5, machine_id=MACHINE_ID)
     cluster = out.get_relations("cluster")[0]
     assert isinstance(cluster, testing.PeerRelation)
     other_state = testing.State(

@@ -21,7 +21,8 @@ import yaml
 
 from network_isolation.host import EXPORTER_UNIT_NAME, ExporterSpec, exporter_unit_text
 from network_isolation.host.metrics import Reading, families
-from network_isolation.observed import ApplyHistory, PlanSummary
+from network_isolation.observed import ApplyHistory
+from tests.plan_summaries import plan_summary
 
 from .conftest import ROOT, need_tool
 
@@ -55,15 +56,7 @@ def exported_names() -> set[str]:
         counters={"drop_in_storage": {"packets": 1, "bytes": 60}},
         drift="changed",
         applied_fingerprint="x",
-        summary=PlanSummary(
-            status="active",
-            enforcement="enforce",
-            isolation="maximum",
-            domains=6,
-            strict_ports=False,
-            networks={"storage": True},
-            wanted="x",
-        ),  # fmt: skip
+        summary=plan_summary(networks={"storage": True}, wanted="x"),
         history=ApplyHistory(last_apply=1.0),
     )
     names: set[str] = set()

@@ -16,10 +16,8 @@ import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from network_isolation_interface import (
     Declarations,
     NetworkIsolationData,
@@ -32,7 +30,7 @@ from network_isolation.ports import declared_ports, machine_ports
 from network_isolation.render import render
 from network_isolation.topology import load_topology
 
-from .conftest import MAAS
+from .conftest import MAAS, variant
 from .matrix import (
     Matrix,
     assert_matches,
@@ -94,11 +92,8 @@ class Strict:
 
 def strict_topology(path: Path) -> Path:
     """The example cloud, five machines of it, with strict-ports and extra-ports."""
-    data: dict[str, Any] = yaml.safe_load(MAAS.read_text())
-    data["machines"] = {name: data["machines"][name] for name in MACHINES}
-    data["config"].update({"strict-ports": True, "extra-ports": EXTRA_PORTS})
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    options: dict[str, str | bool] = {"strict-ports": True, "extra-ports": EXTRA_PORTS}
+    return variant(MAAS, path, machines=MACHINES, **options)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,12 @@ import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from network_isolation.topology import load_topology
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, variant
 from .matrix import (
     TCP_PORT,
     UDP_PORT,
@@ -60,13 +58,9 @@ class SunbeamBed:
     directory: Path
 
 
-def cut(path: Path, machines: tuple[str, ...], **config: Any) -> Path:
+def cut(path: Path, machines: tuple[str, ...], **config: str | bool) -> Path:
     """The Sunbeam example with only some machines, some options set."""
-    data: dict[str, Any] = yaml.safe_load(SUNBEAM.read_text())
-    data["machines"] = {name: data["machines"][name] for name in machines}
-    data["config"].update(config)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return variant(SUNBEAM, path, machines=machines, **config)
 
 
 @pytest.fixture(scope="module")

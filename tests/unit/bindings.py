@@ -26,6 +26,16 @@ DISJOINT_SUBNETS: dict[str, str] = {
     "storage-cluster": "10.60.0.0/24",
 }
 
+# A machine with one NIC per network: network -> its interface.
+DISTINCT_NICS: dict[str, str] = {
+    "management": "enp1s0",
+    "internal": "enp2s0",
+    "public": "enp3s0",
+    "storage": "enp4s0",
+    "data": "enp5s0",
+    "storage-cluster": "enp6s0",
+}
+
 
 def binding(name: str, place: tuple[str, str] | None, host: int = 5) -> testing.Network:
     """One binding: the `host`-th address of `place`'s subnet on its interface, or none."""

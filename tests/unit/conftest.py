@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
-from bindings import DISJOINT_SUBNETS, GUIDE_NETWORKS, binding
+from bindings import DISJOINT_SUBNETS, DISTINCT_NICS, GUIDE_NETWORKS, binding
 from fake_host import FakeHost
 from ops import testing
-from render_helpers import EXAMPLES
+from topologies import EXAMPLES
 
 from network_isolation.topology import Topology, load_topology
 from tests.role_tables import GUIDE_ROLE_TABLE, SUNBEAM_ROLE_TABLE
@@ -87,15 +87,7 @@ def make_networks() -> NetworksFactory:
 @pytest.fixture(scope="session")
 def distinct_layout() -> dict[str, tuple[str, str] | None]:
     """A machine with one NIC per network, each network on its own subnet."""
-    nics = {
-        "management": "enp1s0",
-        "internal": "enp2s0",
-        "public": "enp3s0",
-        "storage": "enp4s0",
-        "data": "enp5s0",
-        "storage-cluster": "enp6s0",
-    }
-    return {net: (nics[net], DISJOINT_SUBNETS[net]) for net in GUIDE_NETWORKS}
+    return {net: (DISTINCT_NICS[net], DISJOINT_SUBNETS[net]) for net in GUIDE_NETWORKS}
 
 
 @pytest.fixture(scope="session")

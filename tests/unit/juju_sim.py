@@ -33,6 +33,7 @@ import cluster
 from charm import NetworkIsolationCharm
 from network_isolation.host.first_enforcement import RECORD_NAME as FIRST_ENFORCEMENT
 from network_isolation.rollout import Roll, UnitReport
+from tests.charm_context import context
 
 APP = "network-isolation"
 # Drawn event orders: each example runs a whole cloud's hooks, so a few of them.
@@ -232,9 +233,7 @@ class Cloud:
     def run_hook(self, unit: Unit, event: Event, counter: Any = None) -> None:
         """Run one hook on a unit; publish what it wrote, as Juju does at the hook's end."""
         if unit.ctx is None:
-            unit.ctx = testing.Context(
-                NetworkIsolationCharm, app_name=APP, unit_id=unit.index, machine_id=str(unit.index)
-            )
+            unit.ctx = context(unit.index, machine_id=str(unit.index), app_name=APP)
         ctx = unit.ctx
         before = unit.host.applied_state.nftables
         with self._machine(unit):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pydantic
 import pytest
+from goldens import golden_plans
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from render_helpers import golden_plans, plan_of
+from topologies import plan_of
 
 from network_isolation.canary import (
     MAX_COUNTERS,

@@ -20,17 +20,13 @@ from ops import testing
 
 from charm import NetworkIsolationCharm
 from network_isolation.host import MachineRegistry
+from tests.charm_context import MACHINE, context
 
 GUIDE_ROLES = ("juju-controller", "control", "compute", "storage")
 NO_ROLE_TEXT = "relate to a control, compute, storage or juju-controller principal, or set roles"
-MACHINE = "7"
 
 Layout = Mapping[str, tuple[str, str] | None]
 MakeNetworks = Callable[[Layout], list[testing.Network]]
-
-
-def context(unit_id: int = 0) -> testing.Context[NetworkIsolationCharm]:
-    return testing.Context(NetworkIsolationCharm, unit_id=unit_id, machine_id=MACHINE)
 
 
 def principal(role: str, app: str | None = None) -> testing.SubordinateRelation:
@@ -288,9 +284,7 @@ def test_principal_from_juju_context_is_warned_about(
     make_networks: MakeNetworks, distinct_layout: Layout
 ):
     # The role comes from config, not from a relation: JUJU_PRINCIPAL_UNIT names the principal.
-    ctx = testing.Context(
-        NetworkIsolationCharm, machine_id=MACHINE, principal_unit="cinder-volume/3"
-    )
+    ctx = context(principal_unit="cinder-volume/3")
     st = state(make_networks(distinct_layout), config={"roles": "storage"})
     out = ctx.run(ctx.on.config_changed(), st)
     assert isinstance(out.unit_status, ops.ActiveStatus)

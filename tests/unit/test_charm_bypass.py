@@ -9,17 +9,12 @@ import pytest
 from fake_host import FakeHost
 from ops import testing
 
-from charm import NetworkIsolationCharm
 from network_isolation.bypass import Bypass
+from tests.charm_context import context
 
-Ctx = testing.Context[NetworkIsolationCharm]
 CILIUM = Bypass("enp2s0", "tcx ingress", "cil_from_netdev", 812)
 ELSEWHERE = Bypass("lxdbr0", "xdp", "xdp_lb", 9, "driver")  # not a space interface
 SPACE_NICS = ("enp1s0", "enp2s0", "enp3s0", "enp4s0", "enp5s0", "enp6s0")
-
-
-def context() -> Ctx:
-    return testing.Context(NetworkIsolationCharm, unit_id=0, machine_id="7")
 
 
 @pytest.fixture

@@ -15,15 +15,14 @@ from cosl import LZMABase64
 from fake_host import FakeHost
 from ops import testing
 
-from charm import NetworkIsolationCharm
 from cos_agent import DATABAG_KEY, JOB_NAME, CosAgentUnitData
 from network_isolation.host import MachineRegistry, fingerprint
 from network_isolation.render import Artefacts
+from tests.charm_context import context
 
 ROOT = Path(__file__).resolve().parents[2]
 Layout = Mapping[str, tuple[str, str] | None]
 NetworksFactory = Callable[[Layout], list[testing.Network]]
-MACHINE = "7"
 
 
 @pytest.fixture
@@ -42,9 +41,7 @@ def run(
     config: dict[str, str | int | bool] | None = None,
     unit_id: int = 0,
 ) -> dict[str, Any]:
-    ctx = testing.Context(
-        NetworkIsolationCharm, unit_id=unit_id, machine_id=MACHINE, charm_root=charm_root
-    )
+    ctx = context(unit_id, charm_root=charm_root)
     agent = testing.SubordinateRelation("cos-agent", remote_app_name="opentelemetry-collector")
     principal = testing.SubordinateRelation("compute-node", remote_app_name="nova-compute")
     state = testing.State(
@@ -149,7 +146,7 @@ def test_ipv6_management_address_is_bracketed() -> None:
 def test_show_plan_html_is_this_machines_page(
     make_networks: NetworksFactory, distinct_layout: Layout
 ) -> None:
-    ctx = testing.Context(NetworkIsolationCharm, unit_id=0, machine_id=MACHINE)
+    ctx = context()
     principal = testing.SubordinateRelation("storage-node", remote_app_name="microceph")
     state = testing.State(networks=make_networks(distinct_layout), relations=[principal])
     ctx.run(ctx.on.action("show-plan", params={"format": "html"}), state)

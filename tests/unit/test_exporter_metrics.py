@@ -17,6 +17,7 @@ from network_isolation.observed import (
     ApplyHistory,
     PlanSummary,
 )
+from tests.plan_summaries import plan_summary
 
 RULESET = "table inet network_isolation {}\n"
 
@@ -66,12 +67,7 @@ def scrape(host: FakeHost) -> Samples:
 
 
 def summary(**changes: object) -> PlanSummary:
-    base = PlanSummary(
-        status="active",
-        enforcement="enforce",
-        isolation="maximum",
-        domains=6,
-        strict_ports=False,
+    base = plan_summary(
         networks={"management": True, "storage": True, "storage-cluster": False},
         wanted=fingerprint(_Artefacts(RULESET, None)),
     )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from itertools import combinations
 
 import pytest
+from bindings import DISTINCT_NICS as NICS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,16 +26,6 @@ ROLE_SETS = [
     frozenset(c) for n in range(1, len(GUIDE_ROLES) + 1) for c in combinations(GUIDE_ROLES, n)
 ]
 NO_ROLE_TEXT = "relate to a control, compute, storage or juju-controller principal, or set roles"
-
-# One NIC per network on the test machine.
-NICS = {
-    "management": "enp1s0",
-    "internal": "enp2s0",
-    "public": "enp3s0",
-    "storage": "enp4s0",
-    "data": "enp5s0",
-    "storage-cluster": "enp6s0",
-}
 
 
 def view(

@@ -12,22 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from render_helpers import (
-    DUMPS,
-    EXAMPLES,
-    REGEN_COMMAND,
-    golden_files,
-    golden_plans,
-    maas_netplan,
-    missing_tool,
-    netplan_cases,
-    netplan_generate,
-    nft_exercise,
-    partial_topology,
-    plan_of,
-    require_tool,
-    stored_files,
-)
+from goldens import DUMPS, REGEN_COMMAND, golden_files, golden_plans, netplan_cases, stored_files
+from netns_runner import nft_exercise
+from netplan_merge import maas_netplan, netplan_generate
+from tools_available import missing_tool, require_tool
+from topologies import EXAMPLES, partial_topology, plan_of
 
 from network_isolation import cli
 from network_isolation import render as render_module

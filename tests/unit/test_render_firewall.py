@@ -10,17 +10,10 @@ import re
 from collections.abc import Mapping
 
 import pytest
-from render_helpers import (
-    address_conflicts,
-    expected_input,
-    golden_files,
-    listed_ports,
-    nft_exercise,
-    nft_rule_count,
-    partial_topology,
-    plan_of,
-    verdict,
-)
+from goldens import golden_files
+from netns_runner import nft_exercise, nft_rule_count
+from topologies import partial_topology, plan_of
+from verdicts import address_conflicts, expected_input, listed_ports, verdict
 
 from network_isolation.model import Network
 from network_isolation.planner import MachinePlan

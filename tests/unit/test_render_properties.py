@@ -1,8 +1,8 @@
 """Property tests of rendering over random clouds: real tools accept it, rules mean what they say.
 
 The expectations restate the firewall's rules (and strict-ports) from the plan's domains,
-the config and the ports (`render_helpers.expected_input`), and are checked against a
-first-match reading of the rendered rules (`render_helpers.verdict`).
+the config and the ports (`verdicts.expected_input`), and are checked against a
+first-match reading of the rendered rules (`verdicts.verdict`).
 """
 
 from __future__ import annotations
@@ -14,17 +14,10 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from render_helpers import (
-    address_conflicts,
-    expected_input,
-    listed_ports,
-    maas_netplan,
-    net_overlap,
-    net_within,
-    netplan_generate,
-    nft_exercise,
-    verdict,
-)
+from netns_runner import nft_exercise
+from netplan_merge import maas_netplan, netplan_generate
+from subnets import net_overlap, net_within
+from verdicts import address_conflicts, expected_input, listed_ports, verdict
 
 from network_isolation.model import Network
 from network_isolation.planner import MachinePlan, plan_machine

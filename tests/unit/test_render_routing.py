@@ -6,16 +6,10 @@ import ipaddress
 
 import pytest
 import yaml
-from render_helpers import (
-    golden_files,
-    iface,
-    maas_netplan,
-    net,
-    netplan_cases,
-    netplan_generate,
-    partial_topology,
-    plan_of,
-)
+from goldens import golden_files, netplan_cases
+from netplan_merge import maas_netplan, netplan_generate
+from subnets import iface, net
+from topologies import partial_topology, plan_of
 
 from network_isolation.base import InterfaceKind
 from network_isolation.config import CharmConfig

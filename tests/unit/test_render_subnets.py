@@ -6,7 +6,7 @@ import ipaddress
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from render_helpers import net
+from subnets import net
 
 from network_isolation.render import exclude, normalize
 

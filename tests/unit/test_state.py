@@ -11,10 +11,10 @@ from ops import testing
 
 import charm
 import state as state_module
-from charm import NetworkIsolationCharm
 from cluster import Woken
 from outcome import Outcome
 from state import HookState
+from tests.charm_context import context
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def hook_state(make_networks, distinct_layout, **config: str | bool) -> testing.
 
 
 def run(event: str, st: testing.State) -> testing.State:
-    ctx = testing.Context(NetworkIsolationCharm, unit_id=0, machine_id="7")
+    ctx = context()
     return ctx.run(getattr(ctx.on, event)(), st)
 
 

@@ -20,6 +20,7 @@ from network_isolation.host import (
     exporter_unit_text,
 )
 from network_isolation.observed import ApplyHistory, PlanSummary
+from tests.plan_summaries import plan_summary
 
 NFT, SYSTEMCTL = "/usr/sbin/nft", "/usr/bin/systemctl"
 CONTROLLER = ProbeTarget("10.10.0.2", 17070, label="juju controller")
@@ -129,8 +130,7 @@ def test_an_unconfirmed_apply_restored_by_the_next_hook_is_a_rollback(host: Host
 
 
 def test_record_plan_writes_only_a_change(host: Host) -> None:
-    summary = PlanSummary(
-        status="active",
+    summary = plan_summary(
         enforcement="audit",
         isolation="partial",
         domains=4,
@@ -185,16 +185,7 @@ def test_a_systemctl_failure_is_a_host_error(host: Host, machine: Machine) -> No
 def test_removal_takes_the_exporter_and_its_files(host: Host, machine: Machine) -> None:
     host.apply(ruleset(1))
     host.ensure_exporter(SPEC)
-    host.record_plan(
-        PlanSummary(
-            status="active",
-            enforcement="enforce",
-            isolation="maximum",
-            domains=6,
-            strict_ports=False,
-            networks={},
-        )  # fmt: skip
-    )
+    host.record_plan(plan_summary())
     host.remove()
     assert not host.exporter.unit_file.exists()
     assert f"disable --now {EXPORTER_UNIT_NAME}" in machine.systemctl()
