@@ -31,10 +31,11 @@ from network_isolation.host import (
 )
 from network_isolation.model import Network
 from network_isolation.observed import PlanSummary
+from network_isolation.peers import dump
 from network_isolation.render import Artefacts, render
 from network_isolation.report import machine_dict, machine_text
 from network_isolation.report_html import cloud_html
-from network_isolation.rollout import Roll, UnitReport
+from network_isolation.rollout import Roll, UnitReport, generation
 from network_isolation.turn import HookFacts, Turn, decide, forms_to_render
 from outcome import Outcome
 from state import ROLE_ENDPOINTS, HookState, Sources, read_state, related_roles
@@ -152,6 +153,7 @@ class NetworkIsolationCharm(ops.CharmBase):
                 now=self.cluster.now(),
                 api_addresses=os.environ.get("JUJU_API_ADDRESSES"),
                 force=force,
+                record=generation(dump(state.record)),
             )
         )
         report = self._act(turn, state, forms.get(turn.form), force=force)
@@ -248,6 +250,8 @@ class NetworkIsolationCharm(ops.CharmBase):
         else:
             results["plan"] = machine_text(plan, state.principal_warnings)
             results["bypasses"] = bypass.describe(found)
+        peer_data = [*state.problems, *state.notes]
+        results["peer-data"] = "\n".join(peer_data) or "(nothing refused or left out)"
         if artefacts is not None:
             results["nftables"] = artefacts.nftables
             results["netplan"] = artefacts.netplan or "(none: no policy routing to render)"

@@ -19,6 +19,7 @@ import ops
 import pydantic
 
 from network_isolation.base import IPNetwork
+from network_isolation.config import CharmConfig
 from network_isolation.model import Network
 from network_isolation.peers import (
     CLOUD_KEY,
@@ -27,14 +28,15 @@ from network_isolation.peers import (
     MachineRecord,
     PeerError,
     admit,
-    aggregate,
     dump,
     parse_cloud_view,
     parse_record,
+    teach,
 )
 from network_isolation.rollout import (
     Member,
     Roll,
+    RollInputs,
     Schedule,
     UnitReport,
     generation,
@@ -82,10 +84,11 @@ class Fold(pydantic.BaseModel):
     records: dict[str, str] = {}
     refused: dict[str, str] = {}
     reports: dict[str, str] = {}
+    changed: dict[str, float] = {}  # when a unit's record last changed (after its first)
 
     def forget(self, unit: str) -> None:
         """Drop what is known of a unit (it departed, or is read again)."""
-        for known in (self.records, self.refused, self.reports):
+        for known in (self.records, self.refused, self.reports, self.changed):
             known.pop(unit, None)
 
 
@@ -116,6 +119,7 @@ class CloudReading(NamedTuple):
     view: CloudView
     problems: tuple[str, ...]
     aggregated: bool  # folded by this leader: it publishes the view
+    notes: tuple[str, ...] = ()  # what the leader has not taught yet, for show-plan
 
 
 class Cluster:
@@ -129,7 +133,7 @@ class Cluster:
     def __init__(self, charm: ops.CharmBase, store: FoldStore):
         self._charm = charm
         self._store = store
-        self._stepping: tuple[str, dict[str, Member], Schedule] | None = None  # a leader's roll
+        self._stepping: tuple[RollInputs, dict[str, Member], Schedule] | None = None  # leader
 
     @property
     def _relation(self) -> ops.Relation | None:
@@ -143,23 +147,27 @@ class Cluster:
         self,
         record: MachineRecord,
         own: Mapping[Network, tuple[IPNetwork, ...]],
-        min_prefix: dict[int, int],
+        config: CharmConfig,
         woken: Woken = NO_PEER,
     ) -> CloudReading:
         """The cloud-wide view: the leader folds what woke it into what it knew; others read it.
 
         The leader reads at most the one peer whose change woke it (every peer when `woken`
         says so, or when its checks changed: the prefix limits and this machine's `own`
-        subnets); everyone else reads the one aggregate.
+        subnets); everyone else reads the one aggregate. The leader teaches only what
+        `peers.aggregate` allows, and names what it leaves out.
         """
+        min_prefix = config.peer_min_prefix
         relation = self._relation
         if relation is None:
             return CloudReading(CloudView(), (), aggregated=False)
         if self._leads:
             fold = self._fold(relation, record, own, min_prefix, woken)
-            problems = tuple(f"refused the record of {u}: {r}" for u, r in fold.refused.items())
+            refused = [f"refused the record of {u}: {r}" for u, r in fold.refused.items()]
             records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
-            return CloudReading(aggregate(records), problems, aggregated=True)
+            taught = teach(records, config.network_cidrs, config.client_cidrs)
+            problems = (*refused, *taught.left_out)
+            return CloudReading(taught.view, problems, aggregated=True, notes=taught.unconfirmed)
         try:
             view = parse_cloud_view(relation.data[self._charm.app].get(CLOUD_KEY), min_prefix)
         except PeerError as e:
@@ -187,8 +195,10 @@ class Cluster:
                 self._learn(fold, relation, name, own, min_prefix)
         elif woken.peer in present:
             self._learn(fold, relation, woken.peer, own, min_prefix)
-        for gone in {*fold.records, *fold.refused, *fold.reports} - present - {me}:
+        for gone in {*fold.records, *fold.refused, *fold.reports, *fold.changed} - present - {me}:
             fold.forget(gone)
+        if fold.records.get(me, dump(record)) != dump(record):
+            fold.changed[me] = clock()
         fold.records[me] = dump(record)
         self._store.save(fold)
         return fold
@@ -203,6 +213,7 @@ class Cluster:
     ) -> None:
         """Read one peer's databag: its record (judged against the others) and its report."""
         bag = relation.data[self._charm.model.get_unit(name)]
+        before, changed = fold.records.get(name), fold.changed.get(name)
         fold.forget(name)
         report = bag.get(REPORT_KEY)
         if report and len(report) <= MAX_REPORT_BYTES:
@@ -218,6 +229,10 @@ class Cluster:
             fold.refused[name] = str(e)[:200]
             return
         fold.records[name] = dump(record)
+        if before is not None and before != fold.records[name]:
+            changed = clock()
+        if changed is not None:
+            fold.changed[name] = changed
 
     def next_roll(self, inputs: str, view: CloudView, schedule: Schedule) -> Roll | None:
         """The roll this hook acts on; None when there is no peer relation (a lone unit).
@@ -239,7 +254,13 @@ class Cluster:
             self._store.save(fold)
         records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
         members = {u: Member(u, r.machine, frozenset(r.roles)) for u, r in records.items()}
-        gen = generation(inputs, dump(view), *(f"{u}={fold.records[u]}" for u in sorted(records)))
+        changed = sorted(fold.changed, key=lambda u: (-fold.changed[u], unit_order(u)))
+        gen = RollInputs(
+            config=generation(inputs),
+            view=generation(dump(CloudView(subnets=view.subnets))),  # what decides rulesets
+            members=generation(*sorted(records, key=unit_order)),
+            changed_by=tuple(u for u in changed if fold.changed[u] >= previous.started_at),
+        )
         unheard = {u.name for u in relation.units} - {*fold.records, *fold.refused}
         if unheard and not previous.generation:
             # The first roll (a first deployment) waits for every unit that has joined: a

@@ -64,6 +64,7 @@ class HookState:
     artefacts: Artefacts | None  # None: not rendered (plan not active, not asked, or an error)
     render_error: str | None
     problems: tuple[str, ...]  # untrusted input that was ignored, in the order it was read
+    notes: tuple[str, ...]  # a leader's subnets not taught yet (too few units report them)
     principal_warnings: tuple[str, ...] = ()  # networks this unit's principal needs and lacks
 
     @property
@@ -144,10 +145,15 @@ def read_state(
         }
     record = _record(charm, roles, bindings, own_ports if config.strict_ports else None)
     own = known_subnets(bindings, config)
-    cloud = cluster.read(record, own, config.peer_min_prefix, woken)
+    cloud = cluster.read(record, own, config, woken)
     problems += cloud.problems
     networks = {
-        net: view.model_copy(update={"learnt": cloud.view.subnets_of(net)})
+        net: view.model_copy(
+            update={
+                "learnt": cloud.view.subnets_of(net),
+                "teachers": {s: cloud.view.teacher_of(net, s) for s in cloud.view.subnets_of(net)},
+            }
+        )
         for net, view in bindings.items()
     }
     plan = plan_machine(
@@ -159,6 +165,7 @@ def read_state(
             interface_kinds=sources.host.interface_kinds(),
         )
     )
+    problems += plan.ignored  # learnt subnets this machine leaves out, and whose they were
     declared = None
     if config.strict_ports and own_ports is not None:
         declared = registered_ports(own_ports, sources.registry.ports_except(unit))
@@ -188,6 +195,7 @@ def read_state(
         artefacts=rendered,
         render_error=render_error,
         problems=tuple(problems),
+        notes=cloud.notes,
         principal_warnings=tuple(principal_warnings(plan, principals(charm))),
     )
 

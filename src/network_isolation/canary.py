@@ -27,12 +27,15 @@ nothing here depends on the planner, so a unit's report can carry a summary).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import combinations
 
 from pydantic import Field
 
 from .base import Received
+from .model import NETWORKS, Network, label_of
 
 # Bounds of a summary published in relation data (untrusted). A table has two counters per
 # group of allowed interfaces (in, forwarded), three per denied domain (in, out, forwarded)
@@ -40,6 +43,14 @@ from .base import Received
 MAX_COUNTERS = 24
 COUNTER_NAME = r"^drop_(in|out|fwd)_[a-z_]{1,80}$"
 MAX_PACKETS = 2**63 - 1
+INVALID_COUNTER = "drop_in_invalid"
+_COUNTER = re.compile(r"^drop_(in|out|fwd)_([a-z_]+)$")
+# Every label a counter can carry: the networks it drops, joined as the ruleset names them.
+_LABELS: dict[str, frozenset[Network]] = {
+    label_of(group): frozenset(group)
+    for size in range(1, len(NETWORKS) + 1)
+    for group in combinations(NETWORKS, size)
+}
 
 
 class CounterCount(Received):
@@ -53,11 +64,27 @@ class CounterCount(Received):
 
 
 class CounterSummary(Received):
-    """What the canary publishes: its counters over its audit time and its first window."""
+    """What the canary publishes: its counters over its audit time and its first window.
+
+    Its `expected` flags are the canary's word only: the leader sets them again from the
+    roles it knows (`as_judged_for`) before it judges.
+    """
 
     audit_seconds: float = Field(ge=0, le=10**9)
     window_seconds: float = Field(gt=0, le=10**9)
     counters: tuple[CounterCount, ...] = Field(default=(), max_length=MAX_COUNTERS)
+
+    def as_judged_for(self, allowed: frozenset[Network]) -> CounterSummary:
+        """The summary with each counter's `expected` set from the networks a machine may use.
+
+        A counter is expected to drop when it counts invalid packets or only networks outside
+        `allowed`; a name the ruleset cannot have is not.
+        """
+        counters = tuple(
+            c.model_copy(update={"expected": expected_drops(c.counter, allowed)})
+            for c in self.counters
+        )
+        return self.model_copy(update={"counters": counters})
 
     def baseline(self, count: CounterCount) -> float:
         """The packets the audit form's rate predicts over the window (never extrapolated)."""
@@ -99,6 +126,15 @@ class Verdict:
     def passed(self) -> bool:
         """The canary's counters allow the next wave."""
         return not self.halted
+
+
+def expected_drops(counter: str, allowed: frozenset[Network]) -> bool:
+    """Whether the role table expects drops on a counter of a machine that may use `allowed`."""
+    if counter == INVALID_COUNTER:
+        return True
+    match = _COUNTER.match(counter)
+    networks = _LABELS.get(match.group(2)) if match else None
+    return networks is not None and not networks & allowed
 
 
 def summarise(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import pydantic
@@ -88,6 +88,19 @@ def parse_port_range(text: str) -> tuple[str, int, int]:
     return proto, first, last
 
 
+def _covered_addresses(subnets: Sequence[IPNetwork]) -> dict[int, int]:
+    """How many addresses of each IP version the subnets cover, overlaps counted once."""
+    v4 = ipaddress.collapse_addresses(s for s in subnets if isinstance(s, ipaddress.IPv4Network))
+    v6 = ipaddress.collapse_addresses(s for s in subnets if isinstance(s, ipaddress.IPv6Network))
+    return {4: sum(n.num_addresses for n in v4), 6: sum(n.num_addresses for n in v6)}
+
+
+def _power_of_two(count: int) -> str:
+    """`2^31`, or `over 2^24` for a count between powers: short enough for a status line."""
+    exponent = count.bit_length() - 1
+    return f"2^{exponent}" if count == 1 << exponent else f"over 2^{exponent}"
+
+
 class CharmConfig(BaseModel):
     """Every option of the charm, parsed into the structures the planner uses."""
 
@@ -98,6 +111,10 @@ class CharmConfig(BaseModel):
     role_networks: dict[str, frozenset[Network]] = {}
     roles: frozenset[str] = frozenset()
     network_cidrs: dict[Network, tuple[IPNetwork, ...]] = {}
+    # The size bounds come before client_cidrs: checking `client-cidrs` needs them. Never
+    # below /2, so no setting lets two /1s (all of a family) through.
+    client_cidrs_max_size_v4: int = pydantic.Field(default=8, ge=2, le=32)
+    client_cidrs_max_size_v6: int = pydantic.Field(default=32, ge=2, le=128)
     client_cidrs: tuple[IPNetwork, ...] = ()
     enforcement: Enforcement = "enforce"
     strict_ports: pydantic.StrictBool = False
@@ -121,7 +138,10 @@ class CharmConfig(BaseModel):
     def schedule(self) -> Schedule:
         """The rolling apply's wave sizes and timeout."""
         return Schedule.parse(
-            self.rolling_wave_size, self.rolling_wave_timeout, self.rolling_canary_threshold
+            self.rolling_wave_size,
+            self.rolling_wave_timeout,
+            self.rolling_canary_threshold,
+            self.networks_by_role,
         )
 
     @field_validator("rolling_wave_size")
@@ -194,6 +214,28 @@ class CharmConfig(BaseModel):
         if not isinstance(value, str):
             return value
         return tuple(parse_cidr(c) for c in value.replace(",", " ").split())
+
+    @field_validator("client_cidrs")
+    @classmethod
+    def _check_client_cidrs_size(
+        cls, value: tuple[IPNetwork, ...], info: ValidationInfo
+    ) -> tuple[IPNetwork, ...]:
+        """Bound what the entries cover together, however the ranges are spelt.
+
+        The tcp/22 failsafe accepts client-cidrs on every interface before any drop.
+        """
+        for version, total in _covered_addresses(value).items():
+            bound = info.data.get(f"client_cidrs_max_size_v{version}")
+            if bound is None:  # the bound itself is invalid and reported on its own name
+                continue
+            bits = 32 if version == 4 else 128
+            if total > 2 ** (bits - bound):
+                raise ValueError(
+                    f"together they cover {_power_of_two(total)} IPv{version} addresses, more"
+                    f" than one /{bound} (client-cidrs-max-size-v{version}): list only the"
+                    " clients' own subnets"
+                )
+        return value
 
     @field_validator("extra_ports", mode="before")
     @classmethod

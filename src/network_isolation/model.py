@@ -128,3 +128,8 @@ def networks_for_roles(
     for role in roles:
         allowed |= table[role]
     return frozenset(allowed)
+
+
+def label_of(networks: Iterable[Network]) -> str:
+    """An identifier naming networks, as the ruleset's sets and counters do: `internal_public`."""
+    return "_".join(n.value.replace("-", "_") for n in sorted(set(networks), key=NETWORKS.index))

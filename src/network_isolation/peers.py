@@ -9,17 +9,18 @@ own subnets; a bad record is refused alone and named, never followed.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import pydantic
 from pydantic import BaseModel, Field, StringConstraints
 
 from .base import IPAddress, IPNetwork, Received
 from .model import NETWORKS, Network
-from .planner import domain_index, group_domains, nested_pairs
+from .planner import domain_index, group_domains, nested_pairs, unlearnable, within
 
 UNIT_KEY = "machine"
 CLOUD_KEY = "cloud"
@@ -34,6 +35,9 @@ NEIGHBOURS_PER_NETWORK = 3
 RoleName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,30}$")]
 MachineName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9/_.-]{0,63}$")]
 Digest = Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{16})?$")]
+UnitName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}/[0-9]{1,6}$")]
+# Units that must report a private subnet before the cloud learns it without a declaration.
+TEACHERS_NEEDED = 2
 
 
 class PeerError(ValueError):
@@ -55,14 +59,17 @@ class MachineRecord(Received):
 
 
 class CloudView(Received):
-    """What the leader publishes: every known subnet of every network, and a few neighbours.
+    """What the leader publishes: every subnet the cloud teaches, and a few neighbours.
 
     `neighbours` are addresses of machines on each network that a unit probes around its
-    apply (those that answered before it must answer after it).
+    apply (those that answered before it must, by majority, answer after it). `teachers`
+    names, for each subnet, a unit that taught it, so that a unit that leaves one out can
+    say whose it was.
     """
 
     subnets: dict[Network, tuple[IPNetwork, ...]] = {}
     neighbours: dict[Network, tuple[IPAddress, ...]] = {}
+    teachers: dict[Network, dict[str, UnitName]] = {}
     machines: int = 0
 
     def subnets_of(self, network: Network) -> tuple[IPNetwork, ...]:
@@ -72,6 +79,10 @@ class CloudView(Received):
     def neighbours_of(self, network: Network) -> tuple[IPAddress, ...]:
         """A few addresses of machines on one network."""
         return self.neighbours.get(network, ())
+
+    def teacher_of(self, network: Network, subnet: IPNetwork) -> str:
+        """The unit that taught a subnet of a network ("" when the view does not say)."""
+        return self.teachers.get(network, {}).get(str(subnet), "")
 
 
 def check_subnet(subnet: IPNetwork, min_prefix: Mapping[int, int]) -> None:
@@ -158,31 +169,128 @@ def _key(address: IPNetwork | IPAddress) -> tuple[int, int]:
     return address.version, int(address)
 
 
-def aggregate(records: Mapping[str, MachineRecord]) -> CloudView:
-    """Fold the accepted records into the cloud view (order-independent, deduplicated).
+class Taught(NamedTuple):
+    """The cloud view the leader folded, and the subnets it left out (with whose they were).
 
-    Neighbours: per network, the first few addresses of distinct machines in address order.
+    `left_out`: what no honest cloud reports (public space, a clients' subnet): worth a
+    warning. `unconfirmed`: private subnets too few units reported yet, which is how a new
+    rack starts: named where an operator looks for it (`show-plan`), not in the status.
     """
-    merged: dict[Network, set[IPNetwork]] = {}
-    neighbours: dict[Network, dict[str, IPAddress]] = {}
-    for record in records.values():
+
+    view: CloudView
+    left_out: tuple[str, ...]
+    unconfirmed: tuple[str, ...] = ()
+
+
+def aggregate(
+    records: Mapping[str, MachineRecord],
+    declared: Mapping[Network, tuple[IPNetwork, ...]] | None = None,
+    clients: Iterable[IPNetwork] = (),
+) -> CloudView:
+    """The cloud view of the accepted records (see `teach`)."""
+    return teach(records, declared, clients).view
+
+
+def teach(
+    records: Mapping[str, MachineRecord],
+    declared: Mapping[Network, tuple[IPNetwork, ...]] | None = None,
+    clients: Iterable[IPNetwork] = (),
+) -> Taught:
+    """Fold the accepted records, keyed by Juju unit name, into the cloud view.
+
+    A subnet is taught when it lies inside what the operator declared for its network
+    (`declared`: `network-cidrs`), or when it is private address space reported by at least
+    `TEACHERS_NEEDED` units, counted by Juju's unit names, never by the machine a record
+    claims. One that overlaps `clients` (`client-cidrs`) outside management is left out: it
+    would put client machines in a cloud network. Every subnet left out is named with its
+    units. Order-independent and deduplicated.
+
+    Neighbours: per network, the address of a few units chosen by a digest of their unit
+    name, which no unit can choose.
+    """
+    declared = declared or {}
+    clients = tuple(clients)
+    reported: dict[Network, dict[IPNetwork, set[str]]] = {}
+    for unit, record in records.items():
         for network, subnets in record.subnets.items():
-            merged.setdefault(network, set()).update(subnets)
-        for network, addresses in record.addresses.items():
-            if addresses:
-                seen = neighbours.setdefault(network, {})
-                first = min(addresses, key=_key)
-                if record.machine not in seen or _key(first) < _key(seen[record.machine]):
-                    seen[record.machine] = first
-    return CloudView(
-        subnets={net: tuple(sorted(merged[net], key=_key)) for net in NETWORKS if net in merged},
-        neighbours={
-            net: tuple(sorted(neighbours[net].values(), key=_key)[:NEIGHBOURS_PER_NETWORK])
+            for subnet in subnets:
+                reported.setdefault(network, {}).setdefault(subnet, set()).add(unit)
+    taught: dict[Network, dict[IPNetwork, str]] = {}
+    left_out: list[str] = []
+    unconfirmed: list[str] = []
+    for network in NETWORKS:
+        for subnet, units in sorted(reported.get(network, {}).items(), key=lambda i: _key(i[0])):
+            names = sorted(units, key=_unit_key)
+            why = _not_taught(network, subnet, declared.get(network, ()), clients)
+            if why:
+                left_out.append(f"left out {subnet} on {network} from {names[0]}: {why}")
+            elif len(names) < TEACHERS_NEEDED and not _declared(subnet, declared.get(network)):
+                unconfirmed.append(
+                    f"not yet taught: {subnet} on {network}, reported by {names[0]} alone;"
+                    f" it takes {TEACHERS_NEEDED} units, or network-cidrs"
+                )
+            else:
+                taught.setdefault(network, {})[subnet] = names[0]
+    neighbours = _neighbours(records, taught)
+    view = CloudView(
+        subnets={net: tuple(sorted(taught[net], key=_key)) for net in NETWORKS if net in taught},
+        neighbours={net: tuple(neighbours[net]) for net in NETWORKS if neighbours.get(net)},
+        teachers={
+            net: {str(s): unit for s, unit in taught[net].items()}
             for net in NETWORKS
-            if net in neighbours
+            if net in taught
         },
         machines=len({r.machine for r in records.values()}),
     )
+    return Taught(view, tuple(left_out), tuple(unconfirmed))
+
+
+def _neighbours(
+    records: Mapping[str, MachineRecord], taught: Mapping[Network, Mapping[IPNetwork, str]]
+) -> dict[Network, list[IPAddress]]:
+    """A few addresses per network, of units in the order of a digest of their names.
+
+    No unit can choose its place in that order (Juju names it), whatever addresses it
+    publishes; only addresses inside taught subnets count.
+    """
+    neighbours: dict[Network, list[IPAddress]] = {}
+    for unit in sorted(records, key=_digest_of):
+        for network, addresses in records[unit].addresses.items():
+            inside = [a for a in addresses if any(a in s for s in taught.get(network, {}))]
+            chosen = neighbours.setdefault(network, [])
+            first = min(inside, key=_key) if inside else None
+            if first is not None and first not in chosen and len(chosen) < NEIGHBOURS_PER_NETWORK:
+                chosen.append(first)
+    return neighbours
+
+
+def _not_taught(
+    network: Network,
+    subnet: IPNetwork,
+    declared: Iterable[IPNetwork],
+    clients: Iterable[IPNetwork],
+) -> str:
+    """Why a reported subnet may not be taught, however many report it ("" when it may).
+
+    Management's bound is each machine's own (its subnets and `client-cidrs`): every unit's
+    planner judges it.
+    """
+    if network == Network.MANAGEMENT:
+        return ""
+    return unlearnable(subnet, declared, clients)
+
+
+def _declared(subnet: IPNetwork, declared: Iterable[IPNetwork] | None) -> bool:
+    return any(within(subnet, d) for d in declared or ())
+
+
+def _unit_key(unit: str) -> tuple[str, int]:
+    app, _, number = unit.rpartition("/")
+    return app, int(number) if number.isdigit() else -1
+
+
+def _digest_of(unit: str) -> str:
+    return hashlib.sha256(unit.encode()).hexdigest()
 
 
 def parse_cloud_view(raw: str | None, min_prefix: Mapping[int, int]) -> CloudView:
@@ -198,6 +306,9 @@ def parse_cloud_view(raw: str | None, min_prefix: Mapping[int, int]) -> CloudVie
     for network, addresses in view.neighbours.items():
         if len(addresses) > NEIGHBOURS_PER_NETWORK:
             raise PeerError(f"more than {NEIGHBOURS_PER_NETWORK} neighbours on {network}")
+    for network, teachers in view.teachers.items():
+        if len(teachers) > MAX_SUBNETS_PER_NETWORK:
+            raise PeerError(f"more than {MAX_SUBNETS_PER_NETWORK} teachers on {network}")
     return view
 
 

@@ -6,6 +6,7 @@ same plan, whichever unit or tool computes it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -43,6 +44,7 @@ class NetworkView(Frozen):
     learnt: tuple[IPNetwork, ...] = Field(default=(), description="from peers, untrusted")
     space: str | None = None
     gateways: dict[IPNetwork, IPAddress] = {}
+    teachers: dict[IPNetwork, str] = {}  # which unit taught each learnt subnet, when known
 
 
 class PlanInput(Frozen):
@@ -182,26 +184,38 @@ def learnt_subnets(
     own: Mapping[Network, tuple[IPNetwork, ...]],
     config: CharmConfig,
 ) -> tuple[dict[Network, tuple[IPNetwork, ...]], list[str]]:
-    """Each network's subnets with those learnt from peers, and the learnt ones refused.
+    """Each network's subnets with those learnt from peers, and the learnt ones left out.
 
     Domains stay those of the machine's own subnets: a learnt subnet joins every network of
     its network's domain, unless it overlaps a subnet of another domain (own or learnt: both
     learnt ones go). Management takes only learnt subnets inside what its own subnets and
-    `client-cidrs` give, so peers never widen the failsafe or the management accepts. One
-    sorted sweep: O(n log n) in the subnets.
+    `client-cidrs` give, so peers never widen the failsafe or the management accepts. Other
+    networks take only private address space or what `network-cidrs` declares, and nothing
+    that overlaps `client-cidrs`: whatever a leader publishes, a peer's subnet never reaches
+    public address space or the clients. A subnet left out never blocks the plan; it is named
+    with the unit that taught it. One sorted sweep: O(n log n) in the subnets.
     """
     domains = group_domains(own)
     index = domain_index(domains)
     management = index[Network.MANAGEMENT]
     bound = [*own[Network.MANAGEMENT], *config.client_cidrs]
-    # (domain, learnt subnet) -> why it is refused: outside management's bound, or the
-    # subnet (and its domain) it overlaps
-    refused: dict[tuple[int, IPNetwork], tuple[IPNetwork, int] | None] = {}
+    # (domain, learnt subnet) -> why it is left out: the subnet (and its domain) it
+    # overlaps, or a sentence
+    refused: dict[tuple[int, IPNetwork], tuple[IPNetwork, int] | str] = {}
     entries: list[Tagged] = [(s, index[net], 1) for net in NETWORKS for s in own[net]]
+    teachers: dict[IPNetwork, str] = {}
     for net in NETWORKS:
-        for subnet in networks.get(net, NetworkView()).learnt:
-            if index[net] == management and not any(within(subnet, b) for b in bound):
-                refused[(management, subnet)] = None
+        view = networks.get(net, NetworkView())
+        teachers.update(view.teachers)
+        declared = [c for mate in domains[index[net]] for c in config.network_cidrs.get(mate, ())]
+        for subnet in view.learnt:
+            if index[net] == management:
+                inside = any(within(subnet, b) for b in bound)
+                why = "" if inside else "is outside its own subnets and client-cidrs"
+            else:
+                why = unlearnable(subnet, declared, config.client_cidrs)
+            if why:
+                refused[(index[net], subnet)] = why
             else:
                 entries.append((subnet, index[net], 0))
     for outer, inner in nested_pairs(entries):
@@ -225,17 +239,42 @@ def learnt_subnets(
         for net in NETWORKS
     }
     reasons = [
-        f"{subnet} learnt for {domains[domain][0]} "
-        + (
-            f"overlaps {why[0]} of {domains[why[1]][0]}"
-            if why
-            else "is outside its own subnets and client-cidrs"
-        )
+        f"{subnet} learnt for {domains[domain][0]}"
+        + (f" from {teachers[subnet]}" if teachers.get(subnet) else "")
+        + (f" overlaps {why[0]} of {domains[why[1]][0]}" if isinstance(why, tuple) else f" {why}")
         for (domain, subnet), why in list(refused.items())[:MAX_REASONS]
     ]
     if len(refused) > MAX_REASONS:
         reasons.append(f"(+{len(refused) - MAX_REASONS} more learnt subnets refused)")
     return extended, reasons
+
+
+# Address space a cloud's own networks use: RFC 1918, RFC 6598 shared space, RFC 4193 ULAs.
+PRIVATE_SPACE: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+def is_private(subnet: IPNetwork) -> bool:
+    """Inside the address space a cloud's own networks use (`PRIVATE_SPACE`)."""
+    return any(within(subnet, space) for space in PRIVATE_SPACE)
+
+
+def unlearnable(
+    subnet: IPNetwork, declared: Iterable[IPNetwork], clients: Iterable[IPNetwork]
+) -> str:
+    """Why a subnet of a network other than management may not be learnt ("" if it may).
+
+    A peer's subnet must not overlap `client-cidrs` (`clients`) and must be private address
+    space or inside what `network-cidrs` declares for its network (`declared`).
+    """
+    clash = next((c for c in clients if within(c, subnet) or within(subnet, c)), None)
+    if clash is not None:
+        return f"overlaps client-cidrs {clash}"
+    if not is_private(subnet) and not any(within(subnet, d) for d in declared):
+        return "is not private address space and not in network-cidrs"
+    return ""
 
 
 def within(inner: IPNetwork, outer: IPNetwork) -> bool:
@@ -402,7 +441,7 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
         problems.append(NO_ROLE_MESSAGE)
     problems += _missing_networks((r for r in roles if r not in unknown), config, networks)
     problems += overlaps(own)
-    problems += [str(e) for e in client_overlaps(subnets, config)]
+    problems += [str(e) for e in client_overlaps(own, config)]
 
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""

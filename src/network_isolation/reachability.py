@@ -19,12 +19,24 @@ class ProbeTarget:
 
     `refused_ok`: a refused connection (a TCP reset) also proves the path works; use it for a
     gateway that answers but listens on nothing.
+
+    `neighbour_on`: the network on which this target is one of a few neighbours, or None for
+    a target that must answer on its own (a controller, a gateway). Neighbours are judged
+    together, by majority per network: their addresses come from peer data, and one
+    compromised machine could make itself everyone's neighbour and stop answering after each
+    apply, so that every apply anywhere rolls back.
     """
 
     host: str
     port: int
     refused_ok: bool = False
     label: str = ""
+    neighbour_on: str | None = None
+
+    @property
+    def judged_by_majority(self) -> bool:
+        """Whether losing this target alone is not enough to roll an apply back."""
+        return self.neighbour_on is not None
 
     def __str__(self) -> str:
         where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -53,11 +65,14 @@ def neighbour_targets(plan: MachinePlan, cloud: CloudView) -> list[ProbeTarget]:
     """A few machines on each network this machine may use, as the leader shares them.
 
     Only addresses inside that network's subnets here, and none of this machine's own: a
-    refused connection proves the path as well as an answer does.
+    refused connection proves the path as well as an answer does. They are judged by majority
+    per network (`ProbeTarget.neighbour_on`), never one by one.
     """
     own = {a.ip for network in plan.networks.values() for a in network.addresses}
     return [
-        ProbeTarget(str(address), 22, refused_ok=True, label=f"{net} neighbour")
+        ProbeTarget(
+            str(address), 22, refused_ok=True, label=f"{net} neighbour", neighbour_on=net.value
+        )
         for net, network in plan.networks.items()
         if network.access
         for address in cloud.neighbours_of(net)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field
 
 from .base import Received
 from .canary import CounterSummary, judge
+from .model import Network, networks_for_roles
 
 GENERATION = re.compile(r"^[0-9a-f]{16}$")
 WAVE_LIMIT = re.compile(r"^([1-9][0-9]{0,4})(%?)$")
@@ -43,17 +44,23 @@ class UnitReport(Received):
     outcome: Outcome = "applied"
     error: str = Field(default="", max_length=200)
     counters: CounterSummary | None = None  # a first deployment's canary: its drop counters
+    record: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")  # digest of its own record
 
     @property
     def failed(self) -> bool:
         """The unit's apply failed, at whatever stage."""
         return self.outcome == "failed"
 
-    def judged(self, threshold: int) -> UnitReport:
-        """This report, failed when its counters break the canary rule (see `canary`)."""
+    def judged(self, threshold: int, allowed: frozenset[Network] | None = None) -> UnitReport:
+        """This report, failed when its counters break the canary rule (see `canary`).
+
+        `allowed`: the networks the leader knows the unit's machine may use; which counters
+        are expected to drop is decided from them, not taken from the report.
+        """
         if self.counters is None or self.failed:
             return self
-        verdict = judge(self.counters, threshold)
+        counters = self.counters if allowed is None else self.counters.as_judged_for(allowed)
+        verdict = judge(counters, threshold)
         if verdict.passed:
             return self
         error = f"counters: {verdict.halted}"[:200]
@@ -64,7 +71,10 @@ class Roll(Received):
     """The leader's decision, published in the application databag.
 
     `waves` lists unit names (every unit of a machine in the same wave); waves 1..`opened` may
-    apply. `opened_at` (seconds since the epoch) times the newest wave out.
+    apply. `opened_at` (seconds since the epoch) times the newest wave out; `started_at`, when
+    the roll began. `config` and `members` digest the config and the units it was planned for:
+    a roll whose only change is the cloud view restarts at most once per wave timeout, and
+    `deferred` says whose records changed meanwhile.
     """
 
     generation: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
@@ -72,6 +82,10 @@ class Roll(Received):
     opened: int = Field(default=0, ge=0)
     opened_at: float = 0.0
     halted: str = Field(default="", max_length=MAX_HALT)
+    started_at: float = 0.0
+    config: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
+    members: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
+    deferred: str = Field(default="", max_length=MAX_HALT)
 
     def wave_of(self, unit: str) -> int | None:
         """1-based wave that holds a unit, if any."""
@@ -100,14 +114,30 @@ class Schedule:
     percent: bool = True
     timeout: float = 900.0
     canary_threshold: int = 20  # see `canary.judge`
+    # the role table in force: the leader judges a canary's counters by its roles
+    networks_by_role: Mapping[str, frozenset[Network]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str, timeout: float, canary_threshold: int = 20) -> Schedule:
+    def parse(
+        cls,
+        text: str,
+        timeout: float,
+        canary_threshold: int = 20,
+        networks_by_role: Mapping[str, frozenset[Network]] | None = None,
+    ) -> Schedule:
         """`16` (machines per wave at most) or `25%` (of the machines in the roll)."""
         match = WAVE_LIMIT.match(text.strip())
         if not match or (match.group(2) and int(match.group(1)) > 100):
             raise ValueError(f"'{text}' is neither a number of machines nor a percentage 1-100%")
-        return cls(int(match.group(1)), bool(match.group(2)), timeout, canary_threshold)
+        limit, percent = int(match.group(1)), bool(match.group(2))
+        return cls(limit, percent, timeout, canary_threshold, dict(networks_by_role or {}))
+
+    def allowed(self, member: Member | None) -> frozenset[Network] | None:
+        """The networks the role table lets a member's machine use (None: no table given)."""
+        table = self.networks_by_role
+        if member is None or not table:
+            return None
+        return networks_for_roles((r for r in member.roles if r in table), table)
 
     def cap(self, machines: int) -> int:
         """The most machines in one wave for a roll of `machines`."""
@@ -132,15 +162,18 @@ def generation(*parts: str) -> str:
 
 
 def _machines(members: Iterable[Member]) -> list[tuple[str, frozenset[str], tuple[str, ...]]]:
-    """(machine, roles, units) per machine; the roles of a machine are its units' roles."""
+    """(machine, roles, units) per machine; the roles of a machine are its units' roles.
+
+    Machines come in the order of their first unit's name, which Juju gives: a record can
+    claim any machine name, so a name must not place a machine in the roll.
+    """
     roles: dict[str, set[str]] = {}
     units: dict[str, list[str]] = {}
     for member in members:
         roles.setdefault(member.machine, set()).update(member.roles)
         units.setdefault(member.machine, []).append(member.unit)
-    return [
-        (m, frozenset(roles[m]), tuple(sorted(units[m], key=unit_order))) for m in sorted(roles)
-    ]
+    machines = [(m, frozenset(roles[m]), tuple(sorted(units[m], key=unit_order))) for m in roles]
+    return sorted(machines, key=lambda machine: unit_order(machine[2][0]))
 
 
 def _role_first_order(
@@ -199,9 +232,28 @@ def plan_waves(members: Iterable[Member], schedule: Schedule) -> tuple[tuple[str
     return tuple(waves)
 
 
+@dataclass(frozen=True)
+class RollInputs:
+    """What names a rollout, in parts: the config, the cloud view and the units in it.
+
+    Each part is a digest. A unit's own record is none of them: a change of it re-plans that
+    unit's machine alone (`may_apply`), and reaches the others only through the view.
+    """
+
+    config: str
+    view: str
+    members: str
+    changed_by: tuple[str, ...] = ()  # units whose records changed lately, named if deferred
+
+    @property
+    def generation(self) -> str:
+        """The rollout's name."""
+        return generation(self.config, self.view, self.members)
+
+
 def step(
     previous: Roll,
-    gen: str,
+    gen: str | RollInputs,
     members: Mapping[str, Member],
     reports: Mapping[str, UnitReport],
     now: float,
@@ -209,20 +261,41 @@ def step(
 ) -> Roll:
     """The leader's next roll state.
 
-    A new generation starts a new roll from the canary (and lifts a halt: the inputs changed).
+    A new generation starts a new roll from the canary (and lifts a halt: the inputs changed),
+    except that a change of the cloud view alone (same config, same units) waits until the roll
+    has run for a wave timeout: a unit flipping its record cannot keep restarting the roll.
     Within a roll only reports of this generation from units of an opened wave count, each for
     its own apply: a failure halts the roll, and so do a canary's counters that break the canary
     rule; when every unit still present in the opened waves has reported, the next wave opens;
     a wave that outlives the timeout halts the roll.
     """
+    inputs = gen if isinstance(gen, RollInputs) else None
+    gen = inputs.generation if inputs else str(gen)
     if gen != previous.generation:
+        if inputs and _rate_limited(previous, inputs, now, schedule):
+            who = ", ".join(inputs.changed_by[:3]) or "a peer"
+            wait = previous.started_at + schedule.timeout - now
+            deferred = f"a change of the cloud view (records of {who}) waits {wait:.0f} s"
+            return previous.model_copy(update={"deferred": deferred[:MAX_HALT]})
         waves = plan_waves(members.values(), schedule)
-        return Roll(generation=gen, waves=waves, opened=min(1, len(waves)), opened_at=now)
+        return Roll(
+            generation=gen,
+            waves=waves,
+            opened=min(1, len(waves)),
+            opened_at=now,
+            started_at=now,
+            config=inputs.config if inputs else "",
+            members=inputs.members if inputs else "",
+        )
     if previous.halted or previous.opened == 0:
         return previous
     opened = [u for wave in previous.waves[: previous.opened] for u in wave if u in members]
     threshold = schedule.canary_threshold
-    current = {u: r.judged(threshold) for u, r in reports.items() if r.generation == gen}
+    current = {
+        u: r.judged(threshold, schedule.allowed(members.get(u)))
+        for u, r in reports.items()
+        if r.generation == gen
+    }
     failed = [u for u in opened if u in current and current[u].failed]
     if failed:
         unit = failed[0]
@@ -246,15 +319,25 @@ def step(
     return previous
 
 
-def may_apply(unit: str, roll: Roll, own: UnitReport) -> bool:
+def _rate_limited(previous: Roll, inputs: RollInputs, now: float, schedule: Schedule) -> bool:
+    """Whether a new generation is a change of the view alone, too soon after the last roll."""
+    return (
+        bool(previous.generation)
+        and (previous.config, previous.members) == (inputs.config, inputs.members)
+        and now - previous.started_at < schedule.timeout
+    )
+
+
+def may_apply(unit: str, roll: Roll, own: UnitReport, record: str = "") -> bool:
     """Whether a unit may apply now: its wave is open and it has not yet reported on this roll.
 
     A roll with no generation yet (no leader decision) lets a unit apply at once, as a lone
-    unit with no peers does.
+    unit with no peers does. A unit whose own record (`record`, a digest) changed since it
+    reported applies again in its open wave: that change is its machine's alone.
     """
     if not roll.generation:
         return True
-    if roll.halted or own.generation == roll.generation:
+    if roll.halted or (own.generation == roll.generation and own.record == record):
         return False
     wave = roll.wave_of(unit)
     return wave is not None and wave <= roll.opened

@@ -55,6 +55,7 @@ class HookFacts:
     now: float
     api_addresses: str | None = None  # JUJU_API_ADDRESSES
     force: bool = False  # the reapply action: apply even if nothing changed, at once
+    record: str = ""  # digest of this unit's record: a change of it is its machine's alone
 
     @property
     def configured(self) -> Enforcement:
@@ -102,12 +103,21 @@ class Turn:
     waiting: str = ""  # waiting for this unit's wave
     probe_targets: tuple[ProbeTarget, ...] = ()  # besides the host's default gateways
     owns_exporter: bool = False
+    record: str = ""  # digest of this unit's record, named in its reports
 
     def failed(self, error: str) -> UnitReport | None:
         """The report due when the apply failed: at this unit's turn on the roll only."""
+        return self.report_of("failed", error[:200])
+
+    def report_of(
+        self, outcome: Literal["applied", "failed", "blocked"], error: str = ""
+    ) -> UnitReport | None:
+        """This unit's report on the roll, named for its rollout; None when not its turn."""
         if self.on_roll is None:
             return None
-        return UnitReport(generation=self.on_roll.generation, outcome="failed", error=error[:200])
+        return UnitReport(
+            generation=self.on_roll.generation, outcome=outcome, error=error, record=self.record
+        )
 
 
 def forms_to_render(
@@ -135,7 +145,9 @@ def decide(facts: HookFacts) -> Turn:
     )
     enforced = facts.enforced or confirm
     form = first_deployment_form(units, roll, configured=facts.configured, enforced=enforced)
-    its_turn = roll is not None and roll.generation != "" and may_apply(unit, roll, own)
+    its_turn = (
+        roll is not None and roll.generation != "" and may_apply(unit, roll, own, facts.record)
+    )
     turn = Turn(
         form=form.enforcement,
         confirm=confirm,
@@ -146,12 +158,15 @@ def decide(facts: HookFacts) -> Turn:
             *neighbour_targets(facts.plan, facts.cloud),
         ),
         owns_exporter=min(facts.colocated, default=unit) == unit,
+        record=facts.record,
     )
     if not facts.rendered:
-        return replace(turn, report=_due(turn, "blocked"))
+        return replace(turn, report=turn.report_of("blocked"))
     if form.enforcement in facts.applied and not facts.force:
         return _applied(facts, turn)
-    if not (facts.force or form.held_back or roll is None or may_apply(unit, roll, own)):
+    if not (
+        facts.force or form.held_back or roll is None or may_apply(unit, roll, own, facts.record)
+    ):
         assert roll is not None  # for the type checker: a lone unit never waits
         return replace(turn, waiting=waiting_message(unit, roll))
     note: Note | None = None
@@ -171,26 +186,19 @@ def _applied(facts: HookFacts, turn: Turn) -> Turn:
     roll = turn.on_roll
     canary = roll is not None and roll.wave_of(facts.unit) == 1 < len(roll.waves)
     if not canary or facts.configured != "enforce":
-        return replace(turn, report=_due(turn, "applied"))
+        return replace(turn, report=turn.report_of("applied"))
     window = facts.plan.config.rolling_canary_window
     held = f"canary: enforcing, its counters judged after {window} s"
     if turn.note == "enforcing":
         return replace(turn, held_back=held)  # its window starts with this apply
     record = None if turn.confirm or turn.note == "audit" else facts.first_enforcement
     if record is None or record.enforcing_since is None:
-        return replace(turn, report=_due(turn, "applied"))  # not a first enforcement
+        return replace(turn, report=turn.report_of("applied"))  # not a first enforcement
     seconds = facts.now - record.enforcing_since
     if seconds < window:
         return replace(turn, held_back=held)
     audit = Snapshot(record.audit_packets, record.audit_seconds)
-    return replace(turn, report=_due(turn, "applied"), canary=CanaryCount(audit, seconds))
-
-
-def _due(turn: Turn, outcome: Literal["applied", "blocked"]) -> UnitReport | None:
-    """This unit's report on the roll, named for its rollout; None when it is not its turn."""
-    if turn.on_roll is None:
-        return None
-    return UnitReport(generation=turn.on_roll.generation, outcome=outcome)
+    return replace(turn, report=turn.report_of("applied"), canary=CanaryCount(audit, seconds))
 
 
 def unit_status(

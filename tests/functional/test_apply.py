@@ -51,6 +51,7 @@ NFT, NETPLAN, IP = "/usr/sbin/nft", "/usr/sbin/netplan", "/usr/sbin/ip"
 SYSTEMCTL, SYSTEMD_RUN = Tools().systemctl, Tools().systemd_run
 PID = os.getpid()
 MACHINE_NS, CONTROLLER_NS = f"ni-apply-{PID}", f"ni-ctl-{PID}"
+NEIGHBOUR_NS = f"ni-nbr-{PID}"
 # Documentation addresses (RFC 5737), only ever inside the two namespaces.
 MACHINE_ADDRESS, CONTROLLER_ADDRESS = "198.51.100.1", "198.51.100.2"
 CONTROLLER_PORT = 17070
@@ -265,14 +266,18 @@ class NsProbe:
     def __init__(self) -> None:
         self.calls = 0
         self.die_on_call: int | None = None
+        self.after_call: dict[int, Callable[[], None]] = {}  # e.g. a neighbour goes silent
 
     def __call__(self, targets: Sequence[ProbeTarget], budget: float) -> Mapping[ProbeTarget, str]:
         self.calls += 1
         if self.calls == self.die_on_call:
             raise Killed
-        return in_netns(
+        unreachable = in_netns(
             MACHINE_NS, lambda: tcp_probe(targets, budget, connect_timeout=0.5, interval=0.2)
         )
+        if then := self.after_call.pop(self.calls, None):
+            then()
+        return unreachable
 
 
 @dataclass
@@ -570,6 +575,60 @@ def test_a_change_that_cuts_the_controller_off_is_rolled_back(bed: Bed):
     with pytest.raises(RolledBackError):
         bed.host.apply(Art(blocking(CONTROLLER_PORT) + "# v2\n", NETPLAN_B), TARGETS)
     assert table() == before and reachable()
+
+
+@pytest.fixture
+def neighbours(namespaces: None) -> Iterator[list[ProbeTarget]]:
+    """Three storage neighbours (RFC 5737 addresses) in a namespace of their own.
+
+    Nothing listens on their tcp/22: they answer with a reset, as most machines do.
+    """
+    addresses = [f"203.0.113.{i}" for i in (2, 3, 4)]
+    try:
+        sh(IP, "netns", "add", NEIGHBOUR_NS)
+        sh(IP, "link", "add", "ni-storage", "netns", MACHINE_NS, "type", "veth",
+           "peer", "name", "ni-nbr", "netns", NEIGHBOUR_NS)  # fmt: skip
+        sh(IP, "-n", MACHINE_NS, "addr", "add", "203.0.113.1/24", "dev", "ni-storage")
+        for address in addresses:
+            sh(IP, "-n", NEIGHBOUR_NS, "addr", "add", f"{address}/24", "dev", "ni-nbr")
+        for namespace, device in ((MACHINE_NS, "ni-storage"), (NEIGHBOUR_NS, "ni-nbr")):
+            sh(IP, "-n", namespace, "link", "set", device, "up")
+        yield [
+            ProbeTarget(a, 22, refused_ok=True, label="storage neighbour", neighbour_on="storage")
+            for a in addresses
+        ]
+    finally:
+        sh(IP, "netns", "del", NEIGHBOUR_NS, check=False)  # takes the veth pair with it
+
+
+def silence(*targets: ProbeTarget) -> None:
+    """The neighbours drop the probes from now on, by a rule in their own namespace."""
+    rules = "; ".join(
+        f"add rule inet silent input ip daddr {t.host} tcp dport 22 drop" for t in targets
+    )
+    sh(IP, "netns", "exec", NEIGHBOUR_NS, NFT,
+       "add table inet silent; add chain inet silent input"
+       " { type filter hook input priority filter; policy accept; }; " + rules)  # fmt: skip
+
+
+def test_one_silent_neighbour_cannot_undo_an_apply_but_most_of_them_can(
+    bed: Bed, neighbours: list[ProbeTarget]
+):
+    targets = [*TARGETS, *neighbours]
+    bed.host.apply(Art(A, NETPLAN_A), targets)
+
+    bed.probe.after_call[bed.probe.calls + 1] = lambda: silence(neighbours[0])  # after baseline
+    assert bed.host.apply(Art(B, NETPLAN_A), targets).changed
+    assert "tcp dport 10 drop" in (table() or "") and bed.host.rejected() is None
+
+    # the silent one answered nothing before the next apply: two of the two left are a majority
+    bed.probe.after_call[bed.probe.calls + 1] = lambda: silence(*neighbours[1:])
+    with pytest.raises(RolledBackError) as raised:
+        bed.host.apply(Art(A, NETPLAN_A), targets)
+    assert raised.value.stage == "probe"
+    assert "storage neighbour 203.0.113.3:22" in str(raised.value)
+    assert "storage neighbour 203.0.113.4:22" in str(raised.value)
+    assert "tcp dport 10 drop" in (table() or "") and reachable()
 
 
 def test_the_dead_man_restores_when_the_hook_dies_before_confirming(bed: Bed):

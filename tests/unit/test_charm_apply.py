@@ -13,7 +13,6 @@ import pytest
 from fake_host import FakeHost
 from ops import testing
 
-from charm import NetworkIsolationCharm
 from network_isolation.host import (
     Applied,
     MachineRegistry,
@@ -26,12 +25,7 @@ from network_isolation.model import Network
 from network_isolation.peers import MachineRecord
 from network_isolation.render import Artefacts
 from network_isolation.rollout import Roll, UnitReport
-
-Ctx = testing.Context[NetworkIsolationCharm]
-
-
-def context(unit_id: int = 0) -> Ctx:
-    return testing.Context(NetworkIsolationCharm, unit_id=unit_id, machine_id="7")
+from tests.charm_context import context
 
 
 def compute(app: str = "openstack-hypervisor") -> testing.SubordinateRelation:
@@ -257,11 +251,13 @@ def test_a_unit_applies_in_its_wave_and_reports_once(networks, fake_host):
     ctx = context(0)
     out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
     assert len(applies(fake_host)) == 1
-    assert report_of(out, peers) == UnitReport(generation=G, outcome="applied")
+    report = report_of(out, peers)  # it names the record it applied with
+    assert report == UnitReport(generation=G, outcome="applied", record=report.record)
+    assert report.record
     # The same roll again (another peer's event): nothing to apply, nothing to write.
     out = ctx.run(ctx.on.update_status(), out)
     assert len(applies(fake_host)) == 1
-    assert report_of(out, peers) == UnitReport(generation=G, outcome="applied")
+    assert report_of(out, peers) == report
 
 
 def test_the_leader_opens_the_canary_then_the_next_wave_on_its_report(networks, fake_host):
@@ -270,10 +266,10 @@ def test_the_leader_opens_the_canary_then_the_next_wave_on_its_report(networks, 
         "cluster",
         peers_data={1: {"machine": compute_record("machine-1")}},
     )
-    ctx = context(0)
+    ctx = context(2)  # the leader is unit 2: waves follow unit numbers
     out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
     roll = roll_of(out, peers)
-    assert roll.waves[0] == (PEER,) and roll.opened == 1  # machine-1 is the canary
+    assert roll.waves[0] == (PEER,) and roll.opened == 1  # unit 1 is the canary
     assert applies(fake_host) == []
     assert out.unit_status == testing.WaitingStatus("waiting for wave 2/2")
 
@@ -281,7 +277,7 @@ def test_the_leader_opens_the_canary_then_the_next_wave_on_its_report(networks, 
     relation, after = peer_reports(out, peers, UnitReport(generation=roll.generation))
     out = ctx.run(ctx.on.relation_changed(relation, remote_unit=1), after)
     roll = roll_of(out, peers)
-    assert roll.opened == 2 and ME in roll.waves[1]
+    assert roll.opened == 2 and "network-isolation/2" in roll.waves[1]
     assert len(applies(fake_host)) == 1, "the leader applies in its wave, in the same hook"
     assert report_of(out, peers).generation == roll.generation
 
@@ -292,7 +288,7 @@ def test_a_failure_anywhere_in_the_apply_halts_the_roll(networks, fake_host):
         "cluster",
         peers_data={1: {"machine": compute_record("machine-1")}},
     )
-    ctx = context(0)
+    ctx = context(2)  # the leader is unit 2: waves follow unit numbers
     out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
     gen = roll_of(out, peers).generation
     failed = UnitReport(generation=gen, outcome="failed", error="arm: cannot arm the timer")

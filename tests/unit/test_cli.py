@@ -277,6 +277,11 @@ BAD_FILES = [
         GOOD + "config: {client-cidrs: 10.20.0.0/16}\n",
         "config.client-cidrs: 10.20.0.0/16 overlaps",
     ),
+    (
+        "client-cidrs-all-of-ipv6",
+        GOOD + 'config: {client-cidrs: "::/1 8000::/1"}\n',
+        "config.client-cidrs: together they cover 2^128 IPv6 addresses",
+    ),
     ("not-a-mapping", "- spaces\n", ""),
 ]
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from network_isolation.config import CharmConfig, ConfigError
 from network_isolation.model import Network
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # (option, value, a token the problem must quote so the operator can find the mistake)
 INVALID: list[tuple[str, Any, str]] = [
@@ -40,6 +44,16 @@ INVALID: list[tuple[str, Any, str]] = [
     ("client-cidrs", "10.99.0.0/24,10.99.1.0/33", "10.99.1.0/33"),
     ("client-cidrs", "0.0.0.0/0", "0.0.0.0/0"),
     ("client-cidrs", "10.99.0.0/24 ::/0", "::/0"),
+    ("client-cidrs", "::/1 8000::/1", "client-cidrs-max-size-v6"),  # all of IPv6, in halves
+    ("client-cidrs", "0.0.0.0/1,128.0.0.0/1", "client-cidrs-max-size-v4"),
+    ("client-cidrs", "10.0.0.0/7", "client-cidrs-max-size-v4"),
+    # the bound on what client-cidrs cover together: never below /2
+    ("client-cidrs-max-size-v4", 1, "2"),
+    ("client-cidrs-max-size-v4", 0, "2"),
+    ("client-cidrs-max-size-v4", 33, "32"),
+    ("client-cidrs-max-size-v4", "nonsense", ""),
+    ("client-cidrs-max-size-v6", 1, "2"),
+    ("client-cidrs-max-size-v6", 129, "128"),
     # enforcement
     ("enforcement", "block", "enforce"),
     ("enforcement", "ENFORCE", "enforce"),
@@ -238,6 +252,92 @@ def test_client_cidrs_parse_in_order(text: str):
         ipaddress.ip_network("10.99.0.0/24"),
         ipaddress.ip_network("fd00:99::/64"),
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "::/1 8000::/1",
+            "together they cover 2^128 IPv6 addresses, more than one /32"
+            " (client-cidrs-max-size-v6): list only the clients' own subnets",
+        ),
+        (
+            "0.0.0.0/1 128.0.0.0/1",
+            "together they cover 2^32 IPv4 addresses, more than one /8"
+            " (client-cidrs-max-size-v4): list only the clients' own subnets",
+        ),
+        (
+            "10.0.0.0/9,10.128.0.0/9,192.168.0.0/24",
+            "together they cover over 2^24 IPv4 addresses, more than one /8"
+            " (client-cidrs-max-size-v4): list only the clients' own subnets",
+        ),
+    ],
+)
+def test_client_cidrs_covering_more_than_the_bound_together_are_refused(text: str, message: str):
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options({"client-cidrs": text})
+    assert caught.value.option == "client-cidrs"
+    assert caught.value.problem == message
+    assert len(str(caught.value)) <= 160  # one status line
+
+
+def test_client_cidrs_up_to_the_bound_together_are_accepted():
+    text = "10.0.0.0/9,10.128.0.0/9 2001:db8::/33,2001:db8:8000::/33"
+    assert len(CharmConfig.from_options({"client-cidrs": text}).client_cidrs) == 4
+
+
+def test_overlapping_client_cidrs_are_counted_once():
+    # 2^24 + 2^23 + 2^16 addresses listed, but only the /8's 2^24 covered.
+    text = "10.0.0.0/8,10.0.0.0/9,10.1.0.0/16"
+    assert len(CharmConfig.from_options({"client-cidrs": text}).client_cidrs) == 3
+
+
+def test_each_ip_version_has_its_own_bound():
+    config = CharmConfig.from_options({"client-cidrs": "10.0.0.0/8,2001:db8::/32"})
+    assert len(config.client_cidrs) == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "bound", "wider", "within"),
+    [
+        ("client-cidrs-max-size-v4", 16, "10.98.0.0/15", "10.99.0.0/16"),
+        ("client-cidrs-max-size-v6", 56, "fd00:99::/55", "fd00:99::/56"),
+    ],
+)
+def test_a_custom_bound_refuses_what_is_wider(option: str, bound: int, wider: str, within: str):
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options({option: bound, "client-cidrs": wider})
+    assert caught.value.option == "client-cidrs"
+    assert f"more than one /{bound} ({option})" in caught.value.problem
+    config = CharmConfig.from_options({option: bound, "client-cidrs": within})
+    assert config.client_cidrs == (ipaddress.ip_network(within),)
+
+
+@pytest.mark.parametrize("bound", [0, 1, 33, "nonsense"])
+def test_an_invalid_bound_is_reported_on_its_own_name(bound: Any):
+    with pytest.raises(ConfigError) as caught:
+        CharmConfig.from_options(
+            {"client-cidrs-max-size-v4": bound, "client-cidrs": "0.0.0.0/1,128.0.0.0/1"}
+        )
+    assert caught.value.option == "client-cidrs-max-size-v4"
+
+
+@given(bound=st.integers(min_value=2, max_value=32), prefix=st.integers(min_value=1, max_value=32))
+def test_one_client_subnet_is_accepted_exactly_when_within_the_bound(bound: int, prefix: int):
+    options = {"client-cidrs-max-size-v4": bound, "client-cidrs": f"0.0.0.0/{prefix}"}
+    if prefix >= bound:
+        assert CharmConfig.from_options(options).client_cidrs[0].prefixlen == prefix
+    else:
+        with pytest.raises(ConfigError) as caught:
+            CharmConfig.from_options(options)
+        assert caught.value.option == "client-cidrs"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_default_bounds_accept_the_example_clouds_client_cidrs(path: Path):
+    text = yaml.safe_load(path.read_text())["config"]["client-cidrs"]
+    assert CharmConfig.from_options({"client-cidrs": text}).client_cidrs
 
 
 @pytest.mark.parametrize("mode", ["enforce", "audit", "off"])

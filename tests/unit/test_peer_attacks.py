@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ops import testing
 
-from charm import NetworkIsolationCharm
 from network_isolation.config import CharmConfig
 from network_isolation.model import Network
 from network_isolation.peers import (
@@ -39,6 +38,7 @@ from network_isolation.planner import (
     plan_machine,
 )
 from network_isolation.render import render
+from tests.charm_context import context
 
 MIN = {4: 16, 6: 48}
 # compute-1 of examples/microstack-maas.yaml: no address on storage-cluster.
@@ -239,7 +239,7 @@ def leader_networks(make_networks, distinct_layout) -> list[testing.Network]:
 
 
 def run_leader(networks: list[testing.Network], peers_data: dict[int, dict[str, str]]):
-    ctx = testing.Context(NetworkIsolationCharm, unit_id=0, machine_id="0")
+    ctx = context(machine_id="0")
     relation = testing.PeerRelation("cluster", peers_data=peers_data)
     control = testing.SubordinateRelation("control-node", remote_app_name="k8s")
     out = ctx.run(
@@ -254,7 +254,8 @@ def run_leader(networks: list[testing.Network], peers_data: dict[int, dict[str, 
 def test_one_conflicting_record_is_refused_alone_and_named(leader_networks, fake_host):
     good = dump(record(storage_cluster=["10.60.1.0/24"]))
     bad = dump(record(internal=["10.50.0.0/24"]))  # the storage subnet, claimed for internal
-    out, view = run_leader(leader_networks, {1: {"machine": good}, 2: {"machine": bad}})
+    peers = {1: {"machine": good}, 2: {"machine": bad}, 3: {"machine": good}}  # rack 2's two
+    out, view = run_leader(leader_networks, peers)
     assert isinstance(out.unit_status, ops.ActiveStatus), out.unit_status
     assert "refused the record of network-isolation/2: 10.50.0.0/24 for internal" in str(
         out.unit_status

@@ -21,6 +21,7 @@ from network_isolation.peers import (
     parse_cloud_view,
     parse_record,
 )
+from tests.charm_context import context
 
 MIN = {4: 16, 6: 48}
 RACK2_REPL = ipaddress.ip_network("10.60.1.0/24")
@@ -41,7 +42,8 @@ def test_aggregate_merges_and_deduplicates_every_network():
         {
             "ni/0": record("m0", storage_cluster=["10.60.0.0/24"], management=["10.10.0.0/24"]),
             "ni/1": record("m1", storage_cluster=["10.60.1.0/24", "10.60.0.0/24"]),
-            "ni/2": record("m1", management=["10.10.0.0/24"]),  # co-located unit, same machine
+            # a co-located unit on the same machine; a subnet takes two units to be taught
+            "ni/2": record("m1", management=["10.10.0.0/24"], storage_cluster=["10.60.1.0/24"]),
         }
     )
     assert view.subnets_of(Network.STORAGE_CLUSTER) == (
@@ -96,10 +98,6 @@ def test_nothing_published_yet_is_not_an_error():
 # The charm side
 
 
-def context(unit_id: int = 0) -> testing.Context[NetworkIsolationCharm]:
-    return testing.Context(NetworkIsolationCharm, unit_id=unit_id, machine_id="7")
-
-
 def storage_node() -> testing.SubordinateRelation:
     return testing.SubordinateRelation("storage-node", remote_app_name="microceph")
 
@@ -122,7 +120,10 @@ def plan_of(ctx: testing.Context[NetworkIsolationCharm], st: testing.State) -> d
 
 def test_the_leader_shares_other_racks_subnets_with_every_unit(storage_networks, fake_host):
     rack2 = dump(record("machine-9", storage_cluster=["10.60.1.0/24"]))
-    peers = testing.PeerRelation("cluster", peers_data={1: peer_bag(rack2)})
+    rack2_too = dump(record("machine-10", storage_cluster=["10.60.1.0/24"]))
+    peers = testing.PeerRelation(
+        "cluster", peers_data={1: peer_bag(rack2), 2: peer_bag(rack2_too)}
+    )
     ctx = context()
     st = testing.State(networks=storage_networks, relations=[storage_node(), peers], leader=True)
     out = ctx.run(ctx.on.config_changed(), st)
@@ -184,7 +185,10 @@ def test_each_unit_publishes_its_own_machine_record(storage_networks):
 
 def test_the_leader_applies_the_view_it_has_just_aggregated(storage_networks, fake_host):
     rack2 = dump(record("machine-9", storage_cluster=["10.60.1.0/24"]))
-    peers = testing.PeerRelation("cluster", peers_data={1: peer_bag(rack2)})
+    rack2_too = dump(record("machine-10", storage_cluster=["10.60.1.0/24"]))
+    peers = testing.PeerRelation(
+        "cluster", peers_data={1: peer_bag(rack2), 2: peer_bag(rack2_too)}
+    )
     ctx = context()
     st = testing.State(networks=storage_networks, relations=[storage_node(), peers], leader=True)
     ctx.run(ctx.on.config_changed(), st)
@@ -193,7 +197,8 @@ def test_the_leader_applies_the_view_it_has_just_aggregated(storage_networks, fa
 
 def test_the_leader_keeps_what_it_learnt_and_rereads_no_peer_on_update_status(storage_networks):
     evil = '{"machine": "m666", "subnets": {"storage-cluster": ["0.0.0.0/0"]}}'
-    peers = testing.PeerRelation("cluster", peers_data={3: peer_bag(evil)})
+    agreeing = dump(record("m4", storage_cluster=["10.60.7.0/24"]))  # rack 7's other machine
+    peers = testing.PeerRelation("cluster", peers_data={3: peer_bag(evil), 4: peer_bag(agreeing)})
     ctx = context()
     st = testing.State(networks=storage_networks, relations=[storage_node(), peers], leader=True)
     out = ctx.run(ctx.on.config_changed(), st)
@@ -201,7 +206,9 @@ def test_the_leader_keeps_what_it_learnt_and_rereads_no_peer_on_update_status(st
     # The peer's databag now holds a valid record; update-status does not read it, so the
     # leader still names what it learnt (and refused) before.
     fixed = dump(record("m3", storage_cluster=["10.60.7.0/24"]))
-    relation = dataclasses.replace(out.get_relation(peers.id), peers_data={3: peer_bag(fixed)})
+    relation = dataclasses.replace(
+        out.get_relation(peers.id), peers_data={3: peer_bag(fixed), 4: peer_bag(agreeing)}
+    )
     later = dataclasses.replace(out, relations=[storage_node(), relation])
     again = ctx.run(ctx.on.update_status(), later)
     assert "refused the record of network-isolation/3" in str(again.unit_status)

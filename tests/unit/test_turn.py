@@ -45,9 +45,7 @@ def plan(enforcement: Enforcement = "enforce", *, roles: frozenset[str] = frozen
     }
     networks = {
         net: NetworkView(
-            interfaces=(
-                InterfaceAddress(name=f"eth{i}", address=ipaddress.ip_interface(address)),
-            )
+            interfaces=(InterfaceAddress(name=f"eth{i}", address=ipaddress.ip_interface(address)),)
         )
         for i, (net, address) in enumerate(addresses.items())
     }
@@ -213,7 +211,9 @@ FIRST_DEPLOYMENT_CASES = [
     ),
     pytest.param(
         never(SECOND, applied=frozenset({"audit"})),
-        Turn(form="enforce", apply=True, note="enforcing", on_roll=SECOND, report=applied_report()),
+        Turn(
+            form="enforce", apply=True, note="enforcing", on_roll=SECOND, report=applied_report()
+        ),
         id="its wave opens (not the canary): enforces, notes it, reports",
     ),
     pytest.param(

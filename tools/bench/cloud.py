@@ -73,11 +73,15 @@ def peer_databag(unit: int) -> dict[str, str]:
 
 
 def cloud_view(peers: int, extra_racks: int = 0) -> CloudView:
-    """The leader's aggregate of the measured unit and its peers (plus extra empty racks)."""
+    """The leader's aggregate of the measured unit and its peers (plus extra new racks).
+
+    A new rack comes with two machines: a private subnet takes two units to be taught.
+    """
     records = {f"{APP}/{u}": machine_record(u) for u in range(peers + 1)}
     first_new = peers // RACK_SIZE + 1
     for rack in range(first_new, first_new + extra_racks):
-        records[f"{APP}/{rack * RACK_SIZE}"] = machine_record(rack * RACK_SIZE)
+        for unit in (rack * RACK_SIZE, rack * RACK_SIZE + 1):
+            records[f"{APP}/{unit}"] = machine_record(unit)
     return aggregate(records)
 
 

@@ -15,7 +15,8 @@ import os
 import shlex
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,22 @@ class Progress:
     loaded: bool = False
     netplan_written: bool = False
     errors: list[str] = field(default_factory=lambda: list[str]())
+
+
+def cut_off_networks(
+    reachable: Sequence[ProbeTarget], failures: Iterable[ProbeTarget]
+) -> list[str]:
+    """The networks on which the neighbours lost say the change cut this machine off.
+
+    Per network, since a cut of one must not hide behind healthy neighbours on another: most
+    of the neighbours that answered before (more than half), and at least two, so that no
+    single neighbour, a compromised machine publishing its address, can veto an apply.
+    """
+    answered = Counter(t.neighbour_on for t in reachable if t.neighbour_on is not None)
+    lost = Counter(t.neighbour_on for t in failures if t.neighbour_on is not None)
+    return [
+        network for network, count in lost.items() if count >= 2 and 2 * count > answered[network]
+    ]
 
 
 class Guard:
@@ -121,11 +138,23 @@ class Guard:
         return [t for t in targets if t not in before], [str(t) for t in before]
 
     def still_reachable(self, reachable: Sequence[ProbeTarget]) -> None:
-        """RolledBackError naming every target the change cut off."""
+        """RolledBackError naming every target lost, if the change cut this machine off.
+
+        A controller or a gateway lost is enough. Neighbours come from peer data, so one of
+        them must not be able to veto every apply: see `cut_off_networks`.
+        """
         failures = self.probe(reachable, self.probe_budget) if reachable else {}
-        if failures:
-            lost = ", ".join(f"{t} ({why})" for t, why in failures.items())
+        if not failures:
+            return
+        lost = ", ".join(f"{t} ({why})" for t, why in failures.items())
+        hard = [t for t in failures if not t.judged_by_majority]
+        if hard or cut_off_networks(reachable, failures):
             raise RolledBackError(f"unreachable after applying: {lost}", stage="probe")
+        logger.warning(
+            "neighbours unreachable after applying, too few to roll back (at least two, and"
+            " most of a network's): %s",
+            lost,
+        )
 
     # -- the dead-man ----------------------------------------------------------------------
 

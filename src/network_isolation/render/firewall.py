@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..base import Enforcement
+from ..canary import INVALID_COUNTER
 from ..model import Network
 from ..planner import MachinePlan
 from ..ports import JUJU_AGENT_PORTS, PortRange
 from .common import file_header
 from .network_rules import (
-    INVALID_COUNTER,
     InterfaceGroup,
     PortMap,
     denied_interface_drops,

@@ -11,17 +11,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from ..canary import CounterKind
-from ..model import NETWORKS, Network
+from ..canary import INVALID_COUNTER, CounterKind
+from ..model import NETWORKS, Network, label_of
 from ..planner import MachinePlan
 from ..ports import PortRange, machine_ports, merge_ranges
 from .common import network_names
-from .nft import FirewallBuilder, NftChain, NftRule, NftSection, Side, label_of
+from .nft import FirewallBuilder, NftChain, NftRule, NftSection, Side
 from .subnets import exclude
 
 IPV6_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
 # Conntrack-invalid packets: dropped before any network's rules, whatever the network.
-INVALID_COUNTER = "drop_in_invalid"
 
 # Ports per network, as `ports.machine_ports` gives them.
 PortMap = Mapping[Network, Iterable[PortRange]]

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..base import Enforcement, IPNetwork
-from ..model import NETWORKS, Network
 from ..ports import PROTOCOLS, PortRange, merge_ranges
 from .common import RenderError, check_interface_name
 from .subnets import normalize, split_families
@@ -122,15 +121,6 @@ class NftChain:
     def rules(self) -> tuple[NftRule, ...]:
         """Every rule of the chain, in order."""
         return tuple(r for s in self.sections for r in s.rules)
-
-
-def _ident(network: Network) -> str:
-    return network.value.replace("-", "_")
-
-
-def label_of(networks: Iterable[Network]) -> str:
-    """An nft identifier naming networks: `storage_cluster`, `internal_public`."""
-    return "_".join(_ident(n) for n in sorted(set(networks), key=NETWORKS.index))
 
 
 class FirewallBuilder:

@@ -7,6 +7,7 @@ never taken from the code.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from network_isolation.host import (
     ApplyError,
     Host,
     HostError,
+    ProbeTarget,
     RejectedError,
     Result,
     RolledBackError,
@@ -186,6 +188,102 @@ def test_targets_unreachable_before_the_change_are_not_held_against_it(
 def test_no_targets_means_no_probe(host: Host, probe: FakeProbe):
     assert host.apply(A).changed
     assert probe.calls == []
+
+
+# -- neighbours: judged by majority per network, so that no single one can veto -----------------
+
+
+def neighbour(network: str, address: str) -> ProbeTarget:
+    """A neighbour as the charm probes it: tcp/22, a reset counts, judged with its network's."""
+    return ProbeTarget(
+        address, 22, refused_ok=True, label=f"{network} neighbour", neighbour_on=network
+    )
+
+
+STORAGE = [neighbour("storage", f"10.30.0.{i}") for i in (11, 12, 13)]
+INTERNAL = [neighbour("internal", f"10.40.0.{i}") for i in (11, 12, 13)]
+
+
+def applied_despite(
+    host: Host, machine: FakeMachine, probe: FakeProbe, lost: Sequence[ProbeTarget]
+) -> bool:
+    """Apply A then B with every target answering before; True if B stands with `lost` cut."""
+    targets = [CONTROLLER, GATEWAY, *STORAGE, *INTERNAL]
+    host.apply(A, targets)
+    probe.answers = [{}, dict.fromkeys(lost, "timed out")]
+    try:
+        host.apply(B, targets)
+    except RolledBackError as e:
+        assert e.stage == "probe"
+        assert machine.table == A.nftables and host.rejected() is not None
+        return False
+    assert machine.table == B.nftables and host.rejected() is None
+    return True
+
+
+def test_one_neighbour_lost_of_three_does_not_undo_the_apply(
+    host: Host, machine: FakeMachine, probe: FakeProbe, caplog: pytest.LogCaptureFixture
+):
+    with caplog.at_level(logging.WARNING, logger="network_isolation.host.guard"):
+        assert applied_despite(host, machine, probe, [STORAGE[1]])
+    assert [r.getMessage() for r in caplog.records] == [
+        "neighbours unreachable after applying, too few to roll back (at least two, and most"
+        " of a network's): storage neighbour 10.30.0.12:22 (timed out)"
+    ]
+
+
+def test_two_neighbours_lost_of_three_on_one_network_roll_back(
+    host: Host, machine: FakeMachine, probe: FakeProbe
+):
+    assert not applied_despite(host, machine, probe, [STORAGE[0], STORAGE[2]])
+    assert json.loads(host.guard.rejected_file.read_text())["reason"] == (
+        "unreachable after applying: storage neighbour 10.30.0.11:22 (timed out),"
+        " storage neighbour 10.30.0.13:22 (timed out)"
+    )
+
+
+def test_one_neighbour_lost_on_each_of_two_networks_does_not_undo_the_apply(
+    host: Host, machine: FakeMachine, probe: FakeProbe
+):
+    assert applied_despite(host, machine, probe, [STORAGE[0], INTERNAL[0]])
+
+
+def test_a_controller_lost_rolls_back_even_if_every_neighbour_answers(
+    host: Host, machine: FakeMachine, probe: FakeProbe
+):
+    assert not applied_despite(host, machine, probe, [CONTROLLER])
+
+
+def test_a_gateway_lost_rolls_back_even_if_every_neighbour_answers(
+    host: Host, machine: FakeMachine, probe: FakeProbe
+):
+    assert not applied_despite(host, machine, probe, [GATEWAY])
+
+
+@pytest.mark.parametrize(
+    ("answered", "lost", "rolled_back"),
+    [
+        (1, 1, False),  # a lone neighbour cannot veto
+        (2, 1, False),
+        (2, 2, True),
+        (3, 1, False),
+        (3, 2, True),
+        (3, 3, True),
+        (4, 2, False),  # half is not a majority
+        (4, 3, True),
+    ],
+)
+def test_neighbours_roll_back_when_most_of_those_that_answered_are_lost_and_two_at_least(
+    host: Host, probe: FakeProbe, answered: int, lost: int, rolled_back: bool
+):
+    published = [neighbour("storage", f"10.30.0.{i}") for i in range(11, 16)]
+    silent_before = dict.fromkeys(published[answered:], "timed out")
+    probe.answers = [silent_before, dict.fromkeys(published[:lost], "timed out")]
+    if rolled_back:
+        with pytest.raises(RolledBackError, match="unreachable after applying: storage"):
+            host.apply(A, published)
+    else:
+        assert host.apply(A, published).changed
 
 
 # -- the dead-man timer ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ never taken from the code.
 
 from __future__ import annotations
 
+import ipaddress
 import stat
 import time
 from collections.abc import Sequence
@@ -31,7 +32,19 @@ from host_fakes import (
     tree,
 )
 
-from network_isolation.host import Host, HostError, RolledBackError, Tools
+from network_isolation.config import CharmConfig
+from network_isolation.host import (
+    Host,
+    HostError,
+    RolledBackError,
+    Tools,
+    controller_targets,
+    gateway_target,
+)
+from network_isolation.model import Network
+from network_isolation.peers import CloudView
+from network_isolation.planner import InterfaceAddress, NetworkView, PlanInput, plan_machine
+from network_isolation.reachability import neighbour_targets
 
 # -- apply: first time, no-op, change ---------------------------------------------------------
 
@@ -156,6 +169,41 @@ def test_repair_drift_reloads_what_was_confirmed_not_a_rejected_change(
 
 
 # -- prerequisites, probe targets, constants ---------------------------------------------------
+
+
+def test_only_neighbours_are_judged_by_majority_each_with_its_network():
+    networks = {
+        Network.MANAGEMENT: NetworkView(
+            interfaces=(
+                InterfaceAddress(name="eth0", address=ipaddress.ip_interface("10.0.0.5/24")),
+            )
+        ),
+        Network.STORAGE: NetworkView(
+            interfaces=(
+                InterfaceAddress(name="eth1", address=ipaddress.ip_interface("10.3.0.5/24")),
+            )
+        ),
+    }
+    plan = plan_machine(
+        PlanInput(
+            machine="machine-0",
+            roles=frozenset({"compute"}),
+            networks=networks,
+            config=CharmConfig.model_validate({}),
+        )
+    )
+    cloud = CloudView.model_validate(
+        {"neighbours": {"management": ["10.0.0.7"], "storage": ["10.3.0.7", "10.3.0.8"]}}
+    )
+    neighbours = neighbour_targets(plan, cloud)
+    assert [(str(t), t.neighbour_on) for t in neighbours] == [
+        ("management neighbour 10.0.0.7:22", "management"),
+        ("storage neighbour 10.3.0.7:22", "storage"),
+        ("storage neighbour 10.3.0.8:22", "storage"),
+    ]
+    assert all(t.judged_by_majority for t in neighbours)
+    alone = [*controller_targets("10.0.0.2:17070"), gateway_target("10.0.0.1")]
+    assert not any(t.judged_by_majority for t in alone)
 
 
 def test_install_prerequisites(root: Path, machine: FakeMachine, tmp_path: Path):
