@@ -137,6 +137,7 @@ class NetworkIsolationCharm(ops.CharmBase):
             self.unit.name, state.roles, state.own_ports, os.environ.get("JUJU_PRINCIPAL_UNIT")
         )
         roll = self.cluster.next_roll(self._ruleset_config(), state.cloud, state.config.schedule)
+        self.outcome.warnings += self.cluster.warnings
         forms = self._forms(state, roll)
         turn = decide(
             HookFacts(

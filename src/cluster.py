@@ -51,6 +51,8 @@ PEER_ENDPOINT = "cluster"
 ROLL_KEY = "roll"
 REPORT_KEY = "report"
 MAX_REPORT_BYTES = 4096  # a canary's report carries its drop counters (18 at most, ~2.5 KB)
+MAX_CHANGES = 16  # the times of a unit's latest record changes that the leader keeps
+CHURN = 3  # record changes during one roll that the leader names in its status
 clock: Callable[[], float] = time.time  # the wall clock that times waves out
 
 
@@ -84,7 +86,7 @@ class Fold(pydantic.BaseModel):
     records: dict[str, str] = {}
     refused: dict[str, str] = {}
     reports: dict[str, str] = {}
-    changed: dict[str, float] = {}  # when a unit's record last changed (after its first)
+    changed: dict[str, list[float]] = {}  # when a unit's record changed lately (its last few)
 
     def forget(self, unit: str) -> None:
         """Drop what is known of a unit (it departed, or is read again)."""
@@ -134,6 +136,7 @@ class Cluster:
         self._charm = charm
         self._store = store
         self._stepping: tuple[RollInputs, dict[str, Member], Schedule] | None = None  # leader
+        self.warnings: list[str] = []  # a leader's: units whose records keep changing
 
     @property
     def _relation(self) -> ops.Relation | None:
@@ -198,7 +201,7 @@ class Cluster:
         for gone in {*fold.records, *fold.refused, *fold.reports, *fold.changed} - present - {me}:
             fold.forget(gone)
         if fold.records.get(me, dump(record)) != dump(record):
-            fold.changed[me] = clock()
+            fold.changed[me] = [*fold.changed.get(me, []), clock()][-MAX_CHANGES:]
         fold.records[me] = dump(record)
         self._store.save(fold)
         return fold
@@ -230,8 +233,8 @@ class Cluster:
             return
         fold.records[name] = dump(record)
         if before is not None and before != fold.records[name]:
-            changed = clock()
-        if changed is not None:
+            changed = [*(changed or []), clock()][-MAX_CHANGES:]
+        if changed:
             fold.changed[name] = changed
 
     def next_roll(self, inputs: str, view: CloudView, schedule: Schedule) -> Roll | None:
@@ -254,12 +257,11 @@ class Cluster:
             self._store.save(fold)
         records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
         members = {u: Member(u, r.machine, frozenset(r.roles)) for u, r in records.items()}
-        changed = sorted(fold.changed, key=lambda u: (-fold.changed[u], unit_order(u)))
         gen = RollInputs(
             config=generation(inputs),
             view=generation(dump(CloudView(subnets=view.subnets))),  # what decides rulesets
             members=generation(*sorted(records, key=unit_order)),
-            changed_by=tuple(u for u in changed if fold.changed[u] >= previous.started_at),
+            changed_by=tuple(_changed_since(fold, previous.started_at)),
         )
         unheard = {u.name for u in relation.units} - {*fold.records, *fold.refused}
         if unheard and not previous.generation:
@@ -267,7 +269,15 @@ class Cluster:
             # canary chosen among the first few would not be the one the whole cloud needs.
             return previous
         self._stepping = (gen, members, schedule)
-        return self._step(fold, previous)
+        roll = self._step(fold, previous)
+        self.warnings = [
+            f"{unit} rewrote its record {len(times)} times during this roll"
+            for unit in _changed_since(fold, roll.started_at)
+            if len(times := [t for t in fold.changed[unit] if t >= roll.started_at]) >= CHURN
+        ]
+        if roll.deferred:
+            self.warnings.insert(0, roll.deferred)
+        return roll
 
     def _step(self, fold: Fold, previous: Roll) -> Roll:
         """The leader's next roll from `previous` and the reports it has folded."""
@@ -319,6 +329,12 @@ class Cluster:
             self._store.save(fold)
             roll = self._step(fold, roll)
         _set_if_changed(relation.data[self._charm.app], ROLL_KEY, dump(roll))
+
+
+def _changed_since(fold: Fold, since: float) -> list[str]:
+    """Units whose records changed at or after `since`, the latest first."""
+    recent = {u: max(times) for u, times in fold.changed.items() if max(times) >= since}
+    return sorted(recent, key=lambda u: (-recent[u], unit_order(u)))
 
 
 def _warn(message: str) -> str:

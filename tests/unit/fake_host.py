@@ -25,6 +25,7 @@ from network_isolation.host import (
     fingerprint,
 )
 from network_isolation.host.first_enforcement import FirstEnforcement, FirstEnforcementRecord
+from network_isolation.host.guard import cut_off_networks
 from network_isolation.observed import PlanSummary
 
 MAAS_NICS = tuple(f"enp{k}s0" for k in range(1, 7))
@@ -37,6 +38,9 @@ class FakeHost:
     rejected_state: ClassVar[RejectedRecord | None] = None
     calls: ClassVar[list[tuple[str, Any]]] = []
     fail_apply: ClassVar[str | None] = None  # probe failure message to inject
+    # addresses that answer the probes before an apply and not after it (a rogue neighbour):
+    # judged by the host's own rule, so only most of a network's neighbours roll it back
+    silent_after: ClassVar[frozenset[str]] = frozenset()
     drift_reason: ClassVar[str | None] = None
     counters_state: ClassVar[dict[str, dict[str, int]]] = {}
     # packets per counter that the loaded form counts, by form ("audit" or "enforce"): what
@@ -58,6 +62,7 @@ class FakeHost:
     @classmethod
     def reset(cls) -> None:
         cls.applied_state = Applied(None, None)
+        cls.silent_after = frozenset()
         cls.rejected_state = None
         cls.calls = []
         cls.fail_apply = None
@@ -105,11 +110,14 @@ class FakeHost:
         rejected = self.rejected_state
         if not force and rejected and rejected.fingerprint == fingerprint(artefacts):
             raise RejectedError(f"not retrying: {rejected.reason}", stage="rejected")
-        if self.fail_apply is not None:
-            type(self).rejected_state = RejectedRecord(
-                fingerprint(artefacts), "probe", self.fail_apply
-            )
-            raise RolledBackError(f"{self.fail_apply}; previous state restored", stage="probe")
+        lost = [t for t in targets if t.host in self.silent_after]
+        hard = [t for t in lost if t.neighbour_on is None]
+        failure = self.fail_apply
+        if failure is None and (hard or cut_off_networks(targets, lost)):
+            failure = f"unreachable after applying: {', '.join(map(str, lost))}"
+        if failure is not None:
+            type(self).rejected_state = RejectedRecord(fingerprint(artefacts), "probe", failure)
+            raise RolledBackError(f"{failure}; previous state restored", stage="probe")
         type(self).applied_state = Applied(artefacts.nftables, artefacts.netplan)
         type(self).rejected_state = None
         return ApplyResult(changed=True, message="applied ruleset")

@@ -12,6 +12,8 @@ decides the order of units in a round and delays deliveries, so tests can draw e
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import json
 import os
 import random
 import shutil
@@ -111,6 +113,8 @@ class Cloud:
         self.seen_app_bag: dict[str, str] = {}
         self.units: dict[int, Unit] = {}
         self.leader_reads: list[int] = []  # relation-get calls per leader peer hook
+        self.rogue: int | None = None  # a compromised machine's unit (see `compromise`)
+        self.rogue_every = 3  # rounds between its rewrites of its own record
         self.calls: list[tuple[bool, str, int]] = []  # (leader?, event kind, hook-tool calls)
         for i, role in enumerate(sunbeam_roles(machines)):
             host = type(f"Machine{i}Host", (FakeHost,), {})
@@ -266,9 +270,41 @@ class Cloud:
                 if other is not unit:
                     self._deliver(other, Event("changed", None))
 
+    def compromise(self, index: int, every: int = 3) -> None:
+        """A root on unit `index`'s machine: it rewrites the unit's record every few rounds.
+
+        The forged record names its machine "0" (first in any order by name), claims the
+        lowest address of every subnet, and swaps its roles; every other machine's probes of
+        those addresses answer before an apply and not after it.
+        """
+        self.rogue, self.rogue_every = index, every
+        silent = {str(ipaddress.ip_network(s)[1]) for s in DISJOINT_SUBNETS.values()}
+        silent |= {str(ipaddress.ip_network(s)[10 + index]) for s in DISJOINT_SUBNETS.values()}
+        for unit in self.units.values():
+            if unit.index != index:
+                unit.host.silent_after = frozenset(silent)
+
+    def _forge(self) -> None:
+        if self.rogue is None or self.round % self.rogue_every:
+            return
+        flip = self.round // self.rogue_every % 2
+        forged = {
+            "machine": "0",
+            "roles": [["compute"], ["storage"]][flip],
+            "subnets": {n: [s] for n, s in DISJOINT_SUBNETS.items()},
+            "addresses": {
+                n: [str(ipaddress.ip_network(s)[1 + flip])] for n, s in DISJOINT_SUBNETS.items()
+            },
+        }
+        self.unit_bags[self.rogue] = {**self.unit_bags[self.rogue], "machine": json.dumps(forged)}
+        for other in self.units.values():
+            if other.index != self.rogue:
+                self._deliver(other, Event("changed", self.rogue))
+
     def step(self, counter: Any = None) -> int:
         """One round: every unit runs the hooks due to it, units in a drawn order."""
         self.round += 1
+        self._forge()
         self.seen_bags = {i: dict(b) for i, b in self.unit_bags.items()}
         self.seen_app_bag = dict(self.app_bag)
         ran = 0
