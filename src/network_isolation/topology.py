@@ -111,7 +111,7 @@ class Topology(_Strict):
     spaces: dict[str, Space]
     default_space: str | None = Field(default=None, alias="default-space")
     bindings: dict[Network, str] = {}
-    config: dict[str, str | bool] = {}
+    config: dict[str, str | bool | int] = {}
     machines: dict[str, Machine]
 
     @field_validator("spaces", mode="before")

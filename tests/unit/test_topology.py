@@ -119,6 +119,14 @@ def test_config_is_parsed_as_the_charm_parses_it(tmp_path: Path):
     assert topology.charm_config() == CharmConfig.from_options(options)
 
 
+def test_integer_options_are_written_as_yaml_integers(tmp_path: Path):
+    options = {"client-cidrs-max-size-v4": 16, "metrics-port": 9500, "rolling-wave-timeout": 600}
+    topology = load_topology(write(tmp_path, small_cloud(config=options)))
+    config = topology.charm_config()
+    assert (config.client_cidrs_max_size_v4, config.metrics_port) == (16, 9500)
+    assert config.rolling_wave_timeout == 600
+
+
 def test_custom_role_from_the_config_is_accepted(tmp_path: Path):
     data = small_cloud(config={"role-networks": "network=management,internal,data"})
     data["machines"]["m1"]["roles"] = ["network"]
