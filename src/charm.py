@@ -36,8 +36,9 @@ from network_isolation.render import Artefacts, render
 from network_isolation.report import machine_dict, machine_text
 from network_isolation.report_html import cloud_html
 from network_isolation.rollout import Roll, UnitReport, generation
+from network_isolation.rollout_report import rollout_status, rollout_summary, rollout_text
 from network_isolation.turn import HookFacts, Turn, decide, forms_to_render
-from outcome import Outcome
+from outcome import STATUS_CLASSES, Outcome
 from state import ROLE_ENDPOINTS, HookState, Sources, read_state, related_roles
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         self.cluster = Cluster(self, FoldStore(self))  # this hook's side of the peer relation
         self.outcome = Outcome()
         self._state: HookState | None = None  # read once per hook, by its first reader
+        self._applied: str | None = None  # what this hook's apply did, if it applied
         reconcile_on = [
             self.on.config_changed,
             self.on.upgrade_charm,
@@ -88,6 +90,9 @@ class NetworkIsolationCharm(ops.CharmBase):
         framework.observe(self.on.show_plan_action, self._on_show_plan)
         framework.observe(self.on.show_counters_action, self._on_show_counters)
         framework.observe(self.on.reapply_action, self._on_reapply)
+        framework.observe(self.on.resume_rollout_action, self._on_resume_rollout)
+        framework.observe(self.on.rollout_status_action, self._on_rollout_status)
+        framework.observe(self.on.collect_app_status, self._on_collect_app_status)
 
     # Events
 
@@ -101,6 +106,7 @@ class NetworkIsolationCharm(ops.CharmBase):
 
     def _on_update_status(self, event: ops.UpdateStatusEvent) -> None:
         """Reconcile, look for BPF before netfilter, then repair drift of our table."""
+        self.cluster.note_update_status()
         self._reconcile(event)
         if self._state is not None:
             self._packet_bypasses(self._state)
@@ -115,7 +121,9 @@ class NetworkIsolationCharm(ops.CharmBase):
         if repaired:
             self.outcome.warnings.append(f"drift repaired: {repaired}")
 
-    def _reconcile(self, event: ops.EventBase, *, force: bool = False) -> None:
+    def _reconcile(
+        self, event: ops.EventBase, *, force: bool = False, resume: bool = False
+    ) -> None:
         """Read the hook's inputs once, decide this unit's turn once, act, publish once.
 
         A machine that has never enforced loads the audit form at once and the enforcing form
@@ -136,7 +144,13 @@ class NetworkIsolationCharm(ops.CharmBase):
         self.registry.record(
             self.unit.name, state.roles, state.own_ports, os.environ.get("JUJU_PRINCIPAL_UNIT")
         )
-        roll = self.cluster.next_roll(self._ruleset_config(), state.cloud, state.config.schedule)
+        roll = self.cluster.next_roll(
+            self._ruleset_config(),
+            self._rolling_config(),
+            state.cloud,
+            state.config.schedule,
+            resume=resume,
+        )
         self.outcome.warnings += self.cluster.warnings
         forms = self._forms(state, roll)
         turn = decide(
@@ -155,6 +169,7 @@ class NetworkIsolationCharm(ops.CharmBase):
                 api_addresses=os.environ.get("JUJU_API_ADDRESSES"),
                 force=force,
                 record=generation(dump(state.record)),
+                leader=self.unit.is_leader(),
             )
         )
         report = self._act(turn, state, forms.get(turn.form), force=force)
@@ -180,6 +195,7 @@ class NetworkIsolationCharm(ops.CharmBase):
             self.host.confirm_enforcement()
         self.outcome.held_back = turn.held_back or None
         self.outcome.waiting = turn.waiting or None
+        self.outcome.blocked = self.outcome.blocked or turn.blocked or None
         self._observe(state, turn, artefacts)
         if not turn.apply or artefacts is None:
             return self._with_counters(turn, state)
@@ -195,6 +211,7 @@ class NetworkIsolationCharm(ops.CharmBase):
             stage = e.stage if isinstance(e, ApplyError) else "host"
             return turn.failed(f"{stage}: {e}")
         logger.info("%s", result.message)
+        self._applied = f"{result.message} ({turn.form} form)"
         return self._with_counters(turn, state)
 
     def _with_counters(self, turn: Turn, state: HookState) -> UnitReport | None:
@@ -270,12 +287,59 @@ class NetworkIsolationCharm(ops.CharmBase):
     def _on_reapply(self, event: ops.ActionEvent) -> None:
         """Re-render and apply even if nothing changed (drift repair, rejected retry)."""
         self._reconcile(event, force=True)
-        if self.outcome.blocked:
-            event.fail(self.outcome.blocked)
-        elif self.outcome.waiting:
-            event.fail(self.outcome.waiting)
-        else:
-            event.set_results({"result": "applied"})
+        if self._applied is not None:
+            event.set_results({"result": "applied", "message": self._applied})
+            return
+        event.fail(f"nothing applied: {self._why_not_applied()}")
+
+    def _why_not_applied(self) -> str:
+        """Why this hook applied nothing: the config, the plan, the apply, or the roll."""
+        try:
+            state = self._state or self._read()
+        except ConfigError as e:
+            return str(e)
+        if state.plan.status == "blocked":
+            return state.plan.message
+        return self.outcome.blocked or self.outcome.waiting or "the plan was not rendered"
+
+    def _on_resume_rollout(self, event: ops.ActionEvent) -> None:
+        """As leader: start a halted rollout again, once its cause is fixed."""
+        if not self.unit.is_leader():
+            event.fail("run it on the leader: juju run network-isolation/leader resume-rollout")
+            return
+        before = self.cluster.published_roll()
+        if before is None:
+            event.fail("no peer relation: there is no rollout to resume")
+            return
+        self._reconcile(event, resume=True)
+        after = self.cluster.published_roll() or before
+        event.set_results(
+            {
+                "result": "resumed" if after.generation != before.generation else "unchanged",
+                "was-halted": before.halted or "(not halted)",
+                "rollout": json.dumps(rollout_summary(after), sort_keys=True),
+            }
+        )
+
+    def _on_rollout_status(self, event: ops.ActionEvent) -> None:
+        """The roll as the leader sees it: waves, their units' reports, who is missing."""
+        roll = self.cluster.published_roll()
+        if roll is None:
+            event.fail("no peer relation: this unit is alone, nothing rolls")
+            return
+        reports = self.cluster.known_reports() if self.unit.is_leader() else None
+        summary = rollout_summary(roll, reports)
+        event.set_results(
+            {"rollout": json.dumps(summary, sort_keys=True), "text": rollout_text(summary)}
+        )
+
+    def _on_collect_app_status(self, event: ops.CollectStatusEvent) -> None:
+        """The application's status, from the leader: the roll, and who holds or left it."""
+        roll = self.cluster.published_roll()
+        if roll is None:
+            return
+        kind, message = rollout_status(roll)
+        event.add_status(STATUS_CLASSES[kind](message))
 
     # Reading and host-facing steps
 
@@ -319,6 +383,11 @@ class NetworkIsolationCharm(ops.CharmBase):
         found = self.host.packet_bypasses(state.plan.space_interfaces)
         self._stored.bypass_warning = bypass.warning(found) or ""
         return found
+
+    def _rolling_config(self) -> str:
+        """The rolling apply's own options: a change of them takes effect on the roll at once."""
+        options = {k: v for k, v in self.config.items() if k.startswith("rolling-")}
+        return generation(json.dumps(options, sort_keys=True, default=str))
 
     def _ruleset_config(self) -> str:
         """The options that decide rulesets (not the rolling apply's own), for the rollout."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import NamedTuple, TypeVar
@@ -87,6 +88,18 @@ class Fold(pydantic.BaseModel):
     refused: dict[str, str] = {}
     reports: dict[str, str] = {}
     changed: dict[str, list[float]] = {}  # when a unit's record changed lately (its last few)
+    first_roll_since: float = 0.0  # when the first roll began to wait for every unit
+    update_status: list[float] = []  # when this leader last ran update-status
+
+    def hook_interval(self) -> float:
+        """How often update-status runs, from this leader's last ones; unknown is endless.
+
+        Until this leader has seen two, a canary's wave does not time out: its next hook may
+        be a whole interval away, and Juju does not tell a charm the interval.
+        """
+        times = self.update_status
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
+        return max(gaps) if gaps else math.inf
 
     def forget(self, unit: str) -> None:
         """Drop what is known of a unit (it departed, or is read again)."""
@@ -237,12 +250,22 @@ class Cluster:
         if changed:
             fold.changed[name] = changed
 
-    def next_roll(self, inputs: str, view: CloudView, schedule: Schedule) -> Roll | None:
+    def next_roll(
+        self,
+        inputs: str,
+        options: str,
+        view: CloudView,
+        schedule: Schedule,
+        *,
+        resume: bool = False,
+    ) -> Roll | None:
         """The roll this hook acts on; None when there is no peer relation (a lone unit).
 
-        The leader steps the roll from what it has folded (published by `publish`); `inputs`
-        digests the config that decides rulesets: with the view and every record it names the
-        rollout. Every other unit reads the roll the leader published.
+        The leader steps the roll from what it has folded (published by `publish`): `inputs`
+        digests the config that decides rulesets (with the view's subnets and the units, it
+        names the rollout), `options` the `rolling-*` options, which take effect on the roll
+        in progress; `resume` (the `resume-rollout` action) starts the rollout again. Every
+        other unit reads the roll the leader published.
         """
         relation = self._relation
         if relation is None:
@@ -254,21 +277,36 @@ class Cluster:
         fold = self._store.load()
         if own_report := relation.data[self._charm.unit].get(REPORT_KEY):
             fold.reports[self._charm.unit.name] = own_report
-            self._store.save(fold)
         records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
         members = {u: Member(u, r.machine, frozenset(r.roles)) for u, r in records.items()}
+        unheard = {u.name for u in relation.units} - {*fold.records, *fold.refused}
+        # a unit whose principal has not joined yet has no role: its kind is still unknown
+        roleless = {u for u, r in records.items() if not r.roles}
+        resumed = previous.resumed + resume
+        kinds = json.dumps({u: sorted(m.roles) for u, m in members.items()}, sort_keys=True)
         gen = RollInputs(
-            config=generation(inputs),
-            view=generation(dump(CloudView(subnets=view.subnets))),  # what decides rulesets
+            config=generation(inputs, f"resumed={resumed}"),
+            # what decides rulesets, and the kinds of machine the waves are planned by
+            view=generation(dump(CloudView(subnets=view.subnets)), kinds),
             members=generation(*sorted(records, key=unit_order)),
             changed_by=tuple(_changed_since(fold, previous.started_at)),
+            absent=tuple(sorted(unheard, key=unit_order)),
+            options=options,
+            resumed=resumed,
         )
-        unheard = {u.name for u in relation.units} - {*fold.records, *fold.refused}
-        if unheard and not previous.generation:
-            # The first roll (a first deployment) waits for every unit that has joined: a
-            # canary chosen among the first few would not be the one the whole cloud needs.
-            return previous
-        self._stepping = (gen, members, schedule)
+        now = clock()
+        if (unheard or roleless) and not previous.generation:
+            # The first roll (a first deployment) waits for every unit that has joined, for a
+            # wave timeout at most: a canary chosen among the first few would not be the one
+            # the whole cloud needs, and a unit that never publishes must not hold the cloud.
+            fold.first_roll_since = fold.first_roll_since or now
+            if now - fold.first_roll_since <= schedule.timeout:
+                self._store.save(fold)
+                self.warnings = [_waiting_for(unheard | roleless)]
+                return previous
+        self._store.save(fold)
+        timing = schedule.with_timing(schedule.canary_window, fold.hook_interval())
+        self._stepping = (gen, members, timing)
         roll = self._step(fold, previous)
         self.warnings = [
             f"{unit} rewrote its record {len(times)} times during this roll"
@@ -277,7 +315,31 @@ class Cluster:
         ]
         if roll.deferred:
             self.warnings.insert(0, roll.deferred)
+        if roll.left_out:
+            names = ", ".join(roll.left_out[:3]) + (
+                f" (+{len(roll.left_out) - 3} more)" if len(roll.left_out) > 3 else ""
+            )
+            self.warnings.insert(0, f"rolling apply goes on without {names}")
         return roll
+
+    def published_roll(self) -> Roll | None:
+        """The roll in the application databag (this hook's, once published); None if alone."""
+        relation = self._relation
+        if relation is None:
+            return None
+        return _parse(relation.data[self._charm.app].get(ROLL_KEY), Roll)
+
+    def known_reports(self) -> dict[str, UnitReport]:
+        """As leader: the reports it has read from its peers (and its own)."""
+        return {u: _parse(raw, UnitReport) for u, raw in self._store.load().reports.items()}
+
+    def note_update_status(self) -> None:
+        """As leader: when update-status ran, so that the canary's wave waits for its cadence."""
+        if not self._leads or self._relation is None:
+            return
+        fold = self._store.load()
+        fold.update_status = [*fold.update_status, clock()][-3:]
+        self._store.save(fold)
 
     def _step(self, fold: Fold, previous: Roll) -> Roll:
         """The leader's next roll from `previous` and the reports it has folded."""
@@ -329,6 +391,12 @@ class Cluster:
             self._store.save(fold)
             roll = self._step(fold, roll)
         _set_if_changed(relation.data[self._charm.app], ROLL_KEY, dump(roll))
+
+
+def _waiting_for(unheard: set[str]) -> str:
+    names = sorted(unheard, key=unit_order)
+    more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+    return f"first roll waits for a record with roles from {', '.join(names[:3])}{more}"
 
 
 def _changed_since(fold: Fold, since: float) -> list[str]:

@@ -35,7 +35,6 @@ from network_isolation.planner import (
     plan_machine,
 )
 from network_isolation.ports import PortRange, denied_ports, machine_ports, registered_ports
-from network_isolation.principals import principal_warnings
 from network_isolation.render import Artefacts, RenderError, render
 from network_isolation.rollout import generation
 
@@ -65,7 +64,11 @@ class HookState:
     render_error: str | None
     problems: tuple[str, ...]  # untrusted input that was ignored, in the order it was read
     notes: tuple[str, ...]  # a leader's subnets not taught yet (too few units report them)
-    principal_warnings: tuple[str, ...] = ()  # networks this unit's principal needs and lacks
+
+    @property
+    def principal_warnings(self) -> tuple[str, ...]:
+        """Networks the machine's principals need and lack, denied as `accept-denials` allows."""
+        return self.plan.warnings
 
     @property
     def roles(self) -> frozenset[str]:
@@ -163,6 +166,7 @@ def read_state(
             networks=networks,
             config=config,
             interface_kinds=sources.host.interface_kinds(),
+            principals=principals(charm) | sources.registry.principals_except(unit),
         )
     )
     problems += plan.ignored  # learnt subnets this machine leaves out, and whose they were
@@ -196,7 +200,6 @@ def read_state(
         render_error=render_error,
         problems=tuple(problems),
         notes=cloud.notes,
-        principal_warnings=tuple(principal_warnings(plan, principals(charm))),
     )
 
 

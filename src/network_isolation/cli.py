@@ -15,7 +15,6 @@ from pathlib import Path
 
 from .host import write_atomically
 from .planner import MachinePlan, plan_machine
-from .principals import principal_warnings
 from .render import Artefacts, RenderError, render
 from .report import cloud_dict, cloud_text
 from .report_html import cloud_html
@@ -107,10 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render_dir is not None:
         _write_all(parser, args.render_dir, rendered)
     isolation = topology.isolation()
-    warnings = {
-        name: principal_warnings(plan, topology.machines[name].principals)
-        for name, plan in plans.items()
-    }
+    warnings = {name: plan.warnings for name, plan in plans.items()}
     if args.format == "json":
         sys.stdout.write(json.dumps(cloud_dict(isolation, plans, warnings), indent=2) + "\n")
     elif args.format == "html":

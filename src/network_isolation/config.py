@@ -19,6 +19,9 @@ from .model import DEFAULT_ROLE_TABLE, NETWORK_NAMES, ROLE_TABLES, Network, role
 from .rollout import Schedule
 
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+# A Juju application name: lowercase words of letters and digits joined by dashes, each word
+# after the first holding a letter (so `-2` cannot be mistaken for a unit number).
+APPLICATION_NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*$")
 PORT_ENTRY = re.compile(r"^(tcp|udp):(\d{1,5})(?:-(\d{1,5}))?$")
 T = TypeVar("T")
 
@@ -119,6 +122,8 @@ class CharmConfig(BaseModel):
     enforcement: Enforcement = "enforce"
     strict_ports: pydantic.StrictBool = False
     extra_ports: dict[Network, tuple[tuple[str, int, int], ...]] = {}
+    # application -> networks the role table denies it that the operator accepts losing
+    accept_denials: dict[str, frozenset[Network]] = {}
     manage_routing: pydantic.StrictBool = True
     # the exporter's TCP port on the management address; 0: no exporter
     metrics_port: int = pydantic.Field(default=9479, ge=0, le=65535)
@@ -142,7 +147,7 @@ class CharmConfig(BaseModel):
             self.rolling_wave_timeout,
             self.rolling_canary_threshold,
             self.networks_by_role,
-        )
+        ).with_timing(canary_window=self.rolling_canary_window, hook_interval=0)
 
     @field_validator("rolling_wave_size")
     @classmethod
@@ -243,6 +248,18 @@ class CharmConfig(BaseModel):
         if not isinstance(value, str):
             return value
         return _per_network(value, parse_port_range)
+
+    @field_validator("accept_denials", mode="before")
+    @classmethod
+    def _parse_accept_denials(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        accepted: dict[str, frozenset[Network]] = {}
+        for app, names in _entries(value):
+            if not APPLICATION_NAME.match(app):
+                raise ValueError(f"'{app}' is not a valid application name")
+            accepted[app] = frozenset(_network(n, f"{app}={','.join(names)}") for n in names)
+        return accepted
 
     @property
     def networks_by_role(self) -> dict[str, frozenset[Network]]:

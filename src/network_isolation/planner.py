@@ -15,6 +15,7 @@ from pydantic import Field
 from .base import Frozen, InterfaceKind, IPAddress, IPInterface, IPNetwork
 from .config import CharmConfig, ConfigError
 from .model import NETWORKS, ROLE_TABLES, IsolationLevel, Network, networks_for_roles
+from .principals import principal_denials
 
 MAX_REASONS = 10  # refused learnt subnets named in a plan; the rest are counted
 # A subnet with its domain's index and a tag (own, learnt, ...) for the overlap sweep.
@@ -55,6 +56,7 @@ class PlanInput(Frozen):
     networks: dict[Network, NetworkView]
     config: CharmConfig
     interface_kinds: dict[str, InterfaceKind] = {}
+    principals: frozenset[str] = frozenset()  # application names of the machine's principals
 
 
 class NetworkPlan(Frozen):
@@ -106,6 +108,9 @@ class MachinePlan(Frozen):
     config: CharmConfig
     interface_kinds: dict[str, InterfaceKind] = {}
     ignored: tuple[str, ...] = Field(default=(), description="peer subnets refused here")
+    warnings: tuple[str, ...] = Field(
+        default=(), description="networks a principal needs, denied as accept-denials allows"
+    )
 
     @property
     def allowed_domains(self) -> tuple[Domain, ...]:
@@ -414,7 +419,11 @@ def _summary(
 
 
 def plan_machine(plan_input: PlanInput) -> MachinePlan:
-    """The machine's plan: per-network access, domains, isolation degree, problems."""
+    """The machine's plan: per-network access, domains, isolation degree, problems.
+
+    A network a principal needs and the roles deny is a problem unless `accept-denials`
+    accepts it; then it is a warning, and the machine enforces.
+    """
     config = plan_input.config
     roles = tuple(sorted(plan_input.roles | config.roles))
     unknown = sorted(set(roles) - set(config.networks_by_role))
@@ -442,6 +451,8 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
     problems += _missing_networks((r for r in roles if r not in unknown), config, networks)
     problems += overlaps(own)
     problems += [str(e) for e in client_overlaps(own, config)]
+    denials = principal_denials(plan_input.principals, roles, allowed, config)
+    problems += denials.blocking
 
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -461,6 +472,7 @@ def plan_machine(plan_input: PlanInput) -> MachinePlan:
         config=config,
         interface_kinds=plan_input.interface_kinds,
         ignored=tuple(ignored),
+        warnings=denials.accepted,
     )
 
 

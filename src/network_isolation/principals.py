@@ -1,21 +1,23 @@
-"""What Sunbeam's principal charms need, to warn when the role table in force denies it.
+"""What Sunbeam's principal charms need, to stop a machine whose role table would break them.
 
 A role table is a guess about what runs on a machine; the principals related on the machine say
 what really does. When a principal needs a network that the machine's roles deny (a
 `cinder-volume` on a storage node under the guide's table, a MicroOVN chassis on a control
-node), the cloud breaks even though the plan is consistent: the warning names the network,
-why the principal needs it, and the `role-table` preset that allows it.
+node), enforcing would break the cloud even though the plan is consistent, and the first
+deployment's canary would count those drops as expected ones. Such a denial blocks the
+machine's plan, naming the network and the `role-table` preset that allows it; an operator who
+means it accepts it in `accept-denials`, and it is enforced and stays a warning.
 
 Pure code: no Juju, no host access.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
+from .config import CharmConfig
 from .model import ROLE_TABLES, Network, networks_for_roles, role_table
-from .planner import MachinePlan
 
 
 class PrincipalNeed(NamedTuple):
@@ -63,28 +65,48 @@ PRINCIPAL_NEEDS: Mapping[str, tuple[PrincipalNeed, ...]] = {
 }
 
 
-def principal_warnings(plan: MachinePlan, principals: Iterable[str]) -> list[str]:
-    """One warning per principal and network it needs that this machine's roles deny.
+class PrincipalDenials(NamedTuple):
+    """The networks the machine's principals need and its roles deny, one sentence each."""
 
-    Each unit of this charm warns about its own principal: co-located units share one plan,
-    not their principals.
+    blocking: tuple[str, ...]  # not accepted: the machine must not enforce
+    accepted: tuple[str, ...]  # accepted in `accept-denials`: enforced, and warned about
+
+
+def principal_denials(
+    principals: Iterable[str],
+    roles: Sequence[str],
+    allowed: Collection[Network],
+    config: CharmConfig,
+) -> PrincipalDenials:
+    """What the role table in force denies the principals on a machine with these roles.
+
+    `principals` are application names (every unit's of this charm on the machine: co-located
+    units share one plan, so each blocks on the needs of all); `allowed` is what the roles give.
     """
-    roles = list(plan.roles)
-    warnings: list[str] = []
+    denied_to = (
+        f"which role table '{config.role_table}' denies to {'+'.join(roles) or 'this machine'}"
+    )
+    blocking: list[str] = []
+    accepted: list[str] = []
     for app in sorted(set(principals)):
         for need in PRINCIPAL_NEEDS.get(app, ()):
-            if plan.networks[need.network].access:
+            if need.network in allowed:
                 continue
-            warnings.append(
-                f"{app} needs '{need.network}' ({need.why}), which role table"
-                f" '{plan.config.role_table}' denies to {'+'.join(roles) or 'this machine'}:"
-                f" {_remedy(need.network, roles, plan.config.role_networks)}"
-            )
-    return warnings
+            remedy = _remedy(need.network, roles, config.role_networks)
+            if need.network in config.accept_denials.get(app, ()):
+                accepted.append(
+                    f"{app} needs '{need.network}' ({need.why}), {denied_to}: {remedy}"
+                )
+            else:
+                blocking.append(
+                    f"{app} needs '{need.network}', {denied_to}: {remedy},"
+                    " or accept it in 'accept-denials'"
+                )
+    return PrincipalDenials(tuple(blocking), tuple(accepted))
 
 
 def _remedy(
-    network: Network, roles: list[str], overrides: Mapping[str, frozenset[Network]]
+    network: Network, roles: Sequence[str], overrides: Mapping[str, frozenset[Network]]
 ) -> str:
     """The presets whose rows for these roles allow the network, or the option to set."""
     fixes = [

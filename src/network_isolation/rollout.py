@@ -12,6 +12,7 @@ each waits for a wave that holds it, applies, and reports once, for its own appl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ WAVE_LIMIT = re.compile(r"^([1-9][0-9]{0,4})(%?)$")
 # storage): at most one machine of each in flight at once.
 QUORUM_ROLES: tuple[str, ...] = ("control", "storage")
 MAX_HALT = 300
+MAX_LEFT_OUT = 10_000
 Outcome = Literal["applied", "failed", "blocked"]
 
 
@@ -74,7 +76,9 @@ class Roll(Received):
     apply. `opened_at` (seconds since the epoch) times the newest wave out; `started_at`, when
     the roll began. `config` and `members` digest the config and the units it was planned for:
     a roll whose only change is the cloud view restarts at most once per wave timeout, and
-    `deferred` says whose records changed meanwhile.
+    `deferred` says whose records changed meanwhile. `left_out` names the units it goes on
+    without; `options` digests the `rolling-*` options in force, so that a change of them takes
+    effect on the roll in progress (and lifts a halt, which is then judged again).
     """
 
     generation: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
@@ -86,6 +90,10 @@ class Roll(Received):
     config: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
     members: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")
     deferred: str = Field(default="", max_length=MAX_HALT)
+    # units the roll goes on without: no record yet, or silent past their wave's timeout
+    left_out: tuple[str, ...] = Field(default=(), max_length=MAX_LEFT_OUT)
+    options: str = Field(default="", pattern=r"^([0-9a-f]{16})?$")  # the rolling-* options
+    resumed: int = Field(default=0, ge=0)  # `resume-rollout` runs, part of the config digest
 
     def wave_of(self, unit: str) -> int | None:
         """1-based wave that holds a unit, if any."""
@@ -116,6 +124,19 @@ class Schedule:
     canary_threshold: int = 20  # see `canary.judge`
     # the role table in force: the leader judges a canary's counters by its roles
     networks_by_role: Mapping[str, frozenset[Network]] = field(default_factory=dict)
+    canary_window: float = 0.0  # a first enforcement's canary reports after this long
+    hook_interval: float = 0.0  # how often units run update-status, as the leader sees it
+
+    def timeout_of(self, wave: int, waves: int) -> float:
+        """How long an opened wave may wait for its reports.
+
+        The canary of several waves reports its counters in its first hook after its window:
+        its wave also waits for the window and two update-status intervals, so that no
+        interval Juju is set to times it out.
+        """
+        if wave == 1 < waves:
+            return self.timeout + self.canary_window + 2 * self.hook_interval
+        return self.timeout
 
     @classmethod
     def parse(
@@ -131,6 +152,10 @@ class Schedule:
             raise ValueError(f"'{text}' is neither a number of machines nor a percentage 1-100%")
         limit, percent = int(match.group(1)), bool(match.group(2))
         return cls(limit, percent, timeout, canary_threshold, dict(networks_by_role or {}))
+
+    def with_timing(self, canary_window: float, hook_interval: float) -> Schedule:
+        """This schedule with the canary's window and the hook cadence the leader sees."""
+        return dataclasses.replace(self, canary_window=canary_window, hook_interval=hook_interval)
 
     def allowed(self, member: Member | None) -> frozenset[Network] | None:
         """The networks the role table lets a member's machine use (None: no table given)."""
@@ -244,6 +269,9 @@ class RollInputs:
     view: str
     members: str
     changed_by: tuple[str, ...] = ()  # units whose records changed lately, named if deferred
+    absent: tuple[str, ...] = ()  # units in the relation with no accepted record
+    options: str = ""  # digest of the rolling-* options: not part of the generation
+    resumed: int = 0  # `resume-rollout` runs so far: part of the config
 
     @property
     def generation(self) -> str:
@@ -262,8 +290,9 @@ def step(
     """The leader's next roll state.
 
     A new generation starts a new roll from the canary (and lifts a halt: the inputs changed),
-    except that a change of the cloud view alone (same config, same units) waits until the roll
-    has run for a wave timeout: a unit flipping its record cannot keep restarting the roll.
+    except that a change of the cloud view or of roles alone (same config, same units) waits
+    for the roll in progress (`_rate_limited`): a unit flipping its record cannot keep
+    restarting the roll.
     Within a roll only reports of this generation from units of an opened wave count, each for
     its own apply: a failure halts the roll, and so do a canary's counters that break the canary
     rule; when every unit still present in the opened waves has reported, the next wave opens;
@@ -274,8 +303,7 @@ def step(
     if gen != previous.generation:
         if inputs and _rate_limited(previous, inputs, now, schedule):
             who = ", ".join(inputs.changed_by[:3]) or "a peer"
-            wait = previous.started_at + schedule.timeout - now
-            deferred = f"a change of the cloud view (records of {who}) waits {wait:.0f} s"
+            deferred = f"a change of records (of {who}) waits for the roll in progress"
             return previous.model_copy(update={"deferred": deferred[:MAX_HALT]})
         waves = plan_waves(members.values(), schedule)
         return Roll(
@@ -286,9 +314,29 @@ def step(
             started_at=now,
             config=inputs.config if inputs else "",
             members=inputs.members if inputs else "",
+            left_out=inputs.absent if inputs else (),
+            options=inputs.options if inputs else "",
+            resumed=inputs.resumed if inputs else 0,
         )
+    if inputs and inputs.options != previous.options:
+        # the rolling-* options changed: they take effect now, and a halt is judged again
+        lifted = {"options": inputs.options, "halted": "", "opened_at": now}
+        previous = previous.model_copy(update=lifted)
     if previous.halted or previous.opened == 0:
         return previous
+    return _judged(previous, gen, members, reports, now, schedule, inputs)
+
+
+def _judged(
+    previous: Roll,
+    gen: str,
+    members: Mapping[str, Member],
+    reports: Mapping[str, UnitReport],
+    now: float,
+    schedule: Schedule,
+    inputs: RollInputs | None,
+) -> Roll:
+    """The roll after the reports of its opened waves: halted, the next wave, or as it was."""
     opened = [u for wave in previous.waves[: previous.opened] for u in wave if u in members]
     threshold = schedule.canary_threshold
     current = {
@@ -302,30 +350,51 @@ def step(
         reason = current[unit].error or "apply failed"
         halted = f"{unit} ({members[unit].machine}) in wave {previous.wave_of(unit)}: {reason}"
         return previous.model_copy(update={"halted": halted[:MAX_HALT]})
-    missing = [u for u in opened if u not in current]
+    absent = inputs.absent if inputs else ()
+    silent = [u for u in previous.left_out if u in opened and u not in current]
+    left_out = tuple(dict.fromkeys([*absent, *silent]))
+    if left_out != previous.left_out:
+        previous = previous.model_copy(update={"left_out": left_out})
+    missing = [u for u in opened if u not in current and u not in left_out]
     if not missing:
         if previous.done:
             return previous
         return previous.model_copy(update={"opened": previous.opened + 1, "opened_at": now})
-    if now - previous.opened_at > schedule.timeout:
+    waves = len(previous.waves)
+    if now - previous.opened_at <= schedule.timeout_of(previous.opened, waves):
+        return previous
+    if previous.opened == 1 < waves:
+        # the canary's verdict gates the cloud: a silent canary halts the roll
         late = ", ".join(missing[:3]) + (
             f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
         )
-        halted = (
-            f"wave {previous.opened}/{len(previous.waves)} timed out after"
-            f" {schedule.timeout:.0f} s waiting for {late}"
-        )
+        extra = schedule.timeout_of(1, waves) - schedule.timeout
+        halted = f"wave 1/{waves} timed out after {schedule.timeout:.0f} s waiting for {late}"
+        if extra:
+            halted += f" (and {extra:.0f} s for its window and two update-status intervals)"
         return previous.model_copy(update={"halted": halted[:MAX_HALT]})
-    return previous
+    # a unit silent past its wave's timeout is left out, named; it reports when it returns
+    left_out = (*left_out, *missing)
+    if previous.done:
+        return previous.model_copy(update={"left_out": left_out})
+    update = {"left_out": left_out, "opened": previous.opened + 1, "opened_at": now}
+    return previous.model_copy(update=update)
 
 
 def _rate_limited(previous: Roll, inputs: RollInputs, now: float, schedule: Schedule) -> bool:
-    """Whether a new generation is a change of the view alone, too soon after the last roll."""
-    return (
-        bool(previous.generation)
-        and (previous.config, previous.members) == (inputs.config, inputs.members)
-        and now - previous.started_at < schedule.timeout
-    )
+    """Whether a new generation must wait: a change of the view or of roles alone.
+
+    It waits until the roll in progress is done (or halted), and at least a wave timeout
+    after that roll began: a unit that keeps changing its record cannot keep the cloud from
+    finishing a roll. A config change, or a unit joining or leaving, starts one at once.
+    """
+    if not previous.generation or (previous.config, previous.members) != (
+        inputs.config,
+        inputs.members,
+    ):
+        return False
+    finished = previous.done or bool(previous.halted)
+    return not finished or now - previous.started_at < schedule.timeout
 
 
 def may_apply(unit: str, roll: Roll, own: UnitReport, record: str = "") -> bool:

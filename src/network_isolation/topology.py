@@ -183,6 +183,7 @@ class Topology(_Strict):
             networks=networks,
             config=self.charm_config(),
             interface_kinds={nic: spec.type for nic, spec in machine.interfaces.items()},
+            principals=frozenset(machine.principals),
         )
 
 

@@ -56,6 +56,7 @@ class HookFacts:
     api_addresses: str | None = None  # JUJU_API_ADDRESSES
     force: bool = False  # the reapply action: apply even if nothing changed, at once
     record: str = ""  # digest of this unit's record: a change of it is its machine's alone
+    leader: bool = False  # the leader: a halted roll is its to report as blocked
 
     @property
     def configured(self) -> Enforcement:
@@ -101,6 +102,7 @@ class Turn:
     canary: CanaryCount | None = None
     held_back: str = ""  # a first deployment's stage: audit until..., the canary's window
     waiting: str = ""  # waiting for this unit's wave
+    blocked: str = ""  # the leader of a halted roll: only a person can go on
     probe_targets: tuple[ProbeTarget, ...] = ()  # besides the host's default gateways
     owns_exporter: bool = False
     record: str = ""  # digest of this unit's record, named in its reports
@@ -118,6 +120,12 @@ class Turn:
         return UnitReport(
             generation=self.on_roll.generation, outcome=outcome, error=error, record=self.record
         )
+
+
+def halted_message(roll: Roll) -> str:
+    """The leader's status while a roll is halted: the cause, and the fix."""
+    fix = "fix the cause, then run the resume-rollout action on the leader"
+    return f"rolling apply halted: {roll.halted}; {fix}"
 
 
 def forms_to_render(
@@ -159,6 +167,7 @@ def decide(facts: HookFacts) -> Turn:
         ),
         owns_exporter=min(facts.colocated, default=unit) == unit,
         record=facts.record,
+        blocked=halted_message(roll) if facts.leader and roll and roll.halted else "",
     )
     if not facts.rendered:
         return replace(turn, report=turn.report_of("blocked"))

@@ -112,6 +112,10 @@ def first_state() -> testing.State:
         peers_data={
             1: {"machine": peer_record("storage-1", 31)},
             2: {"machine": peer_record("control-1", 11)},
+            # storage-1's rack has a second machine: two units teach its subnets (and a second
+            # compute machine keeps compute the commonest kind, whose first unit is the canary)
+            3: {"machine": peer_record("storage-2", 32)},
+            4: {"machine": peer_record("compute-2", 22)},
         },
     )
     return testing.State(

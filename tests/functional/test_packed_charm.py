@@ -100,10 +100,15 @@ def model(charm: Path) -> dict[str, Any]:
                 "endpoint": "cluster",
                 "id": 1,
                 "remote_app": APP,
-                "units": [f"{APP}/1", f"{APP}/2"],
+                "units": [f"{APP}/1", f"{APP}/2", f"{APP}/3", f"{APP}/4"],
                 "data": {
                     f"{APP}/1": {"machine": peer_record("storage-1", 31)},
                     f"{APP}/2": {"machine": peer_record("control-1", 11)},
+                    # storage-1's rack has a second machine: two units teach its subnets (and a
+                    # second compute machine keeps compute the commonest kind: this unit is
+                    # the first of it, the canary)
+                    f"{APP}/3": {"machine": peer_record("storage-2", 32)},
+                    f"{APP}/4": {"machine": peer_record("compute-2", 22)},
                     UNIT: {},
                     APP: {},
                 },
@@ -230,7 +235,10 @@ def test_a_deploy_config_change_actions_and_removal_through_dispatch(unit: Machi
 
     # reapply: applied again although nothing changed; the same table
     done = ran(unit.dispatch("", action="reapply"), "reapply_action", "active")
-    assert (done.action or {})["results"] == {"result": "applied"}
+    assert (done.action or {})["results"] == {
+        "result": "applied",
+        "message": "applied ruleset (audit form)",  # it says what it applied, in which form
+    }
     assert any(c[:2] == ["nft", "-f"] for c in done.host_calls())
     assert table_json(MACHINE_NS) == loaded_like(nftables, unit.bed)
 

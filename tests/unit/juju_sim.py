@@ -114,6 +114,7 @@ class Cloud:
         self.units: dict[int, Unit] = {}
         self.leader_reads: list[int] = []  # relation-get calls per leader peer hook
         self.rogue: int | None = None  # a compromised machine's unit (see `compromise`)
+        self.update_every = UPDATE_STATUS_ROUNDS  # Juju's update-status-hook-interval, in rounds
         self.rogue_every = 3  # rounds between its rewrites of its own record
         self.calls: list[tuple[bool, str, int]] = []  # (leader?, event kind, hook-tool calls)
         for i, role in enumerate(sunbeam_roles(machines)):
@@ -233,6 +234,18 @@ class Cloud:
                 os.environ.pop("NETWORK_ISOLATION_STATE_DIR", None)
             else:
                 os.environ["NETWORK_ISOLATION_STATE_DIR"] = saved_dir
+
+    def run_action(self, index: int, name: str) -> dict[str, Any]:
+        """`juju run` of an action on one unit, at once; its results (ActionFailed raises)."""
+        unit = self.units[index]
+        if unit.ctx is None:
+            unit.ctx = context(unit.index, machine_id=str(unit.index), app_name=APP)
+        with self._machine(unit):
+            out = unit.ctx.run(unit.ctx.on.action(name), self._state(unit))
+        self.hooks += 1
+        unit.state = out
+        self._publish(unit, out)
+        return dict(unit.ctx.action_results or {})
 
     def run_hook(self, unit: Unit, event: Event, counter: Any = None) -> None:
         """Run one hook on a unit; publish what it wrote, as Juju does at the hook's end."""
@@ -356,7 +369,7 @@ class Cloud:
         """Rounds until the first deployment is done and nothing is pending; how many."""
         start = self.round
         while not (self.first_deployment_done() and not self.pending()):
-            if self.round % UPDATE_STATUS_ROUNDS == UPDATE_STATUS_ROUNDS - 1:
+            if self.round % self.update_every == self.update_every - 1:
                 self.broadcast("update")
             self.step(counter)
             assert self.round - start <= limit, "the first deployment did not finish"

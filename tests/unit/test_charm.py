@@ -251,44 +251,114 @@ def test_sunbeam_role_with_the_guide_table_is_blocked_naming_the_preset(
     )
 
 
+def applies(fake_host: type[FakeHost]) -> int:
+    return fake_host.names().count("apply")
+
+
 @pytest.mark.parametrize(
     ("role", "app", "network"),
     [("storage", "cinder-volume", "internal"), ("control", "microovn", "data")],
 )
-def test_principal_the_guide_table_breaks_is_warned_about(
-    role: str, app: str, network: str, make_networks: MakeNetworks, distinct_layout: Layout
+def test_principal_the_guide_table_breaks_blocks_and_nothing_is_applied(
+    role: str,
+    app: str,
+    network: str,
+    make_networks: MakeNetworks,
+    distinct_layout: Layout,
+    fake_host: type[FakeHost],
 ):
     ctx = context()
     st = state(make_networks(distinct_layout), [principal(role, app)])
     out = ctx.run(ctx.on.config_changed(), st)
-    assert isinstance(out.unit_status, ops.ActiveStatus)
-    message = out.unit_status.message
-    assert f"; {app} needs '{network}'" in message
-    assert message.endswith(
-        f"which role table 'guide' denies to {role}: role-table=sunbeam allows it"
+    assert out.unit_status == ops.BlockedStatus(
+        f"{app} needs '{network}', which role table 'guide' denies to {role}:"
+        " role-table=sunbeam allows it, or accept it in 'accept-denials'"
     )
+    assert applies(fake_host) == 0
     plan = plan_of(ctx, st)
-    assert len(plan["warnings"]) == 1 and plan["warnings"][0] in message
-    assert f"  warning: {plan['warnings'][0]}" in show_plan(ctx, st, "text").splitlines()
+    assert (plan["status"], plan["warnings"]) == ("blocked", [])
+    assert network not in access(plan)
 
-    # Sunbeam's table gives the role that network: no warning, and the network is allowed.
-    st = state(make_networks(distinct_layout), [principal(role, app)], {"role-table": "sunbeam"})
+
+@pytest.mark.parametrize(
+    ("role", "app", "network"),
+    [("storage", "cinder-volume", "internal"), ("control", "microovn", "data")],
+)
+def test_principal_sunbeams_table_allows_is_enforced_without_a_warning(
+    role: str,
+    app: str,
+    network: str,
+    make_networks: MakeNetworks,
+    distinct_layout: Layout,
+    fake_host: type[FakeHost],
+):
+    ctx = context()
+    config = {"role-table": "sunbeam"}
+    st = state(make_networks(distinct_layout), [principal(role, app)], config)
     out = ctx.run(ctx.on.config_changed(), st)
     assert isinstance(out.unit_status, ops.ActiveStatus)
     assert app not in out.unit_status.message
+    assert applies(fake_host) == 1
     plan = plan_of(ctx, st)
     assert plan["warnings"] == [] and network in access(plan)
 
 
-def test_principal_from_juju_context_is_warned_about(
-    make_networks: MakeNetworks, distinct_layout: Layout
+@pytest.mark.parametrize(
+    ("role", "app", "network"),
+    [("storage", "cinder-volume", "internal"), ("control", "microovn", "data")],
+)
+def test_principal_whose_denial_is_accepted_is_enforced_and_warned_about(
+    role: str,
+    app: str,
+    network: str,
+    make_networks: MakeNetworks,
+    distinct_layout: Layout,
+    fake_host: type[FakeHost],
+):
+    ctx = context()
+    config = {"accept-denials": f"{app}={network}"}
+    st = state(make_networks(distinct_layout), [principal(role, app)], config)
+    out = ctx.run(ctx.on.config_changed(), st)
+    assert isinstance(out.unit_status, ops.ActiveStatus)
+    message = out.unit_status.message
+    assert f"; {app} needs '{network}' (" in message
+    assert message.endswith(
+        f"which role table 'guide' denies to {role}: role-table=sunbeam allows it"
+    )
+    assert applies(fake_host) == 1
+    plan = plan_of(ctx, st)
+    assert len(plan["warnings"]) == 1 and plan["warnings"][0] in message
+    assert f"  warning: {plan['warnings'][0]}" in show_plan(ctx, st, "text").splitlines()
+    assert network not in access(plan)
+
+
+def test_principal_from_juju_context_blocks(
+    make_networks: MakeNetworks, distinct_layout: Layout, fake_host: type[FakeHost]
 ):
     # The role comes from config, not from a relation: JUJU_PRINCIPAL_UNIT names the principal.
     ctx = context(principal_unit="cinder-volume/3")
     st = state(make_networks(distinct_layout), config={"roles": "storage"})
     out = ctx.run(ctx.on.config_changed(), st)
-    assert isinstance(out.unit_status, ops.ActiveStatus)
-    assert "cinder-volume needs 'internal'" in out.unit_status.message
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert out.unit_status.message.startswith("cinder-volume needs 'internal'")
+    assert applies(fake_host) == 0
+
+
+def test_colocated_units_block_on_each_others_principals(
+    make_networks: MakeNetworks, distinct_layout: Layout, fake_host: type[FakeHost]
+):
+    """Co-located units share the machine's plan: each blocks on what any principal needs."""
+    networks = make_networks(distinct_layout)
+    ceph = context(0, principal_unit="microceph/0")
+    cinder = context(1, principal_unit="cinder-volume/0")
+    st_ceph = state(networks, [principal("storage", "microceph")])
+    st_cinder = state(networks, [principal("storage", "cinder-volume")])
+    cinder.run(cinder.on.config_changed(), st_cinder)
+    out = ceph.run(ceph.on.config_changed(), st_ceph)
+    assert isinstance(out.unit_status, ops.BlockedStatus)
+    assert out.unit_status.message.startswith("cinder-volume needs 'internal'")
+    assert applies(fake_host) == 0
+    assert show_plan(ceph, st_ceph, "json") == show_plan(cinder, st_cinder, "json")
 
 
 def test_show_plan_text(

@@ -118,7 +118,10 @@ def test_reapply_forces_an_apply_even_when_unchanged(networks, fake_host):
     ctx.run(ctx.on.config_changed(), state(networks))
     ctx.run(ctx.on.action("reapply"), state(networks))
     assert [force for _, _, force in applies(fake_host)] == [False, True]
-    assert ctx.action_results == {"result": "applied"}
+    assert ctx.action_results == {
+        "result": "applied",
+        "message": "applied ruleset (enforce form)",  # what it applied, in which form
+    }
 
 
 def test_update_status_repairs_drift_and_says_so(networks, fake_host):
@@ -297,7 +300,8 @@ def test_a_failure_anywhere_in_the_apply_halts_the_roll(networks, fake_host):
     halted = roll_of(out, peers).halted
     assert halted.startswith(f"{PEER} (machine-1) in wave 1: arm: cannot arm the timer")
     assert applies(fake_host) == []
-    assert out.unit_status == testing.WaitingStatus(f"rolling apply halted: {halted}")
+    fix = "fix the cause, then run the resume-rollout action on the leader"
+    assert out.unit_status == testing.BlockedStatus(f"rolling apply halted: {halted}; {fix}")
 
 
 def test_the_first_apply_of_a_new_unit_is_not_held_back(networks, fake_host):

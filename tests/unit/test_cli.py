@@ -113,13 +113,48 @@ def test_sunbeam_example_gets_sunbeams_rows_without_warnings(
     assert run_example(SUNBEAM).stdout.splitlines()[1] == "role table: sunbeam"
 
 
-def test_sunbeam_example_with_the_guide_table_warns_naming_the_preset(tmp_path: Path):
+def sunbeam_with_the_guide_table(directory: Path, accept_denials: str = "") -> Path:
+    """The Sunbeam example with `role-table: guide`, without the roles the guide's table lacks."""
     data = yaml.safe_load(SUNBEAM.read_text())
     data["config"]["role-table"] = "guide"
+    if accept_denials:
+        data["config"]["accept-denials"] = accept_denials
     for name in ("infra-1", "network-1"):  # roles the guide's table does not have
         del data["machines"][name]
-    path = tmp_path / "guide.yaml"
+    path = directory / "guide.yaml"
     path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_sunbeam_example_with_the_guide_table_blocks_the_principals_it_breaks(tmp_path: Path):
+    machines = plan_json(sunbeam_with_the_guide_table(tmp_path), blocked=True)["machines"]
+    fix = "role-table=sunbeam allows it, or accept it in 'accept-denials'"
+    expected = {
+        "control-1": [
+            f"microovn needs 'data', which role table 'guide' denies to control: {fix}",
+            "openstack-network-agents needs 'data', which role table 'guide' denies to"
+            f" control: {fix}",
+        ],
+        "storage-1": [
+            f"cinder-volume needs 'internal', which role table 'guide' denies to storage: {fix}"
+        ],
+        "compute-1": [],
+        "juju-1": [],
+    }
+    for name, problems in expected.items():
+        machine = machines[name]
+        assert (machine["status"], machine["problems"]) == (
+            "blocked" if problems else "active",
+            problems,
+        ), name
+        assert machine["warnings"] == [], name
+    assert machines["control-1"]["message"] == expected["control-1"][0] + " (+1 more)"
+    assert machines["storage-1"]["message"] == expected["storage-1"][0]
+
+
+def test_sunbeam_example_with_the_guide_table_and_accepted_denials_warns(tmp_path: Path):
+    accepted = "cinder-volume=internal microovn=data openstack-network-agents=data"
+    path = sunbeam_with_the_guide_table(tmp_path, accepted)
     machines = plan_json(path)["machines"]
     expected = {
         "control-1": ["microovn needs 'data'", "openstack-network-agents needs 'data'"],
@@ -128,12 +163,13 @@ def test_sunbeam_example_with_the_guide_table_warns_naming_the_preset(tmp_path: 
         "juju-1": [],
     }
     for name, starts in expected.items():
-        warnings = machines[name]["warnings"]
-        assert [w.split(" (")[0] for w in warnings] == starts, name
-        assert all(w.endswith(": role-table=sunbeam allows it") for w in warnings)
+        machine = machines[name]
+        assert machine["status"] == "active", name
+        assert [w.split(" (")[0] for w in machine["warnings"]] == starts, name
+        assert all(w.endswith(": role-table=sunbeam allows it") for w in machine["warnings"])
     text = run_plan(path).stdout
     assert "role table: guide" in text
-    assert "  warning: cinder-volume needs 'internal'" in text
+    assert "  warning: cinder-volume needs 'internal' (Sunbeam binds" in text
 
 
 def test_microstack_example_has_maximum_isolation(guide_networks: tuple[str, ...]):

@@ -66,6 +66,14 @@ INVALID: list[tuple[str, Any, str]] = [
     ("extra-ports", "internal=tcp:http", "tcp:http"),
     ("extra-ports", "bogus=tcp:80", "bogus"),
     ("extra-ports", "internal=tcp:80 internal=tcp:443", "internal"),
+    # accept-denials
+    ("accept-denials", "cinder-volume=bogus", "bogus"),
+    ("accept-denials", "cinder-volume", "cinder-volume"),
+    ("accept-denials", "cinder-volume=", "cinder-volume="),
+    ("accept-denials", "Cinder=internal", "Cinder"),
+    ("accept-denials", "cinder_volume=internal", "cinder_volume"),
+    ("accept-denials", "microovn-2=data", "microovn-2"),
+    ("accept-denials", "k8s=internal k8s=data", "k8s"),
     # booleans: Juju type-checks them, but the parser must not guess either
     ("strict-ports", "maybe", ""),
     ("strict-ports", [True], ""),
@@ -123,6 +131,7 @@ def test_empty_options_parse_to_nothing():
             "network-cidrs": "",
             "client-cidrs": "",
             "extra-ports": "",
+            "accept-denials": "",
         }
     )
     assert config.roles == frozenset()
@@ -130,6 +139,7 @@ def test_empty_options_parse_to_nothing():
     assert config.network_cidrs == {}
     assert config.client_cidrs == ()
     assert config.extra_ports == {}
+    assert config.accept_denials == {}
 
 
 @pytest.mark.parametrize(
@@ -228,6 +238,16 @@ def test_custom_role_of_an_invalid_role_networks_reports_role_networks():
     with pytest.raises(ConfigError) as caught:
         CharmConfig.from_options({"role-networks": "network=bogus", "roles": "network"})
     assert caught.value.option == "role-networks"
+
+
+def test_accept_denials_parse_per_application():
+    config = CharmConfig.from_options(
+        {"accept-denials": "cinder-volume=internal microovn-arm64=data,internal"}
+    )
+    assert config.accept_denials == {
+        "cinder-volume": frozenset({Network.INTERNAL}),
+        "microovn-arm64": frozenset({Network.DATA, Network.INTERNAL}),
+    }
 
 
 def test_network_cidrs_parse_per_network():

@@ -140,7 +140,7 @@ def test_a_unit_that_never_reports_times_the_wave_out_into_a_halt(fresh):
     cloud.set_config(client_cidrs=CHANGE, rolling_wave_timeout=300, rolling_canary_window=60)
     cloud.settle()
     assert not cloud.roll().halted, "nothing has timed out yet"
-    for _ in range(12):  # update-status keeps coming, the clock runs on
+    for _ in range(40):  # update-status keeps coming, the clock runs on
         cloud.broadcast("update")
         cloud.settle()
     halted = cloud.roll().halted

@@ -9,6 +9,7 @@ docs/explanation/peer-trust.md.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -263,7 +264,7 @@ def test_publishing_the_lowest_address_does_not_make_a_unit_everyones_neighbour(
 # -- Stall forever: a record that keeps changing -------------------------------------------------
 
 
-def test_a_change_of_the_view_alone_restarts_the_roll_at_most_once_per_wave_timeout():
+def test_a_change_of_records_alone_waits_for_the_roll_in_progress():
     members = {unit(n): Member(unit(n), f"m{n}", frozenset({"compute"})) for n in range(12)}
     schedule = Schedule(limit=25, percent=True, timeout=900)
     first = RollInputs("c" * 16, "1" * 16, "e" * 16)
@@ -272,9 +273,15 @@ def test_a_change_of_the_view_alone_restarts_the_roll_at_most_once_per_wave_time
     held = step(roll, flipped, members, {}, now=120, schedule=schedule)
     assert held.generation == roll.generation and held.waves == roll.waves
     assert held.deferred == (
-        "a change of the cloud view (records of network-isolation/7) waits 780 s"
+        "a change of records (of network-isolation/7) waits for the roll in progress"
     )
-    assert step(held, flipped, members, {}, now=901, schedule=schedule).generation == (
+    late = step(held, flipped, members, {}, now=5000, schedule=schedule)
+    assert late.generation == roll.generation, "the roll in progress is not done yet"
+    done = held.model_copy(update={"opened": len(held.waves)})
+    assert step(done, flipped, members, {}, now=600, schedule=schedule).generation == (
+        roll.generation
+    ), "and not sooner than a wave timeout after it began"
+    assert step(done, flipped, members, {}, now=901, schedule=schedule).generation == (
         flipped.generation
     )
     # a config change or a new unit restarts at once
@@ -293,11 +300,23 @@ def test_a_units_own_record_change_re_plans_only_its_machine():
     assert not may_apply(unit(2), waiting, reported, "2" * 16), "only within its open wave"
 
 
-def test_a_peer_flipping_its_record_does_not_start_a_new_rollout(networks):
+def test_a_peer_flipping_its_record_does_not_restart_the_rollout_in_progress(networks):
     peers = {n: {"machine": record(f"machine-{10 + n}", data=["10.40.0.0/24"])} for n in (1, 2)}
     out, _, relation = run_leader(networks, peers)
     before = Roll.model_validate_json(out.get_relation(relation.id).local_app_data["roll"])
-    flipped = {**peers, 2: {"machine": record("machine-12", ("storage",), data=["10.40.0.0/24"])}}
-    out, _, relation = run_leader(networks, flipped)
-    after = Roll.model_validate_json(out.get_relation(relation.id).local_app_data["roll"])
-    assert after.generation == before.generation, "roles and names are not the rulesets'"
+    assert not before.done
+    flipped = record("0", ("storage",), data=["10.40.0.0/24"])  # a new name, other roles
+    changed = dataclasses.replace(
+        out.get_relation(relation.id), peers_data={**peers, 2: {"machine": flipped}}
+    )
+    ctx = context(0)
+    later = ctx.run(
+        ctx.on.relation_changed(changed, remote_unit=2),
+        dataclasses.replace(out, relations=[compute(), changed]),
+    )
+    after = Roll.model_validate_json(later.get_relation(relation.id).local_app_data["roll"])
+    assert after.generation == before.generation and after.waves == before.waves
+    assert after.deferred == (
+        "a change of records (of network-isolation/2) waits for the roll in progress"
+    )
+    assert "a change of records (of network-isolation/2)" in later.unit_status.message

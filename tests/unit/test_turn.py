@@ -387,3 +387,14 @@ def test_the_unit_status_puts_the_plan_first_then_failures_then_waits():
         "apply failed",
     )
     assert unit_status(blocked, ["w"], blocked="apply failed") == ("blocked", "no role; w")
+
+
+def test_only_the_leader_of_a_halted_roll_is_blocked():
+    halted = roll(((ME,), ("other/1",)), opened=1, halted="other/1: load failed")
+    as_leader = decide(replace(facts(the_roll=halted), leader=True))
+    assert as_leader.blocked == (
+        "rolling apply halted: other/1: load failed;"
+        " fix the cause, then run the resume-rollout action on the leader"
+    )
+    assert decide(facts(the_roll=halted)).blocked == ""
+    assert decide(replace(facts(the_roll=SECOND), leader=True)).blocked == ""

@@ -31,7 +31,7 @@ def state_dir() -> Path:
 
 
 class UnitEntry(BaseModel):
-    """What one unit of this charm brings to its machine: roles and declared ports."""
+    """What one unit of this charm brings to its machine: its principal, roles, declared ports."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
 
@@ -46,8 +46,8 @@ class MachineRegistry:
     """One small file per unit of this charm on the machine, naming what it brings.
 
     A subordinate related to several principals on one machine has one unit per principal;
-    the registry lets each of them compute the plan for the union of all their roles and
-    declared ports.
+    the registry lets each of them compute the plan for the union of all their roles,
+    principals and declared ports.
     """
 
     def __init__(self, directory: Path, agents: Path | None = None):
@@ -115,6 +115,14 @@ class MachineRegistry:
     def roles_except(self, unit: str) -> frozenset[str]:
         """The union of the roles of the other units on this machine."""
         return frozenset().union(*(r for u, r in self.entries().items() if u != unit))
+
+    def principals_except(self, unit: str) -> frozenset[str]:
+        """The applications of the other units' principals: what each of them needs counts."""
+        return frozenset(
+            entry.principal.split("/")[0]
+            for entry in self._entries()
+            if entry.unit != unit and entry.principal
+        )
 
     def ports_except(self, unit: str) -> dict[str, frozenset[str]]:
         """The ports the other units' principals declared, per network."""

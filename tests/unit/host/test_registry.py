@@ -33,6 +33,16 @@ def test_record_and_read_back(tmp_path: Path):
     assert registry.roles_except("app/2") == frozenset({"compute", "storage", "control"})
 
 
+def test_the_other_units_principals_are_their_applications(tmp_path: Path):
+    registry = MachineRegistry(tmp_path)
+    registry.record("app/0", frozenset({"storage"}), principal="microceph/2")
+    registry.record("app/1", frozenset({"storage"}), principal="cinder-volume/0")
+    registry.record("app/2", frozenset({"juju-controller"}))  # no principal recorded
+    assert registry.principals_except("app/0") == frozenset({"cinder-volume"})
+    assert registry.principals_except("app/1") == frozenset({"microceph"})
+    assert registry.principals_except("app/9") == frozenset({"microceph", "cinder-volume"})
+
+
 def test_unit_with_no_role_is_recorded(tmp_path: Path):
     registry = MachineRegistry(tmp_path)
     registry.record("app/0", frozenset())
