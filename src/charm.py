@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import ops
 from network_isolation_interface import NetworkIsolationRequirer
 
-from cluster import NO_PEER, Cluster, FoldStore, Woken, woken_by
+from cluster import NO_PEER, PEER_ENDPOINT, Cluster, FoldStore, Woken, woken_by
 from cos_agent import CosAgent, scrape_target
 from network_isolation import bypass
 from network_isolation.base import Enforcement
@@ -39,7 +39,7 @@ from network_isolation.rollout import Roll, UnitReport, generation
 from network_isolation.rollout_report import rollout_status, rollout_summary, rollout_text
 from network_isolation.turn import HookFacts, Turn, decide, forms_to_render
 from outcome import STATUS_CLASSES, Outcome
-from state import ROLE_ENDPOINTS, HookState, Sources, read_state, related_roles
+from state import ROLE_ENDPOINTS, HookState, Sources, read_config, read_state, related_roles
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ class NetworkIsolationCharm(ops.CharmBase):
 
     def __init__(self, framework: ops.Framework):
         super().__init__(framework)
-        self._stored.set_default(bypass_warning="")  # kept between update-status hooks
+        # kept between hooks: the last BPF warning (update-status), and what a non-leader's last
+        # full reconcile rested on besides its own inputs (see `_quiet`)
+        self._stored.set_default(bypass_warning="", settled="")
         self.registry = MachineRegistry(state_dir() / "units")
         self.host = Host(state=state_dir())
         self.service_ports = NetworkIsolationRequirer(self, endpoint="service-ports")
@@ -61,6 +63,7 @@ class NetworkIsolationCharm(ops.CharmBase):
         self.outcome = Outcome()
         self._state: HookState | None = None  # read once per hook, by its first reader
         self._applied: str | None = None  # what this hook's apply did, if it applied
+        self._quiet_hook = False  # this hook returned early: nothing it reads changed
         reconcile_on = [
             self.on.config_changed,
             self.on.upgrade_charm,
@@ -130,6 +133,9 @@ class NetworkIsolationCharm(ops.CharmBase):
         when its wave opens; otherwise a unit waits for a wave that holds it, applies (or finds
         nothing to do) and reports once on the rollout (`network_isolation.turn` decides).
         """
+        if self._quiet(event):
+            return
+        self._stored.settled = ""
         try:
             # before anything, even a wait for this unit's wave: an unconfirmed change is live
             self.host.recover_unconfirmed()
@@ -174,6 +180,50 @@ class NetworkIsolationCharm(ops.CharmBase):
         )
         report = self._act(turn, state, forms.get(turn.form), force=force)
         self.cluster.publish(state.record, state.cloud if state.aggregated else None, roll, report)
+        changed = turn.apply or turn.confirm or report is not None
+        if not (changed or turn.timed or self.outcome.blocked):
+            # a hook that changed nothing: the same inputs would decide the same again
+            self._stored.settled = self._settled_on()
+
+    def _quiet(self, event: ops.EventBase) -> bool:
+        """A hook woken by a peer's change that cannot change what this unit does.
+
+        A non-leader reads no peer's databag: only the leader's (the view and the roll), this
+        machine's registry and the host's record of what is applied. The leader folds the
+        one peer that woke it. When those are as this unit's last full hook left them (and
+        that hook changed nothing, and did not wait for the clock), and, on the leader, the
+        peer only reported and the roll does not move, the hook returns after those few reads
+        and keeps its status. Anything else runs the hook in full.
+        """
+        if not (
+            isinstance(event, ops.RelationChangedEvent)
+            and event.relation.name == PEER_ENDPOINT
+            and self._stored.settled
+            and self._settled_on() == self._stored.settled
+        ):
+            return False
+        if self.unit.is_leader():
+            try:
+                config = read_config(self)
+            except ConfigError:
+                return False
+            if event.unit is None or not self.cluster.settle_report(
+                event.unit.name, config, self._ruleset_config(), self._rolling_config()
+            ):
+                return False
+        self._quiet_hook = True
+        return True
+
+    def _settled_on(self) -> str:
+        """A digest of what a non-leader's decision rests on besides its own inputs."""
+        applied = self.host.applied()
+        record = self.host.first_enforcement()
+        return generation(
+            self.cluster.shared_digest(),
+            json.dumps(sorted((u, sorted(r)) for u, r in self.registry.entries().items())),
+            fingerprint(applied) if applied.nftables is not None else "",
+            record.model_dump_json() if record else "",
+        )
 
     def _forms(self, state: HookState, roll: Roll | None) -> dict[Enforcement, Artefacts]:
         """The artefacts of every form this hook may load; none when the plan is not rendered."""
@@ -236,6 +286,8 @@ class NetworkIsolationCharm(ops.CharmBase):
             logger.error("removal left something behind: %s", e)
 
     def _on_collect_status(self, event: ops.CollectStatusEvent) -> None:
+        if self._quiet_hook:
+            return  # nothing changed: the status stays as the last full hook set it
         try:
             state = self._state or self._read()
         except ConfigError as e:

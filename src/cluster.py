@@ -322,12 +322,50 @@ class Cluster:
             self.warnings.insert(0, f"rolling apply goes on without {names}")
         return roll
 
+    def settle_report(self, peer: str, config: CharmConfig, inputs: str, options: str) -> bool:
+        """As leader, woken by one peer: fold its report alone, if its record is unchanged.
+
+        True when the roll it then steps to is the one already published: nothing the leader
+        decides or publishes changes, and its hook can end here (the report is kept for the
+        next step). False when the hook must run in full: a record that is new, changed or
+        refused, or a roll that moves (a wave opens, a halt, a timeout).
+        """
+        relation = self._relation
+        if relation is None or not self._leads:
+            return False
+        fold = self._store.load()
+        bag = relation.data[self._charm.model.get_unit(peer)]
+        try:
+            record = parse_record(bag.get(UNIT_KEY), config.peer_min_prefix)
+        except PeerError:
+            return False
+        if record is None or fold.records.get(peer) != dump(record):
+            return False
+        report = bag.get(REPORT_KEY)
+        if report and len(report) <= MAX_REPORT_BYTES:
+            fold.reports[peer] = report
+        self._store.save(fold)
+        records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
+        view = teach(records, config.network_cidrs, config.client_cidrs).view
+        previous = _parse(relation.data[self._charm.app].get(ROLL_KEY), Roll)
+        roll = self.next_roll(inputs, options, view, config.schedule)
+        self._stepping = None  # nothing to publish from here
+        return roll == previous
+
     def published_roll(self) -> Roll | None:
         """The roll in the application databag (this hook's, once published); None if alone."""
         relation = self._relation
         if relation is None:
             return None
         return _parse(relation.data[self._charm.app].get(ROLL_KEY), Roll)
+
+    def shared_digest(self) -> str:
+        """A digest of the leader's shared data (the cloud view and the roll): one read."""
+        relation = self._relation
+        if relation is None:
+            return ""
+        bag = relation.data[self._charm.app]
+        return generation(bag.get(CLOUD_KEY, ""), bag.get(ROLL_KEY, ""))
 
     def known_reports(self) -> dict[str, UnitReport]:
         """As leader: the reports it has read from its peers (and its own)."""

@@ -106,6 +106,7 @@ class Turn:
     probe_targets: tuple[ProbeTarget, ...] = ()  # besides the host's default gateways
     owns_exporter: bool = False
     record: str = ""  # digest of this unit's record, named in its reports
+    timed: bool = False  # the decision changes with the clock alone (a canary's window)
 
     def failed(self, error: str) -> UnitReport | None:
         """The report due when the apply failed: at this unit's turn on the roll only."""
@@ -199,13 +200,13 @@ def _applied(facts: HookFacts, turn: Turn) -> Turn:
     window = facts.plan.config.rolling_canary_window
     held = f"canary: enforcing, its counters judged after {window} s"
     if turn.note == "enforcing":
-        return replace(turn, held_back=held)  # its window starts with this apply
+        return replace(turn, held_back=held, timed=True)  # its window starts with this apply
     record = None if turn.confirm or turn.note == "audit" else facts.first_enforcement
     if record is None or record.enforcing_since is None:
         return replace(turn, report=turn.report_of("applied"))  # not a first enforcement
     seconds = facts.now - record.enforcing_since
     if seconds < window:
-        return replace(turn, held_back=held)
+        return replace(turn, held_back=held, timed=True)
     audit = Snapshot(record.audit_packets, record.audit_seconds)
     return replace(turn, report=turn.report_of("applied"), canary=CanaryCount(audit, seconds))
 

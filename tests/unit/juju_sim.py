@@ -259,7 +259,9 @@ class Cloud:
             out = ctx.run(self._event(ctx, unit, event), self._state(unit))
         self.hooks += 1
         if counter is not None:
-            self.calls.append((unit.index == self.leader, event.kind, counter.total))
+            # a peer's databag ("changed") or the leader's application databag ("app")
+            kind = "app" if event.kind == "changed" and event.remote is None else event.kind
+            self.calls.append((unit.index == self.leader, kind, counter.total))
             if unit.index == self.leader and event.kind == "changed":
                 self.leader_reads.append(counter.calls["relation-get"])
         unit.state = out

@@ -41,8 +41,10 @@ class Calls:
     """Hook-tool calls per hook, as measured on the real charm."""
 
     leader_peer: int  # the leader, woken by one peer's report
-    follower: int  # a non-leader, any hook
+    follower: int  # a non-leader, a hook that reads everything
     leader_base: int  # the leader's calls besides reading peers (the one-at-a-time design)
+    follower_quiet: int = 0  # a non-leader woken by a report when nothing it reads changed
+    leader_quiet: int = 0  # the leader woken by a report that moves no wave
 
 
 @dataclass
@@ -52,6 +54,7 @@ class _Unit:
     queued: set[tuple[str, int | None]] = field(default_factory=set)
     busy_until: float = 0.0
     report: UnitReport = field(default_factory=UnitReport)
+    settled: bool = False  # its last full hook changed nothing: a peer's report cannot either
     wants: bool = False  # the one-at-a-time design: announced a pending change
     done: bool = False  # the one-at-a-time design: applied
 
@@ -72,6 +75,7 @@ class Outcome:
     leader_calls_max: int
     seconds: float
     waves: int
+    woken_calls: float = 0.0  # mean hook-tool calls of a non-leader woken by a peer's report
 
 
 def sunbeam_members(machines: int) -> dict[str, Member]:
@@ -115,6 +119,7 @@ class RolloutModel:
         self.seq = itertools.count()
         self.hooks = 0
         self.leader_calls: list[int] = []
+        self.woken_calls: list[int] = []
         self.finish = 0.0
 
     def _send(self, to: _Unit, kind: str, remote: int | None, now: float) -> None:
@@ -160,6 +165,7 @@ class RolloutModel:
             leader_calls_max=max(per_hook),
             seconds=self.finish,
             waves=len(self.roll.waves),
+            woken_calls=sum(self.woken_calls) / max(1, len(self.woken_calls)),
         )
 
     def _hook(self, unit: _Unit, kind: str, remote: int | None, now: float) -> tuple[int, bool]:
@@ -167,8 +173,9 @@ class RolloutModel:
         if self.design == "turns":
             return self._turns_hook(unit, kind, now)
         leader = unit.index == 0
+        moved = False
         if leader:
-            self._lead(now)
+            moved = self._lead(now)
         roll = self.roll if leader or self.timed else self.seen_roll
         applied = may_apply(unit.name, roll, unit.report)
         if applied:  # applies, then reports once: its one unit-databag write of the rollout
@@ -176,17 +183,37 @@ class RolloutModel:
             self._broadcast("report", unit.index, now)
             if leader:
                 self._lead(now)
-        calls = self.calls.leader_peer if leader else self.calls.follower
+        # a hook woken by a report returns early when the unit's last hook changed nothing and
+        # (on the leader) the report moves no wave; any other hook reads everything
+        quiet = kind == "report" and unit.settled and not applied and not moved
+        if leader:
+            calls = (
+                self.calls.leader_quiet
+                if quiet and self.calls.leader_quiet
+                else (self.calls.leader_peer)
+            )
+        else:
+            calls = (
+                self.calls.follower_quiet
+                if quiet and self.calls.follower_quiet
+                else (self.calls.follower)
+            )
+            if kind == "report":
+                self.woken_calls.append(calls)
+        unit.settled = not applied and not moved and (quiet or kind != "app")
         if leader and kind == "report":
             self.leader_calls.append(calls)
         return calls, applied
 
-    def _lead(self, now: float) -> None:
+    def _lead(self, now: float) -> bool:
+        """The leader steps the roll; whether it moved (and was published)."""
         reports = {u.name: u.report for u in self.units if u.report.generation}
         decided = step(self.roll, "1" * 16, self.members, reports, 0.0, self.schedule)
-        if decided != self.roll:
-            self.roll = decided
-            self._broadcast("app", 0, now, leader_too=False)
+        if decided == self.roll:
+            return False
+        self.roll = decided
+        self._broadcast("app", 0, now, leader_too=False)
+        return True
 
     def _turns_hook(self, unit: _Unit, kind: str, now: float) -> tuple[int, bool]:
         """The one-at-a-time design: announce, re-read every peer, one turn at a time."""
