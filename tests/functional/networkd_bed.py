@@ -1,11 +1,17 @@
 """The real systemd-networkd in a throwaway network and mount namespace, driven by `Host`.
 
 `run(scenario, root)` starts `python -m tests.functional.networkd_bed SCENARIO ROOT` under
-`unshare -n -m`: a network namespace of its own (a veth pair: `eth1`, configured by networkd
+`unshare -n -m -p`: a network namespace of its own (a veth pair: `eth1`, configured by networkd
 from a MAAS-like netplan file, and `peer1`, which networkd leaves alone, like Cilium's
 `cilium_host`, Docker's or LXD's bridges and OVN's `br-ex`), a tmpfs on /run, sysfs read-only
 (networkd does not wait for udev), a private D-Bus system bus, and `/lib/systemd/systemd-networkd`
 itself. The scenario prints what it saw as JSON; the test asserts on it.
+
+Nothing the bed starts outlives it. The bus and networkd are stopped, and waited for, when the
+scenario ends, fails or never gets going; and the bed runs in a pid namespace of its own, whose
+init (this module, pid 1 there) reaps the daemons and, on exit, takes everything still in the
+namespace with it: the kernel kills it. `unshare --kill-child` does the same when the test gives
+up on the bed: its timeout kills unshare, unshare's death kills init.
 
 Real: systemd-networkd, networkctl, D-Bus, `netplan generate`, `ip`, `nft`, `Host`.
 Replaced (systemd does not run in the namespace), by the small scripts below:
@@ -24,12 +30,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 NETWORKD = Path("/lib/systemd/systemd-networkd")
 NEEDED = {
@@ -78,7 +87,7 @@ BUS_CONFIG = """\
 def missing() -> str | None:
     """What this bed needs and this machine lacks (None: it can run)."""
     if os.geteuid() != 0:
-        return "the networkd bed needs root (unshare -n -m)"
+        return "the networkd bed needs root (unshare -n -m -p)"
     absent = [name for name, path in NEEDED.items() if not Path(path).exists()]
     return f"the networkd bed needs {', '.join(absent)}" if absent else None
 
@@ -87,7 +96,17 @@ def run(scenario: str, root: Path) -> dict[str, object]:
     """Run a scenario in a fresh namespace; what it observed, or an error with networkd's log."""
     src = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src / "src"), str(src)])}
-    argv = ["unshare", "-n", "-m", "--propagation", "private"]
+    # A pid namespace too: when its init exits or unshare dies, the kernel kills what is left.
+    argv = [
+        "unshare",
+        "-n",
+        "-m",
+        "-p",
+        "--kill-child",
+        "--mount-proc",
+        "--propagation",
+        "private",
+    ]
     argv += [sys.executable, "-m", "tests.functional.networkd_bed", scenario, str(root)]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180)
     log = (root / "bed" / "networkd.log").read_text() if (root / "bed").exists() else ""
@@ -138,11 +157,24 @@ def settle(timeout: float = 10.0) -> None:
         time.sleep(0.25)
 
 
-@dataclass(frozen=True)
+def stop_process(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM, SIGKILL after `timeout`; return once it has gone (init reaps it: not our child)."""
+    deadline, sig = time.monotonic() + timeout, signal.SIGTERM
+    while True:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        sig = signal.SIGKILL if time.monotonic() >= deadline else 0
+        time.sleep(0.05)
+
+
+@dataclass
 class Bed:
-    """The namespace's moving parts: where the host root and the helper scripts live."""
+    """The namespace's moving parts: the host root, the helper scripts, the private bus."""
 
     root: Path
+    bus: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def dir(self) -> Path:
@@ -167,14 +199,23 @@ class Bed:
         sh("ip", "link", "set", "lo", "up")
         sh("ip", "link", "add", NIC, "type", "veth", "peer", "name", BYSTANDER)
         sh("ip", "link", "set", BYSTANDER, "up")
-        (self.dir / "bus.conf").write_text(BUS_CONFIG)
-        sh("dbus-daemon", f"--config-file={self.dir / 'bus.conf'}", "--fork", "--nopidfile")
+        self._start_bus()
         netplan_dir = self.root / "etc/netplan"
         netplan_dir.mkdir(parents=True)
         (netplan_dir / "50-cloud-init.yaml").write_text(MAAS_NETPLAN)
         (netplan_dir / "50-cloud-init.yaml").chmod(0o600)
         self._write_scripts()
         sh(str(self.dir / "netplan"), "apply")
+
+    def _start_bus(self) -> None:
+        """The system bus networkctl talks to, as our child: `--fork` would hide it from stop."""
+        (self.dir / "bus.conf").write_text(BUS_CONFIG)
+        config = f"--config-file={self.dir / 'bus.conf'}"
+        argv = [NEEDED["dbus-daemon"], config, "--nofork", "--nopidfile", "--print-address"]
+        self.bus = subprocess.Popen(argv, stdout=subprocess.PIPE)
+        assert self.bus.stdout is not None
+        if not self.bus.stdout.readline():  # the address, once it listens
+            raise RuntimeError(f"dbus-daemon exited {self.bus.wait()} before listening")
 
     def _write_scripts(self) -> None:
         d, root = self.dir, self.root
@@ -228,8 +269,19 @@ exit 0
             sh("ip", "route", "add", *route)
 
     def stop(self) -> None:
-        pid = int((self.dir / "networkd.pid").read_text())
-        os.kill(pid, 15)
+        """Stop networkd and the bus and wait for them, whatever prepare got to start."""
+        pid_file = self.dir / "networkd.pid"
+        if pid_file.exists():
+            stop_process(int(pid_file.read_text()))
+        if self.bus is not None:
+            self.bus.terminate()
+            try:
+                self.bus.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.bus.kill()
+                self.bus.wait()
+            if self.bus.stdout is not None:
+                self.bus.stdout.close()
 
 
 def snapshot(bed: Bed) -> dict[str, object]:
@@ -318,15 +370,46 @@ SCENARIOS: dict[str, Callable[[Bed], dict[str, object]]] = {
 
 
 def main(scenario: str, root: str) -> None:
+    """Prepare the bed, run the scenario, print what it saw; stop the bed in any case.
+
+    As pid 1 of the bed's pid namespace, through `init`: pid 1 must reap, or a stopped networkd
+    stays a zombie that `networkd-restart` waits for forever.
+    """
+    if os.getpid() == 1:
+        init(lambda: main(scenario, root))
     bed = Bed(Path(root))
-    bed.prepare()
-    settle()
-    bed.add_foreign()
     try:
+        bed.prepare()
+        settle()
+        bed.add_foreign()
         seen = SCENARIOS[scenario](bed)
     finally:
         bed.stop()
     print(json.dumps(seen, indent=1))
+
+
+def init(work: Callable[[], None]) -> NoReturn:
+    """Be the pid namespace's init: run work in a child, reap every orphan, exit with its status.
+
+    networkd is reparented here when the script that started it exits; reaping it lets a stop
+    see it go. When init exits the kernel kills whatever is left in the namespace.
+    """
+    child = os.fork()
+    if child == 0:
+        code = 0
+        try:
+            work()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    while True:
+        pid, status = os.wait()
+        if pid == child:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
 
 
 if __name__ == "__main__":
