@@ -23,6 +23,7 @@ from network_isolation.host import (
     Host,
     HostError,
     MachineRegistry,
+    PortInUseError,
     ProbeTarget,
     controller_targets,
     fingerprint,
@@ -425,6 +426,8 @@ class NetworkIsolationCharm(ops.CharmBase):
         if turn.owns_exporter and plan.status == "active":
             try:
                 self.host.ensure_exporter(spec)
+            except PortInUseError as e:
+                self.outcome.blocked = str(e)  # the operator picks another metrics-port
             except HostError as e:
                 self.outcome.warnings.append(f"metrics exporter: {e}")
         self.host.record_plan(summary)

@@ -23,6 +23,7 @@ ROLE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # after the first holding a letter (so `-2` cannot be mistaken for a unit number).
 APPLICATION_NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]*[a-z][a-z0-9]*)*$")
 PORT_ENTRY = re.compile(r"^(tcp|udp):(\d{1,5})(?:-(\d{1,5}))?$")
+SSH_PORT = 22  # the firewall keeps it open on every machine, as a failsafe
 T = TypeVar("T")
 
 
@@ -91,6 +92,21 @@ def parse_port_range(text: str) -> tuple[str, int, int]:
     return proto, first, last
 
 
+def _management_service(port: int) -> str | None:
+    """The port catalogue's service on this TCP port of the management network, any role."""
+    from .ports import SERVICES, PortRange  # ports imports this module
+
+    for entry in SERVICES:
+        for taken in (PortRange.parse(p) for p in entry.ports):
+            if (
+                entry.network is Network.MANAGEMENT
+                and taken.protocol == "tcp"
+                and taken.first <= port <= taken.last
+            ):
+                return f"{entry.service}, {taken}"
+    return None
+
+
 def _covered_addresses(subnets: Sequence[IPNetwork]) -> dict[int, int]:
     """How many addresses of each IP version the subnets cover, overlaps counted once."""
     v4 = ipaddress.collapse_addresses(s for s in subnets if isinstance(s, ipaddress.IPv4Network))
@@ -148,6 +164,23 @@ class CharmConfig(BaseModel):
             self.rolling_canary_threshold,
             self.networks_by_role,
         ).with_timing(canary_window=self.rolling_canary_window, hook_interval=0)
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _check_metrics_port(cls, value: int) -> int:
+        """Not a port a management service of the cloud listens on: the two would clash."""
+        if value == SSH_PORT:
+            raise ValueError(
+                f"{value} is SSH's port, which the firewall keeps open on every machine: choose"
+                " another (the default is 9479)"
+            )
+        service = _management_service(value)
+        if service:
+            raise ValueError(
+                f"{value} is taken on the management network by {service}: choose another (the"
+                " default is 9479)"
+            )
+        return value
 
     @field_validator("rolling_wave_size")
     @classmethod

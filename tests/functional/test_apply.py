@@ -40,6 +40,7 @@ from network_isolation.host import (
     RolledBackError,
     Tools,
     gateway_target,
+    nftables,
     tcp_probe,
 )
 
@@ -785,6 +786,33 @@ def test_a_hook_killed_before_changing_anything_does_not_reject_its_artefacts(be
 
     assert bed.host.apply(Art(B, NETPLAN_A), TARGETS).changed
     assert bed.host.rejected() is None
+
+
+def test_a_hook_killed_before_nft_runs_is_neither_restored_nor_rejected(
+    bed: Bed, monkeypatch: pytest.MonkeyPatch
+):
+    """Killed once `pending.nft` is written, before `nft -f` runs: the timer then fires."""
+    bed.host.apply(Art(A, NETPLAN_A), TARGETS)
+    before, applies = table(), bed.netplan_applies()
+    write = nftables.write_atomically
+
+    def write_then_die(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+        write(path, content, mode)
+        if path == bed.host.table.pending_file:
+            raise Killed
+
+    monkeypatch.setattr(nftables, "write_atomically", write_then_die)
+    with pytest.raises(Killed):
+        bed.host.apply(Art(B, NETPLAN_B), TARGETS)
+    monkeypatch.setattr(nftables, "write_atomically", write)
+    command = bed.host.rollback_command()
+    done = sh(IP, "netns", "exec", MACHINE_NS, *command, check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert table() == before and bed.netplan_applies() == applies  # nothing to restore
+    assert bed.host.rejected() is None and not bed.host.guard.is_armed()
+    assert bed.host.apply(Art(B, NETPLAN_B), TARGETS).changed  # not refused as rejected
+    assert "tcp dport 10 drop" in (table() or "") and reachable()
 
 
 def test_no_apply_while_the_dead_man_restores(bed: Bed):

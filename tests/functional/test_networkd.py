@@ -3,13 +3,21 @@
 Against the real systemd-networkd in a namespace of its own (see `networkd_bed`: what is real and
 what is replaced). The control scenario shows the bed can see the damage: someone else's plain
 `netplan apply` of a changed file, with networkd's defaults, deletes the same foreign rules.
+After our removal networkd has its defaults back: the next `netplan apply` deletes them again.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from network_isolation.host import Host, SubprocessRunner, Tools
 
 from . import networkd_bed as bed
 from .conftest import need
@@ -83,3 +91,105 @@ def test_foreign_rules_and_routes_survive_our_apply_and_removal(tmp_path: Path):
     before = seen["before"]
     assert isinstance(before, dict)
     assert removed["rules"] == before["rules"]
+
+
+@pytest.mark.usefixtures("prerequisites")
+def test_after_removal_networkd_manages_foreign_rules_again(tmp_path: Path):
+    seen = run_here("removal-hands-networkd-back", tmp_path)
+    stages = ["before", "installed, reconfigured", "removed", "removed, reconfigured"]
+    assert list(seen) == stages
+    states = {stage: seen[stage] for stage in stages}
+    assert all(isinstance(state, dict) for state in states.values())
+    rules = {stage: set(state["rules"]) for stage, state in states.items()}  # type: ignore[index]
+    # while installed, a reconfigure keeps them; our removal's restart of networkd drops
+    # nothing; from then on a reconfigure deletes them, as before the charm came
+    assert set(FOREIGN_RULES) <= rules["installed, reconfigured"]
+    assert set(FOREIGN_RULES) <= rules["removed"]
+    assert not set(FOREIGN_RULES) & rules["removed, reconfigured"]
+    removed = states["removed"]
+    assert isinstance(removed, dict) and removed["dropins"] == []
+    # routes on a link networkd does not manage are never its business
+    for state in states.values():
+        assert set(FOREIGN_ROUTES) <= set(state["routes"])  # type: ignore[index]
+
+
+@pytest.mark.usefixtures("prerequisites")
+def test_a_reload_does_not_end_the_drop_ins_settings(tmp_path: Path):
+    """The settings are read when networkd starts: `networkctl reload` keeps them."""
+    seen = run_here("deleting-the-drop-in-is-not-enough", tmp_path)
+    state = seen["deleted, reloaded"]
+    assert isinstance(state, dict) and state["dropins"] == []
+    assert set(FOREIGN_RULES) <= set(state["rules"])
+
+
+# ---------------------------------------------------------------------------------------------
+# This module's scenarios, run in the bed's namespace with its `main`.
+
+
+def run_here(scenario: str, root: Path) -> dict[str, object]:
+    """Run one of this module's scenarios as `bed.run` runs the bed's own.
+
+    The same namespaces (network, mount and pid, the bed's `init` reaping and, on exit,
+    taking everything left with it); only the scenario comes from here.
+    """
+    src = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src / "src"), str(src)])}
+    code = (
+        "import sys\n"
+        "from tests.functional import networkd_bed as bed, test_networkd\n"
+        "bed.SCENARIOS.update(test_networkd.SCENARIOS)\n"
+        "bed.init(lambda: bed.main(*sys.argv[1:]))\n"
+    )
+    argv = ["unshare", "-n", "-m", "-p", "--fork", "--kill-child", "--mount-proc"]
+    argv += ["--propagation", "private", sys.executable, "-c", code, scenario, str(root)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180)
+    log = (root / "bed" / "networkd.log").read_text() if (root / "bed").exists() else ""
+    if done.returncode != 0:
+        raise AssertionError(
+            f"scenario {scenario} failed ({done.returncode}):\n{done.stderr[-4000:]}\n"
+            f"networkd log (tail):\n{log[-3000:]}"
+        )
+    return json.loads(done.stdout)
+
+
+def someone_elses_netplan_apply(machine: bed.Bed) -> None:
+    """`netplan apply` by anyone: networkd reloads and reconfigures every link it manages."""
+    bed.sh(str(machine.dir / "netplan"), "apply")
+
+
+def charm_host(machine: bed.Bed) -> Host:
+    """`Host` on the bed's root, with the bed's netplan, systemctl and systemd-run."""
+    tools = Tools(
+        netplan=str(machine.dir / "netplan"),
+        systemctl=str(machine.dir / "systemctl"),
+        systemd_run=str(machine.dir / "systemd-run"),
+    )
+    return Host(machine.root, SubprocessRunner(), probe=lambda targets, budget: {}, tools=tools)
+
+
+def deleting_the_drop_in_is_not_enough(machine: bed.Bed) -> dict[str, object]:
+    """Our apply, then the drop-in deleted and someone's netplan apply (a reload, no restart)."""
+    charm_host(machine).apply(bed.Artefacts(bed.RULESET, bed.ours(5000, "10.30.0.0/24")))
+    (machine.root / "etc/systemd/networkd.conf.d" / DROPIN).unlink()
+    someone_elses_netplan_apply(machine)
+    return {"deleted, reloaded": bed.snapshot(machine)}
+
+
+def removal_hands_networkd_back(machine: bed.Bed) -> dict[str, object]:
+    """Our apply, someone's netplan apply, our removal, someone's netplan apply again."""
+    host = charm_host(machine)
+    seen: dict[str, object] = {"before": bed.snapshot(machine)}
+    host.apply(bed.Artefacts(bed.RULESET, bed.ours(5000, "10.30.0.0/24")))
+    someone_elses_netplan_apply(machine)
+    seen["installed, reconfigured"] = bed.snapshot(machine)
+    host.remove()
+    seen["removed"] = bed.snapshot(machine)
+    someone_elses_netplan_apply(machine)
+    seen["removed, reconfigured"] = bed.snapshot(machine)
+    return seen
+
+
+SCENARIOS: dict[str, Callable[[bed.Bed], dict[str, object]]] = {
+    "deleting-the-drop-in-is-not-enough": deleting_the_drop_in_is_not_enough,
+    "removal-hands-networkd-back": removal_hands_networkd_back,
+}

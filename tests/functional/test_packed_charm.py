@@ -16,11 +16,13 @@ skipped with a message without them, failed under CI=true.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 import resource
 import shutil
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,17 +31,23 @@ from typing import Any
 import pytest
 import yaml
 
+from network_isolation.host import SubprocessRunner
+
 from .conftest import ROOT, need
 from .machine import (
     CONFIG,
     CONTROLLER_ADDRESS,
+    IP,
     MACHINE,
+    MACHINE_ADDRESS,
     MACHINE_NS,
+    NFT,
     STORAGE_CLUSTER_SOURCE,
     addresses_by_network,
     connects,
     counter_names,
     foreign,
+    listen,
     loaded_like,
     machine_namespaces,
     our_table,
@@ -47,25 +55,42 @@ from .machine import (
     table_json,
     verdicts,
 )
+from .netns import in_netns
 from .packed import APP, UNIT, Hook, Machine, build_charm, copy_charm, machine, network_get
 
 PRINCIPAL = {"endpoint": "compute-node", "id": 3, "remote_app": "openstack-hypervisor"}
 PRINCIPAL_UNIT = "openstack-hypervisor/0"
-# What a hook with unchanged inputs may still run: the drift check, the gateways' lookup and
-# (update-status, show-plan) the look for BPF programs on the space interfaces.
-READ_ONLY = [
-    ["nft", "-s", "list", "table", "inet", "network_isolation"],
-    ["nft", "-j", "list", "table", "inet", "network_isolation"],
-    ["ip", "-j", "-4", "route", "show", "default"],
-    ["ip", "-j", "-6", "route", "show", "default"],
+PEERS = {"endpoint": "cluster", "id": 1, "remote_app": APP}
+EXPORTER = "network-isolation-exporter.service"
+# What the charm reads of the host, by running a command, when its inputs did not change
+# (written out here, never taken from the code): the look for BPF programs before netfilter
+# (`tc` once per space interface of compute-1), the default gateways (the probe targets of an
+# apply or a drift repair) and the drift check.
+SPACE_INTERFACES = ("enp1s0", "enp2s0", "enp4s0", "enp5s0")
+BPF_LOOK = [
     ["ip", "-details", "-json", "link", "show"],
+    *(["tc", "-json", "filter", "show", "dev", nic, "ingress"] for nic in SPACE_INTERFACES),
     ["bpftool", "--json", "net", "show"],
 ]
-
-
-def changes(calls: list[list[str]]) -> list[list[str]]:
-    """The calls that are not read-only (`tc filter show` names each space interface)."""
-    return [c for c in calls if c not in READ_ONLY and c[:4] != ["tc", "-json", "filter", "show"]]
+GATEWAYS = [
+    ["ip", "-j", "-4", "route", "show", "default"],
+    ["ip", "-j", "-6", "route", "show", "default"],
+]
+DRIFT_CHECK = [["nft", "-s", "list", "table", "inet", "network_isolation"]]
+COUNTERS = [["nft", "-j", "list", "table", "inet", "network_isolation"]]
+# Each hook or action with unchanged inputs, and every host command it may run: nothing but
+# update-status's reads and the two read-only actions'.
+QUIET: dict[str, list[list[str]]] = {
+    "config-changed": [],
+    "compute-node-relation-changed": [],
+    "cluster-relation-changed": [],
+    "leader-elected": [],
+    "upgrade-charm": [],
+    "start": [],
+    "update-status": BPF_LOOK + GATEWAYS + DRIFT_CHECK,
+    "show-plan": BPF_LOOK,
+    "show-counters": COUNTERS,
+}
 
 
 def _prerequisites() -> None:
@@ -138,6 +163,58 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def quiet(unit: Machine) -> None:
+    """Every hook kind and read-only action with unchanged inputs: only what QUIET lists."""
+    remote = {"compute-node": (PRINCIPAL, PRINCIPAL_UNIT), "cluster": (PEERS, f"{APP}/1")}
+    seen: dict[str, list[list[str]]] = {}
+    for name in QUIET:
+        if name.startswith("show-"):
+            done = ran(
+                unit.dispatch("", action=name), f"{name.replace('-', '_')}_action", "active"
+            )
+        else:
+            relation, remote_unit = remote.get(name.removesuffix("-relation-changed"), (None, ""))
+            done = unit.dispatch(name, relation=relation, remote_unit=remote_unit)
+            ran(done, name.replace("-", "_"), "active")
+        seen[name] = done.host_calls()
+    assert seen == QUIET
+    each = ", ".join(f"{name} {len(calls)}" for name, calls in seen.items())
+    print(f"host commands per hook, unchanged inputs: {each}")
+
+
+def read_costs(commands: list[list[str]]) -> dict[str, float]:
+    """Median wall time (ms, of 5 runs) of each command, run as the charm runs it.
+
+    The real binary (not the stand-in), through the host module's own runner, in compute-1's
+    namespace with our table loaded there.
+    """
+    real = {"nft": NFT, "ip": IP, "tc": shutil.which("tc") or "tc"}
+    real["bpftool"] = shutil.which("bpftool") or "/usr/sbin/bpftool"
+
+    def median_ms(argv: list[str]) -> float:
+        runner, times = SubprocessRunner(), list[float]()
+        for _ in range(5):
+            began = time.perf_counter()
+            runner.run(argv)
+            times.append((time.perf_counter() - began) * 1000)
+        return round(statistics.median(times), 1)
+
+    return {
+        " ".join(argv): in_netns(
+            MACHINE_NS, functools.partial(median_ms, [real[argv[0]], *argv[1:]])
+        )
+        for argv in commands
+    }
+
+
+def upgrade_exporter_code(charm: Path) -> None:
+    """A new revision's exporter code in the deployed copy (a new file: the packed one stays)."""
+    metrics = charm / "src/network_isolation/host/metrics.py"
+    new = metrics.with_suffix(".new")
+    new.write_text(metrics.read_text() + "# a new revision\n")
+    os.replace(new, metrics)
+
+
 def ran(hook: Hook, event: str, status: str) -> Hook:
     """The hook exited 0, ops emitted `event`, every call was answered, the status is `status`."""
     assert hook.returncode == 0, f"{hook.name} failed:\n{hook.stderr}"
@@ -193,15 +270,43 @@ def test_a_deploy_config_change_actions_and_removal_through_dispatch(unit: Machi
     assert connects(CONTROLLER_ADDRESS), "management traffic must pass"
     assert not connects(STORAGE_CLUSTER_SOURCE), "storage-cluster traffic must be dropped"
 
-    # unchanged inputs: not a single host command, or only the read-only drift check
-    for hook, only_reads in (("compute-node-relation-changed", False), ("update-status", True)):
-        relation = PRINCIPAL if hook.startswith("compute") else None
-        done = unit.dispatch(
-            hook, relation=relation, remote_unit=PRINCIPAL_UNIT if relation else ""
-        )
-        ran(done, hook.replace("-", "_"), "active")
-        calls = done.host_calls()
-        assert (changes(calls) if only_reads else calls) == [], calls
+    # unchanged inputs: every hook kind runs exactly the host commands QUIET lists
+    exporter_unit = written["/etc/systemd/system/" + EXPORTER]
+    quiet(unit)
+    assert unit.written()["/etc/systemd/system/" + EXPORTER] == exporter_unit  # never rewritten
+    costs = read_costs(QUIET["update-status"])
+    print("read-only commands, median wall time in ms:", costs)
+    assert all(ms < 1000 for ms in costs.values()), costs
+
+    # an upgrade that brings new exporter code restarts the exporter, and does nothing else
+    upgrade_exporter_code(unit.charm)
+    done = ran(unit.dispatch("upgrade-charm"), "upgrade_charm", "active")
+    assert done.host_calls() == [["systemctl", "restart", EXPORTER]]
+    assert ran(unit.dispatch("upgrade-charm"), "upgrade_charm", "active").host_calls() == []
+
+    # a metrics-port another process listens on is refused before any change, and said
+    busy = listen(MACHINE_NS, MACHINE_ADDRESS, 9100)
+    try:
+        unit.state["config"]["metrics-port"] = 9100
+        unit.save()
+        done = unit.dispatch("config-changed")
+        assert done.returncode == 0, done.stderr
+        assert (
+            "metrics-port 9100 is in use by another process on 10.10.0.21"
+            in (done.status["message"])
+        ), done.status
+        assert not [c for c in done.host_calls() if c[0] == "systemctl"], done.host_calls()
+        assert "--port 9479" in unit.written()["/etc/systemd/system/" + EXPORTER]
+    finally:
+        busy.close()
+    done = ran(unit.dispatch("config-changed"), "config_changed", "active")  # now free
+    assert done.host_calls() == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "restart", EXPORTER],
+    ]
+    unit.state["config"]["metrics-port"] = 9479
+    unit.save()
+    ran(unit.dispatch("config-changed"), "config_changed", "active")
 
     # `juju config network-isolation enforcement=audit`: the table is replaced, drops nothing
     unit.state["config"]["enforcement"] = "audit"
@@ -223,7 +328,7 @@ def test_a_deploy_config_change_actions_and_removal_through_dispatch(unit: Machi
     assert table_json(MACHINE_NS) == loaded_like(nftables, unit.bed)
     live = table_json(MACHINE_NS)
     assert verdicts(live, "drop") == [] and verdicts(live, "goto"), "audit drops nothing"
-    assert changes(done.host_calls()) == []
+    assert done.host_calls() == QUIET["show-plan"]
     assert connects(STORAGE_CLUSTER_SOURCE), "audit must let the packet through"
 
     # show-counters: every counter of the rendered table, the would-be drop counted
@@ -231,7 +336,7 @@ def test_a_deploy_config_change_actions_and_removal_through_dispatch(unit: Machi
     counters = json.loads((done.action or {})["results"]["counters"])
     assert set(counters) == counter_names(nftables)
     assert counters["drop_in_storage_cluster"]["packets"] >= 1
-    assert changes(done.host_calls()) == []
+    assert done.host_calls() == QUIET["show-counters"]
 
     # reapply: applied again although nothing changed; the same table
     done = ran(unit.dispatch("", action="reapply"), "reapply_action", "active")

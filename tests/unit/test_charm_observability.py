@@ -16,7 +16,7 @@ from fake_host import FakeHost
 from ops import testing
 
 from cos_agent import DATABAG_KEY, JOB_NAME, CosAgentUnitData
-from network_isolation.host import MachineRegistry, fingerprint
+from network_isolation.host import MachineRegistry, PortInUseError, fingerprint
 from network_isolation.render import Artefacts
 from tests.charm_context import context
 
@@ -165,3 +165,26 @@ def test_show_plan_html_is_this_machines_page(
         "public": "denied-nic",
     }
     assert str(markupsafe.escape(results["nftables"])) in page
+
+
+def test_a_metrics_port_another_process_holds_blocks_and_the_isolation_still_applies(
+    charm_root: Path,
+    make_networks: NetworksFactory,
+    distinct_layout: Layout,
+    fake_host: type[FakeHost],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    busy = "metrics-port 9479 is in use by another process on 10.10.0.5"
+
+    def refuse(self: FakeHost, spec: object) -> bool:
+        raise PortInUseError(busy)
+
+    monkeypatch.setattr(fake_host, "ensure_exporter", refuse)
+    ctx = context(charm_root=charm_root)
+    principal = testing.SubordinateRelation("compute-node", remote_app_name="nova-compute")
+    out = ctx.run(
+        ctx.on.config_changed(),
+        testing.State(networks=make_networks(distinct_layout), relations=[principal]),
+    )
+    assert out.unit_status == testing.BlockedStatus(busy)
+    assert fake_host.applied_state.nftables is not None, "the isolation does not wait for it"

@@ -424,3 +424,32 @@ def test_a_role_without_management_is_refused():
         CharmConfig.from_options({"role-networks": "compute=internal,data,storage"})
     assert caught.value.option == "role-networks"
     assert "must include management" in caught.value.problem
+
+
+@pytest.mark.parametrize(
+    ("port", "says"),
+    [
+        (22, "22 is SSH's port, which the firewall keeps open on every machine"),
+        (
+            17070,
+            "taken on the management network by Juju controller API and SSH server, tcp:17070",
+        ),
+        (
+            17022,
+            "taken on the management network by Juju controller API and SSH server, tcp:17022",
+        ),
+        (6443, "by Kubernetes API, tcp:6443"),
+        (5999, "by SPICE consoles, tcp:5900-6099"),  # inside a range
+    ],
+)
+def test_metrics_port_is_not_a_management_port(port: int, says: str):
+    with pytest.raises(ConfigError) as raised:
+        CharmConfig.from_options({"metrics-port": port})
+    assert raised.value.option == "metrics-port"
+    assert says in raised.value.problem
+    assert raised.value.problem.endswith("choose another (the default is 9479)")
+
+
+@pytest.mark.parametrize("port", [0, 9479, 9100, 68, 6100])  # udp/68 is DHCP: TCP is free
+def test_metrics_port_elsewhere_is_accepted(port: int):
+    assert CharmConfig.from_options({"metrics-port": port}).metrics_port == port

@@ -35,6 +35,7 @@ ROLLBACK_UNIT = "network-isolation-rollback"
 class Progress:
     """How far an apply got, so a rollback undoes exactly that."""
 
+    loading: bool = False  # `nft -f` may have run: the change counts, it can be rejected
     loaded: bool = False
     netplan_written: bool = False
     errors: list[str] = field(default_factory=lambda: list[str]())
@@ -60,12 +61,14 @@ class Guard:
     """Confirms an apply or rolls it back; its files live in the state directory.
 
     - `rejected.json`: the fingerprint of artefacts that failed, and why;
-    - during an apply only: `rollback/` (the previous state), `rollback.sh` (the dead-man's
-      restore script) and one marker. `armed`: whoever takes it first wins, the charm
-      confirming (deletes it) or restoring (renames it `restoring`), or the dead-man (renames
-      it `fired`). A marker stays until its restore is done; a restore that fails puts
-      `armed` back, for the timer or the next hook to retry. While `fired` or `restoring`
-      exists, nothing is armed: a restore may be reading the snapshot.
+    - during an apply only: `rollback/` (the previous state; `rollback/loading` once `nft -f`
+      may have run, so that a change that never reached the kernel is neither restored nor
+      rejected), `rollback.sh` (the dead-man's restore script) and one marker. `armed`:
+      whoever takes it first wins, the charm confirming (deletes it) or restoring (renames it
+      `restoring`), or the dead-man (renames it `fired`). A marker stays until its restore is
+      done; a restore that fails puts `armed` back, for the timer or the next hook to retry.
+      While `fired` or `restoring` exists, nothing is armed: a restore may be reading the
+      snapshot.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Guard:
         self.armed_file = state / "armed"
         self.fired_file = state / "fired"
         self.restoring_file = state / "restoring"
+        self.loading_file = self.rollback_dir / "loading"
         self.settle_budget = 60.0  # how long a hook waits for a running dead-man
 
     # -- rejected artefacts ----------------------------------------------------------------
@@ -193,6 +197,14 @@ class Guard:
             self.clean()
             raise ApplyError(f"cannot arm the rollback timer, not applying: {why}", stage="arm")
 
+    def loading(self, progress: Progress) -> None:
+        """`nft -f` of the change is about to run: from now on it may be live.
+
+        Recorded in the snapshot for the dead-man and the next hook, and in `progress`.
+        """
+        write_atomically(self.loading_file, "", 0o600)
+        progress.loading = True
+
     def _start_timer(self) -> str | None:
         """Start the dead-man's transient timer; why it failed, or None."""
         argv = [
@@ -230,6 +242,8 @@ class Guard:
             f"  mv {q(str(self.restoring_file))} {armed} 2>/dev/null",
             "fi",
             f"mv {armed} {fired} 2>/dev/null || exit 0",
+            "# a change whose `nft -f` never ran changed nothing: nothing to restore or reject",
+            f"[ -e {q(str(self.loading_file))} ] || {{ rm -f {fired}; exit 0; }}",
             "status=0",
             f"{q(tools.nft)} -f {q(str(snapshot / 'ruleset.nft'))} || status=1",
         ]
@@ -249,13 +263,10 @@ class Guard:
                 f" else {netplan} apply || status=1; fi"
             )
         rejected = q(str(snapshot / "rejected.json"))
-        # Reject the artefacts only if their change started (pending.nft is written first),
-        # and keep the reason of a failure the charm already recorded for them.
+        # Keep the reason of a failure the charm already recorded for these artefacts.
         lines += [
-            f"if [ -e {q(str(self.table.pending_file))} ]; then",
-            f"  grep -qs {wanted} {q(str(self.rejected_file))} ||"
+            f"grep -qs {wanted} {q(str(self.rejected_file))} ||"
             f" mv -f {rejected} {q(str(self.rejected_file))}",
-            "fi",
             # A failed restore leaves the marker armed: the next hook retries it.
             f'if [ "$status" = 0 ]; then rm -f {fired}; else mv -f {fired} {armed}; fi',
             'exit "$status"',
@@ -344,14 +355,19 @@ class Guard:
 
     @contextlib.contextmanager
     def rolling_back(self, wanted: str, netplan_changes: bool) -> Iterator[Progress]:
-        """Any failure inside: undo what was done, reject the artefacts, RolledBackError."""
+        """Any failure inside: undo what was done, RolledBackError.
+
+        The artefacts are rejected once their `nft -f` may have run (`progress.loading`):
+        a failure before that says nothing about them.
+        """
         progress = Progress()
         try:
             yield progress
         except Exception as e:
             error = e if isinstance(e, ApplyError) else RolledBackError(str(e), stage="apply")
             self._roll_back(progress, netplan_changes)
-            self._reject(wanted, error)
+            if progress.loading:
+                self._reject(wanted, error)
             outcome = "previous state restored"
             if progress.errors:
                 outcome = (
@@ -380,8 +396,8 @@ class Guard:
     def recover_unconfirmed(self) -> bool:
         """An apply that never confirmed (its hook died, a reboot): restore its snapshot now.
 
-        True when something was restored. Artefacts whose change never started (no
-        `pending.nft`) are disarmed without being rejected.
+        True when something was restored. Artefacts whose `nft -f` never ran (no
+        `rollback/loading`) changed nothing: they are disarmed, neither restored nor rejected.
         """
         self._settle()
         if not self.armed_file.exists():
@@ -390,15 +406,16 @@ class Guard:
             logger.warning("an unconfirmed apply left no snapshot: disarming only")
             self.claim()
             return False
-        if not self.table.pending_file.exists():
-            logger.warning("an apply was armed but changed nothing: disarming only")
+        if not self.loading_file.exists():
+            logger.warning("an apply was armed but never loaded: disarming only")
             if self.claim():
                 self.clean()
+                self.table.pending_file.unlink(missing_ok=True)
             return False
         logger.warning("an earlier apply was not confirmed: restoring the state before it")
         netplan_changes = (self.rollback_dir / "netplan-changes").exists()
         saved = read_text(self.rollback_dir / "rejected.json")
-        progress = Progress(loaded=True, netplan_written=netplan_changes)
+        progress = Progress(loading=True, loaded=True, netplan_written=netplan_changes)
         self._roll_back(progress, netplan_changes)
         if progress.errors:
             raise HostError(f"cannot restore after an unconfirmed apply: {progress.errors}")

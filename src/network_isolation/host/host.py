@@ -52,9 +52,10 @@ class Host:
     - `plan-summary.json` and `history.json`: what the metrics exporter reads (see `exporter`);
     - `first-enforcement.json`: until the machine's first enforcement is confirmed, when its
       audit form loaded and what it had counted when the enforcing form replaced it;
-    - during an apply only: `pending.nft`, `rollback/` (the previous state), `rollback.sh` (the
-      dead-man's restore script, which the boot unit also runs after a reboot) and a marker,
-      `armed`, then `restoring` or `fired` while a restore holds it (see `Guard`).
+    - during an apply only: `pending.nft`, `rollback/` (the previous state, and `loading` once
+      `nft -f` may have run), `rollback.sh` (the dead-man's restore script, which the boot unit
+      also runs after a reboot) and a marker, `armed`, then `restoring` or `fired` while a
+      restore holds it (see `Guard`).
     """
 
     def __init__(
@@ -277,8 +278,15 @@ class Host:
         return ApplyResult(True, netplan_changes, f"applied {what}", tuple(skipped))
 
     def _change(self, artefacts: ArtefactsLike, netplan_changes: bool, progress: Progress):
-        """The ruleset in one transaction, then our netplan file if it changes."""
-        self.table.load(artefacts.nftables)
+        """The ruleset in one transaction, then our netplan file if it changes.
+
+        The snapshot is marked `loading` right before `nft -f` starts: a hook that dies
+        before that changed nothing, and neither the dead-man nor the next hook restores or
+        rejects its change.
+        """
+        self.table.stage(artefacts.nftables)
+        self.guard.loading(progress)
+        self.table.load()
         progress.loaded = True
         if netplan_changes:
             progress.netplan_written = True

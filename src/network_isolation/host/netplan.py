@@ -164,19 +164,35 @@ class NetplanFile:
         why = self._replace(netplan)
         if why:
             raise ApplyError(f"netplan apply failed: {why}", stage="netplan-apply")
+        self._release_if_unused(netplan)
 
     def restore(self, saved: Path) -> str | None:
         """Put back a saved copy of our file (none saved: no file) and apply; what went wrong."""
-        why = self._replace(read_text(saved))
-        return f"netplan apply: {why}" if why else None
+        netplan = read_text(saved)
+        why = self._replace(netplan)
+        if why:
+            return f"netplan apply: {why}"
+        self._release_if_unused(netplan)
+        return None
 
     def remove(self) -> list[str]:
-        """Delete our file, then `netplan apply`; what went wrong, if anything."""
-        if not self.path.exists():
-            self.networkd.remove()
-            return []
-        why = self._replace(None)
-        return [f"netplan apply: {why}"] if why else []
+        """Delete our file, `netplan apply`, then hand networkd its defaults back.
+
+        What went wrong, if anything. A failed apply keeps the drop-in: a retry of the
+        removal applies with it again.
+        """
+        if self.path.exists():
+            why = self._replace(None)
+            if why:
+                return [f"netplan apply: {why}"]
+        why = self.networkd.release()
+        return [why] if why else []
+
+    def _release_if_unused(self, netplan: str | None) -> None:
+        """No file of ours any more: no drop-in either (a failure is only logged)."""
+        why = self.networkd.release() if netplan is None else None
+        if why:
+            logger.warning("%s", why)
 
     def _replace(self, netplan: str | None) -> str | None:
         """Our file becomes `netplan` (None: no file) and is applied; None, or why not.

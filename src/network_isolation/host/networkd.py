@@ -5,8 +5,13 @@ manages. Each reconfigured link then drops "foreign" configuration, what network
 itself: every routing-policy rule on the host whose protocol is not `kernel` (systemd
 `manager_drop_foreign_routing_policy_rules`), and the routes through that link whose protocol is
 not `kernel`. That is Kubernetes' and VPNs' rules and an operator's routes. networkd reads
-`ManageForeignRoutingPolicyRules=` and `ManageForeignRoutes=` only when it starts, so our
-drop-in turning both off is followed by a restart of networkd, once, when it is written.
+`ManageForeignRoutingPolicyRules=` and `ManageForeignRoutes=` only when it starts (`networkctl
+reload` re-reads .network and .netdev files, not networkd.conf: systemd 252 and 255), so our
+drop-in turning both off is followed by a restart of networkd, once, when it is written, and
+once more when it is deleted with our netplan file: from then on networkd manages foreign
+rules and routes as it did before us. A restart is what systemd's `RestartKillSignal=SIGUSR2`
+in networkd's unit is for: networkd keeps its DHCP leases and addresses across it, and its
+start drops nothing foreign (only a later reconfigure does).
 
 With it, networkd also forgets the rules and routes of ours that it configured before a restart
 (an upgrade restarts it): `stale_routing` lists those our previous file had and the next one
@@ -116,17 +121,24 @@ class Networkd:
         return None
 
     def tidy(self, previous: str | None, wanted: str | None) -> None:
-        """Delete our stale rules and routes (gone already: fine); no file of ours: no drop-in."""
+        """Delete our stale rules and routes (gone already: fine)."""
         for entry in stale_routing(previous, wanted):
             self.system.runner.run(entry.delete_argv(self.system.tools.ip))
-        if wanted is None:
-            self.remove()
 
-    def remove(self) -> None:
-        """Remove the drop-in, and its directory once empty.
+    def release(self) -> str | None:
+        """The drop-in gone and networkd restarted to drop its settings; None, or why not.
 
-        networkd keeps the settings until it restarts: harmless.
+        No drop-in: nothing to do, no command.
         """
-        self.dropin.unlink(missing_ok=True)
+        if not self.dropin.exists():
+            return None
+        self.dropin.unlink()
         with contextlib.suppress(OSError):
             self.dropin.parent.rmdir()
+        result = self.system.run(self.system.tools.systemctl, "try-restart", NETWORKD_UNIT)
+        if result.returncode != 0:
+            return (
+                f"cannot restart systemd-networkd: {first_error(result.stderr)}; it keeps other"
+                " software's rules and routes until it restarts"
+            )
+        return None

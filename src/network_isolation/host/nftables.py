@@ -119,9 +119,12 @@ class Table:
                     f"nftables ruleset rejected: {why}", stage="validate-nftables"
                 )
 
-    def load(self, ruleset: str) -> None:
-        """Replace our table in one transaction, from `pending.nft`; ApplyError if refused."""
+    def stage(self, ruleset: str) -> None:
+        """Write the ruleset an apply is about to load (`pending.nft`)."""
         write_atomically(self.pending_file, ruleset, 0o600)
+
+    def load(self) -> None:
+        """Replace our table in one transaction, from `pending.nft`; ApplyError if refused."""
         result = self.system.run(self.system.tools.nft, "-f", str(self.pending_file))
         if result.returncode != 0:
             why = first_error(result.stderr + result.stdout, strip=[f"{self.state}/"])

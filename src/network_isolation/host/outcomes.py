@@ -22,14 +22,32 @@ class ArtefactsLike(Protocol):
         ...
 
 
-def fingerprint(artefacts: ArtefactsLike) -> str:
-    """A stable hash of the artefacts (64 hex digits)."""
+class Fingerprinted(Protocol):
+    """What a fingerprint hashes: artefacts, or what is applied (None: nothing of ours)."""
+
+    @property
+    def nftables(self) -> str | None:
+        """A ruleset, or None."""
+        ...
+
+    @property
+    def netplan(self) -> str | None:
+        """A netplan file's content, or None."""
+        ...
+
+
+def fingerprint(artefacts: Fingerprinted) -> str:
+    """A stable hash of the artefacts, or of what is applied (64 hex digits)."""
     doc = json.dumps({"nftables": artefacts.nftables, "netplan": artefacts.netplan})
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
 class HostError(RuntimeError):
     """A host operation failed in a way that is not about the artefacts (removal, audit...)."""
+
+
+class PortInUseError(HostError):
+    """The exporter's port is taken by another process: the operator must choose another."""
 
 
 class ApplyError(ValueError):

@@ -2,7 +2,8 @@
 
 The fake runner stands for the machine: it records every command, keeps the "kernel" state of
 our table (the last ruleset loaded with `nft -f`), and makes `systemctl enable` create the
-symlink systemd would. Expected values are written out here, never taken from the code.
+symlink systemd would, where the unit's `WantedBy=` says. Expected values are written out here,
+never taken from the code.
 """
 
 from __future__ import annotations
@@ -114,15 +115,20 @@ class FakeMachine:
             staged = Path(argv[3])
             self.staged = sorted(str(p.relative_to(staged)) for p in staged.rglob("*.yaml"))
         elif argv[:2] == [SYSTEMCTL, "enable"]:
-            link = self.root / "etc/systemd/system/sysinit.target.wants" / argv[2]
+            link = self._wants_link(argv[-1])
             link.parent.mkdir(parents=True, exist_ok=True)
             link.unlink(missing_ok=True)
-            link.symlink_to(f"/etc/systemd/system/{argv[2]}")
+            link.symlink_to(f"/etc/systemd/system/{argv[-1]}")
         elif argv[:2] == [SYSTEMCTL, "disable"]:
-            (self.root / "etc/systemd/system/sysinit.target.wants" / argv[2]).unlink(
-                missing_ok=True
-            )
+            self._wants_link(argv[-1]).unlink(missing_ok=True)
         return Result(0)
+
+    def _wants_link(self, unit: str) -> Path:
+        """Where `systemctl enable` links a unit: the `.wants` of its `WantedBy=`."""
+        text = (self.root / "etc/systemd/system" / unit).read_text()
+        wanted_by = next(line for line in text.splitlines() if line.startswith("WantedBy="))
+        target = wanted_by.removeprefix("WantedBy=")
+        return self.root / "etc/systemd/system" / f"{target}.wants" / unit
 
     def commands(self) -> list[str]:
         """The calls, with the test's root shown as ROOT and temporary paths as TMP."""

@@ -378,6 +378,93 @@ def _renamed(run: Callable[[Sequence[str]], Result], names: dict[str, str]):
     return wrapped
 
 
+def dies_once_pending_is_written(monkeypatch: pytest.MonkeyPatch, host: Host) -> None:
+    """The hook dies right after the ruleset to load is written, before `nft -f` runs."""
+    from network_isolation.host import nftables
+
+    write = nftables.write_atomically
+
+    def write_then_die(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+        write(path, content, mode)
+        if path == host.table.pending_file:
+            monkeypatch.setattr(nftables, "write_atomically", write)
+            raise Killed
+
+    monkeypatch.setattr(nftables, "write_atomically", write_then_die)
+
+
+def test_the_dead_man_does_not_reject_a_change_whose_nft_never_ran(
+    root: Path, machine: FakeMachine, probe: FakeProbe, tmp_path: Path, monkeypatch
+):
+    log = tmp_path / "tools.log"
+    tools = Tools(
+        nft=fake_tool(tmp_path / "nft", log), netplan=fake_tool(tmp_path / "netplan", log)
+    )
+    host = Host(root, machine, probe=probe, tools=tools)
+    machine.run = _renamed(machine.run, {tools.nft: NFT, tools.netplan: NETPLAN})  # type: ignore[method-assign]
+    host.apply(A, [CONTROLLER])
+    before = files(root)
+    dies_once_pending_is_written(monkeypatch, host)
+    with pytest.raises(Killed):
+        host.apply(B, [CONTROLLER])
+    assert machine.table == A.nftables  # nft -f never ran
+
+    arm = next(c for c in machine.calls if c[0] == SYSTEMD_RUN)
+    done = subprocess.run(arm[-2:], capture_output=True, text=True, check=False)
+
+    assert done.returncode == 0, done.stderr
+    assert not log.exists()  # nothing to restore: no nft, no netplan
+    assert host.rejected() is None
+    assert not host.guard.is_armed()
+    machine.calls.clear()
+    assert host.apply(B, [CONTROLLER]).changed  # the next hook applies it as any change
+    assert machine.table == B.nftables
+    after = files(root)
+    assert after.pop("var/lib/network-isolation/ruleset.nft") == B.nftables.encode()
+    assert after.pop("etc/netplan/90-network-isolation.yaml") == (B.netplan or "").encode()
+    assert {k for k, v in after.items() if before.get(k) != v} <= {
+        "var/lib/network-isolation/live.nft"
+    }
+
+
+def test_the_next_hook_does_not_reject_a_change_whose_nft_never_ran(
+    host: Host, machine: FakeMachine, root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    host.apply(A, [CONTROLLER])
+    dies_once_pending_is_written(monkeypatch, host)
+    with pytest.raises(Killed):
+        host.apply(B, [CONTROLLER])
+    machine.calls.clear()
+
+    assert host.apply(B, [CONTROLLER]).changed  # the timer has not fired yet
+
+    commands = machine.commands()
+    assert commands[0] == f"{SYSTEMCTL} stop network-isolation-rollback.timer"  # disarmed
+    assert f"{NFT} -f {STATE}/rollback/ruleset.nft" not in commands  # nothing restored
+    assert host.rejected() is None and machine.table == B.nftables
+
+
+def test_a_failure_before_nft_runs_rolls_back_without_rejecting(
+    host: Host, machine: FakeMachine, root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from network_isolation.host import nftables
+
+    host.apply(A, [CONTROLLER])
+    write = nftables.write_atomically
+
+    def disk_full(path: Path, content: str | bytes, mode: int = 0o644) -> None:
+        if path == host.table.pending_file:
+            raise OSError(28, "No space left on device")
+        write(path, content, mode)
+
+    monkeypatch.setattr(nftables, "write_atomically", disk_full)
+    with pytest.raises(RolledBackError, match="No space left on device"):
+        host.apply(B, [CONTROLLER])
+    assert host.rejected() is None  # not the artefacts' fault: retried next time
+    monkeypatch.setattr(nftables, "write_atomically", write)
+    assert host.apply(B, [CONTROLLER]).changed
+
+
 def test_the_next_hook_restores_a_killed_apply_itself(
     host: Host, machine: FakeMachine, probe: FakeProbe, root: Path
 ):

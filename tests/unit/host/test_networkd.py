@@ -25,7 +25,7 @@ from host_fakes import (
     ruleset,
 )
 
-from network_isolation.host import Host, RolledBackError
+from network_isolation.host import Host, HostError, RolledBackError
 from network_isolation.host.networkd import RoutingEntry, routing_entries, stale_routing
 
 DROPIN = "etc/systemd/networkd.conf.d/90-network-isolation.conf"
@@ -95,23 +95,51 @@ def test_a_failed_restart_rolls_back_and_says_why(host: Host, machine: FakeMachi
     assert not (root / "etc/netplan/90-network-isolation.yaml").exists()
 
 
-def test_removal_deletes_our_rules_and_the_drop_in(host: Host, machine: FakeMachine, root: Path):
+def test_removal_deletes_our_rules_and_the_drop_in_then_restarts_networkd(
+    host: Host, machine: FakeMachine, root: Path
+):
     before = files(root)
     host.apply(A)
     machine.calls.clear()
     host.remove()
-    assert f"{IP} -4 rule del priority 101 from 10.20.0.0/24 table 101" in machine.commands()
+    commands = machine.commands()
+    # our last netplan apply runs with the drop-in; then networkd gets its defaults back
+    assert commands[1:4] == [
+        f"{NETPLAN} apply",
+        f"{IP} -4 rule del priority 101 from 10.20.0.0/24 table 101",
+        RESTART_NETWORKD,
+    ]
+    assert commands.count(RESTART_NETWORKD) == 1
     assert not (root / DROPIN).parent.exists()
     assert files(root) == before
 
 
+def test_removal_without_the_drop_in_leaves_networkd_alone(host: Host, machine: FakeMachine):
+    host.apply(Art(ruleset(1001), None))  # no netplan file of ours: no drop-in
+    machine.calls.clear()
+    host.remove()
+    assert RESTART_NETWORKD not in machine.commands()
+
+
+def test_a_failed_restart_at_removal_is_reported(host: Host, machine: FakeMachine, root: Path):
+    host.apply(A)
+    machine.fail(SYSTEMCTL, "try-restart", stderr="Job failed: networkd exited")
+    with pytest.raises(HostError, match="cannot restart systemd-networkd: Job failed"):
+        host.remove()
+    assert not (root / DROPIN).exists()  # it takes effect when networkd next restarts
+
+
 def test_turning_routing_off_removes_the_drop_in(host: Host, machine: FakeMachine, root: Path):
     host.apply(A)
+    machine.calls.clear()
     host.apply(Art(ruleset(1002), None))
     assert not (root / DROPIN).exists()
     assert not (root / "etc/netplan/90-network-isolation.yaml").exists()
+    assert machine.commands().count(RESTART_NETWORKD) == 1
+    machine.calls.clear()
     host.apply(OFF)
     assert not (root / DROPIN).exists()
+    assert RESTART_NETWORKD not in machine.commands()
 
 
 def test_a_change_deletes_what_the_previous_file_had_and_the_new_one_has_not(

@@ -14,6 +14,7 @@ from host_fakes import (
     IP,
     NETPLAN,
     NFT,
+    RESTART_NETWORKD,
     SYSTEMCTL,
     A,
     FakeMachine,
@@ -42,6 +43,7 @@ def test_removal_leaves_the_host_as_it_was(host: Host, machine: FakeMachine, roo
         f"{NFT} -f TMP",
         f"{NETPLAN} apply",
         f"{IP} -4 rule del priority 101 from 10.20.0.0/24 table 101",
+        RESTART_NETWORKD,  # the drop-in gone, networkd manages foreign routing again
         f"{SYSTEMCTL} disable network-isolation.service",
         f"{SYSTEMCTL} daemon-reload",
     ]
