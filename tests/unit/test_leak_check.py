@@ -42,7 +42,7 @@ def session(directory: Path, tests: str) -> subprocess.CompletedProcess[str]:
     directory.mkdir()
     shutil.copy(CONFTEST, directory / "conftest.py")
     (directory / "test_inner.py").write_text(tests)
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no"]
     argv += ["--rootdir", str(directory), "--basetemp", str(directory / "tmp"), str(directory)]
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     return subprocess.run(argv, cwd=directory, capture_output=True, text=True, env=env, timeout=60)
