@@ -159,7 +159,8 @@ class NetworkIsolationCharm(ops.CharmBase):
             resume=resume,
         )
         self.outcome.warnings += self.cluster.warnings
-        forms = self._forms(state, roll)
+        never_enforced = self.host.never_enforced()
+        forms = self._forms(state, roll, never_enforced)
         turn = decide(
             HookFacts(
                 unit=self.unit.name,
@@ -168,7 +169,7 @@ class NetworkIsolationCharm(ops.CharmBase):
                 roll=roll,
                 own_report=self.cluster.own_report(),
                 colocated=tuple(self.registry.entries()),
-                enforced=not self.host.never_enforced(),
+                enforced=not never_enforced,
                 rendered=bool(forms),
                 applied=frozenset(form for form, a in forms.items() if self.host.is_applied(a)),
                 first_enforcement=self.host.first_enforcement(),
@@ -226,11 +227,13 @@ class NetworkIsolationCharm(ops.CharmBase):
             record.model_dump_json() if record else "",
         )
 
-    def _forms(self, state: HookState, roll: Roll | None) -> dict[Enforcement, Artefacts]:
+    def _forms(
+        self, state: HookState, roll: Roll | None, never_enforced: bool
+    ) -> dict[Enforcement, Artefacts]:
         """The artefacts of every form this hook may load; none when the plan is not rendered."""
         if state.artefacts is None:
             return {}
-        wanted = forms_to_render(state.plan, roll, self.host.never_enforced())
+        wanted = forms_to_render(state.plan, roll, never_enforced)
         return {
             form: state.artefacts
             if form == state.config.enforcement

@@ -41,6 +41,7 @@ from network_isolation.rollout import (
     Schedule,
     UnitReport,
     generation,
+    named,
     step,
     unit_order,
 )
@@ -90,6 +91,15 @@ class Fold(pydantic.BaseModel):
     changed: dict[str, list[float]] = {}  # when a unit's record changed lately (its last few)
     first_roll_since: float = 0.0  # when the first roll began to wait for every unit
     update_status: list[float] = []  # when this leader last ran update-status
+
+    def keep_report(self, unit: str, report: str | None) -> None:
+        """A unit's report as its databag holds it; one too large to be honest is not read."""
+        if report and len(report) <= MAX_REPORT_BYTES:
+            self.reports[unit] = report
+
+    def note_change(self, unit: str) -> None:
+        """A unit's record changed now: keep the time, with its last few."""
+        self.changed[unit] = [*self.changed.get(unit, []), clock()][-MAX_CHANGES:]
 
     def hook_interval(self) -> float:
         """How often update-status runs, from this leader's last ones; unknown is endless.
@@ -214,7 +224,7 @@ class Cluster:
         for gone in {*fold.records, *fold.refused, *fold.reports, *fold.changed} - present - {me}:
             fold.forget(gone)
         if fold.records.get(me, dump(record)) != dump(record):
-            fold.changed[me] = [*fold.changed.get(me, []), clock()][-MAX_CHANGES:]
+            fold.note_change(me)
         fold.records[me] = dump(record)
         self._store.save(fold)
         return fold
@@ -231,9 +241,7 @@ class Cluster:
         bag = relation.data[self._charm.model.get_unit(name)]
         before, changed = fold.records.get(name), fold.changed.get(name)
         fold.forget(name)
-        report = bag.get(REPORT_KEY)
-        if report and len(report) <= MAX_REPORT_BYTES:
-            fold.reports[name] = report
+        fold.keep_report(name, bag.get(REPORT_KEY))
         try:
             record = parse_record(bag.get(UNIT_KEY), min_prefix)
             if record is None:
@@ -245,10 +253,10 @@ class Cluster:
             fold.refused[name] = str(e)[:200]
             return
         fold.records[name] = dump(record)
-        if before is not None and before != fold.records[name]:
-            changed = [*(changed or []), clock()][-MAX_CHANGES:]
         if changed:
             fold.changed[name] = changed
+        if before is not None and before != fold.records[name]:
+            fold.note_change(name)
 
     def next_roll(
         self,
@@ -316,10 +324,7 @@ class Cluster:
         if roll.deferred:
             self.warnings.insert(0, roll.deferred)
         if roll.left_out:
-            names = ", ".join(roll.left_out[:3]) + (
-                f" (+{len(roll.left_out) - 3} more)" if len(roll.left_out) > 3 else ""
-            )
-            self.warnings.insert(0, f"rolling apply goes on without {names}")
+            self.warnings.insert(0, f"rolling apply goes on without {named(roll.left_out)}")
         return roll
 
     def settle_report(self, peer: str, config: CharmConfig, inputs: str, options: str) -> bool:
@@ -341,9 +346,7 @@ class Cluster:
             return False
         if record is None or fold.records.get(peer) != dump(record):
             return False
-        report = bag.get(REPORT_KEY)
-        if report and len(report) <= MAX_REPORT_BYTES:
-            fold.reports[peer] = report
+        fold.keep_report(peer, bag.get(REPORT_KEY))
         self._store.save(fold)
         records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
         view = teach(records, config.network_cidrs, config.client_cidrs).view
@@ -432,9 +435,9 @@ class Cluster:
 
 
 def _waiting_for(unheard: set[str]) -> str:
-    names = sorted(unheard, key=unit_order)
-    more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
-    return f"first roll waits for a record with roles from {', '.join(names[:3])}{more}"
+    return (
+        f"first roll waits for a record with roles from {named(sorted(unheard, key=unit_order))}"
+    )
 
 
 def _changed_since(fold: Fold, since: float) -> list[str]:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from .base import IPAddress, IPNetwork, Received
 from .model import NETWORKS, Network
 from .planner import domain_index, group_domains, nested_pairs, unlearnable, within
+from .rollout import unit_order
 
 UNIT_KEY = "machine"
 CLOUD_KEY = "cloud"
@@ -220,7 +221,7 @@ def teach(
     unconfirmed: list[str] = []
     for network in NETWORKS:
         for subnet, units in sorted(reported.get(network, {}).items(), key=lambda i: _key(i[0])):
-            names = sorted(units, key=_unit_key)
+            names = sorted(units, key=unit_order)
             why = _not_taught(network, subnet, declared.get(network, ()), clients)
             if why:
                 left_out.append(f"left out {subnet} on {network} from {names[0]}: {why}")
@@ -282,11 +283,6 @@ def _not_taught(
 
 def _declared(subnet: IPNetwork, declared: Iterable[IPNetwork] | None) -> bool:
     return any(within(subnet, d) for d in declared or ())
-
-
-def _unit_key(unit: str) -> tuple[str, int]:
-    app, _, number = unit.rpartition("/")
-    return app, int(number) if number.isdigit() else -1
 
 
 def _digest_of(unit: str) -> str:

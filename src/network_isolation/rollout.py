@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,6 +32,7 @@ WAVE_LIMIT = re.compile(r"^([1-9][0-9]{0,4})(%?)$")
 QUORUM_ROLES: tuple[str, ...] = ("control", "storage")
 MAX_HALT = 300
 MAX_LEFT_OUT = 10_000
+MAX_NAMED = 3  # units a status line names before it counts the rest
 Outcome = Literal["applied", "failed", "blocked"]
 
 
@@ -175,6 +176,12 @@ def unit_order(name: str) -> tuple[str, int]:
     """Units in a stable, human order: by application, then by number."""
     app, _, number = name.rpartition("/")
     return app, int(number) if number.isdigit() else -1
+
+
+def named(units: Sequence[str]) -> str:
+    """A few unit names for a status line, and how many more."""
+    more = f" (+{len(units) - MAX_NAMED} more)" if len(units) > MAX_NAMED else ""
+    return ", ".join(units[:MAX_NAMED]) + more
 
 
 def generation(*parts: str) -> str:
@@ -365,9 +372,7 @@ def _judged(
         return previous
     if previous.opened == 1 < waves:
         # the canary's verdict gates the cloud: a silent canary halts the roll
-        late = ", ".join(missing[:3]) + (
-            f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        )
+        late = named(missing)
         extra = schedule.timeout_of(1, waves) - schedule.timeout
         halted = f"wave 1/{waves} timed out after {schedule.timeout:.0f} s waiting for {late}"
         if extra:

@@ -9,16 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .rollout import Roll, UnitReport
+from .rollout import Roll, UnitReport, named
 from .turn import StatusKind, halted_message
-
-MAX_NAMED = 3  # units a status line names before it counts the rest
-
-
-def named(units: tuple[str, ...] | list[str]) -> str:
-    """A few unit names, and how many more."""
-    more = f" (+{len(units) - MAX_NAMED} more)" if len(units) > MAX_NAMED else ""
-    return ", ".join(units[:MAX_NAMED]) + more
 
 
 def rollout_status(roll: Roll) -> tuple[StatusKind, str]:
