@@ -92,10 +92,21 @@ def missing() -> str | None:
     return f"the networkd bed needs {', '.join(absent)}" if absent else None
 
 
-def run(scenario: str, root: Path) -> dict[str, object]:
-    """Run a scenario in a fresh namespace; what it observed, or an error with networkd's log."""
+def run(
+    scenario: str, root: Path, scenarios: str = "tests.functional.networkd_bed"
+) -> dict[str, object]:
+    """Run a scenario in a fresh namespace; what it observed, or an error with networkd's log.
+
+    `scenarios`: the module whose `SCENARIOS` hold it (this one's, or a test module's).
+    """
     src = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src / "src"), str(src)])}
+    code = (
+        "import importlib, sys\n"
+        "from tests.functional import networkd_bed as bed\n"
+        f"bed.SCENARIOS.update(importlib.import_module({scenarios!r}).SCENARIOS)\n"
+        "bed.main(*sys.argv[1:])\n"
+    )
     # A pid namespace too: when its init exits or unshare dies, the kernel kills what is left.
     argv = [
         "unshare",
@@ -107,7 +118,7 @@ def run(scenario: str, root: Path) -> dict[str, object]:
         "--propagation",
         "private",
     ]
-    argv += [sys.executable, "-m", "tests.functional.networkd_bed", scenario, str(root)]
+    argv += [sys.executable, "-c", code, scenario, str(root)]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180)
     log = (root / "bed" / "networkd.log").read_text() if (root / "bed").exists() else ""
     if done.returncode != 0:

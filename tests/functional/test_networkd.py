@@ -8,10 +8,6 @@ After our removal networkd has its defaults back: the next `netplan apply` delet
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,29 +123,8 @@ def test_a_reload_does_not_end_the_drop_ins_settings(tmp_path: Path):
 
 
 def run_here(scenario: str, root: Path) -> dict[str, object]:
-    """Run one of this module's scenarios as `bed.run` runs the bed's own.
-
-    The same namespaces (network, mount and pid, the bed's `init` reaping and, on exit,
-    taking everything left with it); only the scenario comes from here.
-    """
-    src = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src / "src"), str(src)])}
-    code = (
-        "import sys\n"
-        "from tests.functional import networkd_bed as bed, test_networkd\n"
-        "bed.SCENARIOS.update(test_networkd.SCENARIOS)\n"
-        "bed.init(lambda: bed.main(*sys.argv[1:]))\n"
-    )
-    argv = ["unshare", "-n", "-m", "-p", "--fork", "--kill-child", "--mount-proc"]
-    argv += ["--propagation", "private", sys.executable, "-c", code, scenario, str(root)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180)
-    log = (root / "bed" / "networkd.log").read_text() if (root / "bed").exists() else ""
-    if done.returncode != 0:
-        raise AssertionError(
-            f"scenario {scenario} failed ({done.returncode}):\n{done.stderr[-4000:]}\n"
-            f"networkd log (tail):\n{log[-3000:]}"
-        )
-    return json.loads(done.stdout)
+    """Run one of this module's scenarios in the bed's namespaces, as `bed.run` runs its own."""
+    return bed.run(scenario, root, scenarios="tests.functional.test_networkd")
 
 
 def someone_elses_netplan_apply(machine: bed.Bed) -> None:
