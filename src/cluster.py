@@ -9,6 +9,7 @@ view and the roll to the application databag, which every unit reads with one ca
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -55,6 +56,7 @@ REPORT_KEY = "report"
 MAX_REPORT_BYTES = 4096  # a canary's report carries its drop counters (18 at most, ~2.5 KB)
 MAX_CHANGES = 16  # the times of a unit's latest record changes that the leader keeps
 CHURN = 3  # record changes during one roll that the leader names in its status
+MAX_PARSED_RECORDS = 20_000  # a hook lives in one process: every peer's record fits
 clock: Callable[[], float] = time.time  # the wall clock that times waves out
 
 
@@ -190,7 +192,7 @@ class Cluster:
         if self._leads:
             fold = self._fold(relation, record, own, min_prefix, woken)
             refused = [f"refused the record of {u}: {r}" for u, r in fold.refused.items()]
-            records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
+            records = {u: _record(r) for u, r in fold.records.items()}
             taught = teach(records, config.network_cidrs, config.client_cidrs)
             problems = (*refused, *taught.left_out)
             return CloudReading(taught.view, problems, aggregated=True, notes=taught.unconfirmed)
@@ -246,7 +248,7 @@ class Cluster:
             record = parse_record(bag.get(UNIT_KEY), min_prefix)
             if record is None:
                 return
-            others = (MachineRecord.model_validate_json(r) for r in fold.records.values())
+            others = (_record(r) for r in fold.records.values())
             admit(record, others, own)
         except PeerError as e:
             _warn(f"refused the record of {name}: {e}")
@@ -285,7 +287,7 @@ class Cluster:
         fold = self._store.load()
         if own_report := relation.data[self._charm.unit].get(REPORT_KEY):
             fold.reports[self._charm.unit.name] = own_report
-        records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
+        records = {u: _record(r) for u, r in fold.records.items()}
         members = {u: Member(u, r.machine, frozenset(r.roles)) for u, r in records.items()}
         unheard = {u.name for u in relation.units} - {*fold.records, *fold.refused}
         # a unit whose principal has not joined yet has no role: its kind is still unknown
@@ -348,7 +350,7 @@ class Cluster:
             return False
         fold.keep_report(peer, bag.get(REPORT_KEY))
         self._store.save(fold)
-        records = {u: MachineRecord.model_validate_json(r) for u, r in fold.records.items()}
+        records = {u: _record(r) for u, r in fold.records.items()}
         view = teach(records, config.network_cidrs, config.client_cidrs).view
         previous = _parse(relation.data[self._charm.app].get(ROLL_KEY), Roll)
         roll = self.next_roll(inputs, options, view, config.schedule)
@@ -438,6 +440,16 @@ def _waiting_for(unheard: set[str]) -> str:
     return (
         f"first roll waits for a record with roles from {named(sorted(unheard, key=unit_order))}"
     )
+
+
+@functools.lru_cache(maxsize=MAX_PARSED_RECORDS)
+def _record(raw: str) -> MachineRecord:
+    """An accepted record from its canonical JSON, parsed once however often it is judged.
+
+    Re-reading every peer judges each record against all accepted before it: parsing them again
+    each time made that quadratic in JSON parsing. Records are frozen, so sharing one is safe.
+    """
+    return MachineRecord.model_validate_json(raw)
 
 
 def _changed_since(fold: Fold, since: float) -> list[str]:
