@@ -30,7 +30,12 @@ class Outcome:
 
     def status(self, state: HookState) -> ops.StatusBase:
         """The unit's status: the plan's verdict, then what went wrong, then what waits."""
-        warnings = [*state.principal_warnings, *state.problems, *self.warnings]
+        warnings = [
+            *state.binding_warnings,
+            *state.principal_warnings,
+            *state.problems,
+            *self.warnings,
+        ]
         kind, message = unit_status(
             state.plan,
             warnings,

@@ -23,7 +23,7 @@ from cluster import NO_PEER, Cluster, Woken
 from network_isolation.base import IPNetwork
 from network_isolation.config import CharmConfig, config_error
 from network_isolation.host import Host, MachineRegistry
-from network_isolation.model import NETWORKS, PRESET_ROLES, Network
+from network_isolation.model import NETWORKS, ROLE_ENDPOINTS, Network
 from network_isolation.peers import CloudView, MachineRecord
 from network_isolation.planner import (
     InterfaceAddress,
@@ -37,11 +37,9 @@ from network_isolation.planner import (
 from network_isolation.ports import PortRange, denied_ports, machine_ports, registered_ports
 from network_isolation.render import Artefacts, RenderError, render
 from network_isolation.rollout import generation
+from network_isolation.spaces import alpha_bindings
 
 logger = logging.getLogger(__name__)
-
-# Relating a principal over `<role>-node` gives this machine that role.
-ROLE_ENDPOINTS = {f"{role}-node": role for role in PRESET_ROLES}
 
 
 @dataclass(frozen=True)
@@ -64,6 +62,7 @@ class HookState:
     render_error: str | None
     problems: tuple[str, ...]  # untrusted input that was ignored, in the order it was read
     notes: tuple[str, ...]  # a leader's subnets not taught yet (too few units report them)
+    binding_warnings: tuple[str, ...]  # bindings that look left on the alpha space
 
     @property
     def principal_warnings(self) -> tuple[str, ...]:
@@ -137,6 +136,9 @@ def read_state(
     roles = related_roles(charm)
     gateways = sources.host.interface_gateways()
     bindings = {net: _binding_view(charm, net, gateways) for net in NETWORKS}
+    binding_warnings = alpha_bindings(bindings)
+    for warning in binding_warnings:
+        logger.warning(warning)
     problems: list[str] = []
     own_ports: dict[str, tuple[str, ...]] | None = None
     if declarations or (artefacts and config.strict_ports):
@@ -200,6 +202,7 @@ def read_state(
         render_error=render_error,
         problems=tuple(problems),
         notes=cloud.notes,
+        binding_warnings=binding_warnings,
     )
 
 

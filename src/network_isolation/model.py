@@ -69,9 +69,9 @@ GUIDE_ROLES: Mapping[str, frozenset[Network]] = {
 # sunbeam-python/sunbeam/provider/maas/deployment.py, ROLE_NETWORK_MAPPING (the same on main,
 # stable/2025.1 and stable/2024.1). Control adds data (OVN chassis and the Geneve address of
 # openstack-network-agents run there), storage adds internal (cinder-volume runs there with
-# amqp, database and identity bound to internal). `region-controller` is Sunbeam's
-# `region_controller` (Juju endpoint names take dashes); `sunbeam` is the infra machines that
-# run clusterd in the `openstack-infra` model.
+# amqp, database and identity bound to internal). `region-controller` is Sunbeam's MAAS tag
+# `region_controller`, spelt like this charm's other roles and its `region-controller-node`
+# endpoint; `sunbeam` is the infra machines that run clusterd in the `openstack-infra` model.
 SUNBEAM_ROLES: Mapping[str, frozenset[Network]] = {
     "juju-controller": frozenset({Network.MANAGEMENT}),
     "control": frozenset(
@@ -94,6 +94,9 @@ ROLE_TABLES: Mapping[str, Mapping[str, frozenset[Network]]] = {
 DEFAULT_ROLE_TABLE = "guide"
 # Every role some preset knows: each gets a `<role>-node` endpoint.
 PRESET_ROLES: tuple[str, ...] = tuple(dict.fromkeys(r for t in ROLE_TABLES.values() for r in t))
+# Relating a principal over `<role>-node` gives its machine that role: the charm reads the
+# roles of its machine from these endpoints, `plan --emit-terraform` writes the relations.
+ROLE_ENDPOINTS: Mapping[str, str] = {f"{role}-node": role for role in PRESET_ROLES}
 
 # Client machines (operators, API users) need these; external networking too, which is
 # instance traffic that this charm never blocks.

@@ -27,12 +27,13 @@ class PrincipalNeed(NamedTuple):
     why: str
 
 
+# openstack-network-agents is no principal: Sunbeam relates it to microovn over `juju-info`
+# (cloud/etc/deploy-microovn/main.tf), so its needs are its principal's.
 _MICROOVN = (
-    PrincipalNeed(Network.DATA, "its OVN chassis tunnels Geneve from the data address"),
+    PrincipalNeed(
+        Network.DATA, "its chassis tunnels Geneve from its openstack-network-agents' data address"
+    ),
     PrincipalNeed(Network.INTERNAL, "its `ovsdb` endpoint is bound to internal"),
-)
-_NETWORK_AGENTS = (
-    PrincipalNeed(Network.DATA, "Sunbeam binds its `data` endpoint, the Geneve address, there"),
 )
 
 # By Juju application name as Sunbeam deploys it in the `openstack-machines` model (arm64
@@ -42,13 +43,10 @@ PRINCIPAL_NEEDS: Mapping[str, tuple[PrincipalNeed, ...]] = {
     "cinder-volume": (
         PrincipalNeed(Network.INTERNAL, "Sunbeam binds its amqp, database and identity there"),
     ),
-    # steps/microovn.py (endpoint bindings), core/ovn.py (a chassis on control, compute and
-    # network nodes)
+    # steps/microovn.py (endpoint bindings; openstack_network_agents_endpoint_bindings, `data`
+    # -> data), core/ovn.py (a chassis on control, compute and network nodes)
     "microovn": _MICROOVN,
     "microovn-arm64": _MICROOVN,
-    # steps/microovn.py: openstack_network_agents_endpoint_bindings, `data` -> data
-    "openstack-network-agents": _NETWORK_AGENTS,
-    "openstack-network-agents-arm64": _NETWORK_AGENTS,
     # steps/hypervisor.py: `data`/`migration` -> data, `ceph-access` -> storage, amqp -> internal
     "openstack-hypervisor": (
         PrincipalNeed(Network.DATA, "Geneve and live migration use it"),

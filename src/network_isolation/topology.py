@@ -205,19 +205,29 @@ def load_topology(path: Path) -> Topology:
         raise TopologyError(
             source, where, f"not valid YAML ({getattr(e, 'problem', e)})"
         ) from None
+    return topology_from_dict(raw, source)
+
+
+def topology_from_dict(raw: Any, source: str) -> Topology:
+    """Check a cloud given as the file's mapping, whichever way it was read (file or MAAS)."""
     if not isinstance(raw, dict):
         raise TopologyError(source, "", "expected a mapping with spaces, bindings and machines")
     try:
         topology = Topology.model_validate(raw)
     except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if _is_place(p))
-        problem = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            problem = "unknown key"
-        raise TopologyError(source, where, problem) from None
+        raise validation_error(source, e) from None
     _check_config(source, topology)
     return topology
+
+
+def validation_error(source: str, error: pydantic.ValidationError) -> TopologyError:
+    """The first problem pydantic found in a source's data, at its place in that data."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if _is_place(p))
+    problem = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        problem = "unknown key"
+    return TopologyError(source, where, problem)
 
 
 def _check_config(source: str, topology: Topology) -> None:
