@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+SNAP_BIN = "/snap/bin"  # Ubuntu's Chromium is a snap, whose commands may be off PATH
 
 
 def chromium() -> str | None:
     """The Chromium binary, if one is installed."""
-    return next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+    path = f"{os.environ.get('PATH', os.defpath)}{os.pathsep}{SNAP_BIN}"
+    return next(
+        (found for name in CHROMIUM_NAMES if (found := shutil.which(name, path=path))), None
+    )
 
 
 class Browser:

@@ -3,11 +3,13 @@
 `build_charm` follows charmcraft 4's uv plugin and the `dump` part of charmcraft.yaml, step by
 step (charmcraft/parts/plugins/_uv.py and craft_parts/plugins/uv_plugin.py):
 
-- the part's build directory is a copy of the project; `uv lock` (the part's override-build),
-  `uv venv --relocatable` with the system's python3 into `venv/`, then `uv sync --no-dev
-  --no-editable --reinstall --no-install-project` with the plugin's environment: `venv/` holds
-  the dependencies of pyproject.toml and not the project;
-- `src/` and `lib/` copied beside it; the venv's `bin/` emptied but for `activate`;
+- the part's build directory is a copy of the project (pyproject.toml, uv.lock, `src/` and the
+  interface package `interface/`, a path dependency); `uv venv --relocatable` with the system's
+  python3 into `venv/`, then `uv sync --no-dev --no-editable --reinstall --no-install-project`
+  with the plugin's environment (frozen: the versions uv.lock pins): `venv/` holds the
+  dependencies of pyproject.toml, the interface package among them, and not the project;
+- `src/` copied beside it (and `lib/`, which the plugin copies when a charm has one); the
+  venv's `bin/` emptied but for `activate`;
 - `templates/` from the dump part;
 - `metadata.yaml`, `config.yaml` and `actions.yaml` generated from the unified charmcraft.yaml
   by charmcraft's own models, and `dispatch` from charmcraft's own template.
@@ -113,16 +115,25 @@ def _metadata_files(prime: Path) -> None:
 
 
 def build_charm(prime: Path, *, pyproject: str | None = None, templates: bool = True) -> Path:
-    """The primed charm directory, built as charmcraft 4 builds it (see the module's doc)."""
+    """The primed charm directory, built as charmcraft 4 builds it (see the module's doc).
+
+    With `pyproject`, the project's dependencies are changed and locked again (`uv lock`), as a
+    developer does after editing them.
+    """
     build = prime.parent / f"{prime.name}-build"
     build.mkdir(parents=True)
     (build / "pyproject.toml").write_text(pyproject or (ROOT / "pyproject.toml").read_text())
-    shutil.copy2(ROOT / "README.md", build / "README.md")
-    for tree in ("src", "lib"):
-        shutil.copytree(ROOT / tree, build / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("README.md", "uv.lock"):
+        shutil.copy2(ROOT / name, build / name)
+    trees = [tree for tree in ("src", "lib", "interface") if (ROOT / tree).is_dir()]
+    for tree in trees:
+        shutil.copytree(
+            ROOT / tree, build / tree, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
     venv = prime / "venv"
     python = os.path.realpath(shutil.which("python3", path=SYSTEM_PATH) or "python3")
-    _uv("lock", cwd=build)
+    if pyproject is not None:
+        _uv("lock", cwd=build)
     _uv("venv", "--relocatable", "--allow-existing", "--python", python, str(venv), cwd=build)
     _uv(
         *("sync", "--no-dev", "--no-editable", "--reinstall", "--no-install-project"),
@@ -136,7 +147,8 @@ def build_charm(prime: Path, *, pyproject: str | None = None, templates: bool = 
         UV_PYTHON_PREFERENCE="only-system",
     )
     for tree in ("src", "lib"):
-        shutil.copytree(build / tree, prime / tree, symlinks=True)
+        if (build / tree).is_dir():
+            shutil.copytree(build / tree, prime / tree, symlinks=True)
     for entry in (venv / "bin").iterdir():
         if entry.name != "activate":
             entry.unlink()

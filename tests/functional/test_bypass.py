@@ -48,7 +48,10 @@ def bed() -> Iterator[str]:
         need("attaching BPF programs needs root")
     for tool in ("ip", "tc", "bpftool"):
         if not shutil.which(tool):
-            need(f"{tool} is missing (tools/tox.py installs it)")
+            need(
+                f"{tool} is missing: install iproute2 and, on Debian, bpftool (on Ubuntu the"
+                " running kernel's linux-tools-$(uname -r))"
+            )
     sh("ip", "netns", "add", NS)
     try:
         for name in INTERFACES:

@@ -361,6 +361,25 @@ def test_a_deploy_config_change_actions_and_removal_through_dispatch(unit: Machi
     )
 
 
+def test_the_venv_holds_what_uv_lock_pins_and_the_interface_package(packed: Path) -> None:
+    """The uv plugin installs uv.lock's versions, the interface package as a copy, not a link."""
+    lock = (ROOT / "uv.lock").read_text()
+    pinned = dict(re.findall(r'(?m)^name = "([^"]+)"\nversion = "([^"]+)"$', lock))
+    site = next((packed / "venv/lib").glob("python3*/site-packages"))
+    names = (d.name.removesuffix(".dist-info").split("-", 1) for d in site.glob("*.dist-info"))
+    installed = {name.lower().replace("_", "-"): version for name, version in names}
+    for name in ("ops", "pydantic", "jinja2"):
+        assert installed[name] == pinned[name], name
+    # a local package: uv.lock names its directory; the version is the package's own
+    version = ROOT / "interface/src/network_isolation_interface/_version.py"
+    assert f'"{installed["network-isolation-interface"]}"' in version.read_text()
+    assert "network-isolation" not in installed  # the project itself is src/, not installed
+    package = site / "network_isolation_interface"
+    assert (package / "__init__.py").is_file() and not package.is_symlink()
+    assert not list(site.glob("*network_isolation_interface*.pth"))
+    assert not (packed / "lib").exists() and not (packed / "interface").exists()
+
+
 @pytest.mark.parametrize("broken", ["templates", "dependency"])
 def test_a_packed_layout_that_would_not_start_is_caught(
     broken: str, packed: Path, tmp_path: Path

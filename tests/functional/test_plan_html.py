@@ -27,7 +27,11 @@ SHARED_RGB = (0xEC, 0xEF, 0xF1)
 def browser() -> Iterator[Browser]:
     binary = chromium()
     if binary is None:
-        need("chromium is missing: install the Debian package chromium")
+        need(
+            "no headless Chromium: on Debian 12 `apt-get install chromium`; Ubuntu 24.04 has"
+            " Chromium only as a snap (`snap install chromium`); then"
+            " `tox -e functional -- tests/functional/test_plan_html.py`"
+        )
         raise AssertionError  # unreachable: need() skips or fails
     with Browser(binary) as page:
         yield page

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-for _path in (ROOT / "tests" / "unit", ROOT / "lib", ROOT / "src"):
+for _path in (ROOT / "tests" / "unit", ROOT / "interface" / "src", ROOT / "src"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 

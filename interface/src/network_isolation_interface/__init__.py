@@ -19,7 +19,8 @@ that meets a newer major version reports it and reads nothing.
 The requirer treats everything it reads as untrusted: it validates each entry, caps their
 number and never raises out of a hook; it returns the valid declarations and a list of problems.
 
-This module depends only on `ops` and `pydantic`. See README.md beside it.
+The package depends only on `ops` and `pydantic`; it is the `network-isolation-interface`
+distribution (README.md at the top of the package's project).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from typing import Any, Literal
 import ops
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from ._version import __version__
 
 __all__ = [
     "DEFAULT_PROVIDER_ENDPOINT",
@@ -48,14 +51,14 @@ __all__ = [
     "NetworkIsolationRequirer",
     "PortDeclaration",
     "PortsChangedEvent",
+    "__version__",
     "parse_databag",
 ]
 
 LIBAPI = 1
 """Major version of the interface: a reader refuses data of a newer major version."""
 LIBPATCH = 0
-"""Compatible revisions within the major version."""
-__version__ = f"{LIBAPI}.{LIBPATCH}"
+"""Compatible revisions within the major version (the distribution's minor version)."""
 
 INTERFACE = "network-isolation"
 DEFAULT_PROVIDER_ENDPOINT = "network-isolation"

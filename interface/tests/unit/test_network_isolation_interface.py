@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import network_isolation_interface as lib
@@ -168,8 +169,18 @@ def entry(network: str = "internal", protocol: str = "tcp", **ports: Any) -> dic
 def test_version_constants():
     assert lib.LIBAPI == 1
     assert isinstance(lib.LIBPATCH, int)
-    assert lib.__version__ == f"{lib.LIBAPI}.{lib.LIBPATCH}"
     assert NetworkIsolationData().version == lib.LIBAPI
+
+
+def test_the_distribution_version_is_libapi_dot_libpatch_dot_fix():
+    major, minor, fix = lib.__version__.split(".")
+    assert (int(major), int(minor)) == (lib.LIBAPI, lib.LIBPATCH)
+    assert fix.isdigit()
+
+
+def test_the_changelog_names_the_version():
+    changelog = (Path(__file__).parents[2] / "CHANGELOG.md").read_text()
+    assert f"## {lib.__version__} " in changelog
 
 
 # The models

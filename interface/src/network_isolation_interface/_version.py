@@ -1,0 +1,3 @@
+"""The distribution's version: its major number is the interface's major version (LIBAPI)."""
+
+__version__ = "1.0.0"
