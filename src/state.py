@@ -34,7 +34,13 @@ from network_isolation.planner import (
     known_subnets,
     plan_machine,
 )
-from network_isolation.ports import PortRange, denied_ports, machine_ports, registered_ports
+from network_isolation.ports import (
+    MachinePorts,
+    PortRange,
+    denied_ports,
+    machine_ports,
+    registered_ports,
+)
 from network_isolation.render import Artefacts, RenderError, render
 from network_isolation.rollout import generation
 from network_isolation.spaces import alpha_bindings
@@ -57,7 +63,7 @@ class HookState:
     own_ports: Mapping[str, tuple[str, ...]] | None  # the principal's declarations (None: unread)
     declared: Mapping[Network, tuple[PortRange, ...]] | None  # strict-ports: every principal's
     plan: MachinePlan
-    ports: Mapping[Network, tuple[PortRange, ...]] | None  # strict-ports: what each accepts
+    ports: MachinePorts | None  # strict-ports: what each network accepts, to the host and through
     artefacts: Artefacts | None  # None: not rendered (plan not active, not asked, or an error)
     render_error: str | None
     problems: tuple[str, ...]  # untrusted input that was ignored, in the order it was read

@@ -13,7 +13,8 @@ expects and which it does not (`render.counter_kinds`):
   use. A packet counted there came in on the machine's own interface of an allowed network (for
   the machine or forwarded to a pod behind a VIP), from a source its ruleset does not accept: a
   subnet of that network the plan does not know, another allowed network's subnet, or a host
-  in no subnet of the cloud.
+  in no subnet of the cloud. So are `drop_in_misdirected` and `drop_fwd_misdirected`: a packet
+  addressed to one network's subnets that came in on another network's interface.
 
 The audit form counts what the enforcing form would drop, so its counts before the switch are
 the machine's background (port scans, a stray host). The rule: over the first W seconds of
@@ -38,8 +39,9 @@ from .base import Received
 from .model import NETWORKS, Network, label_of
 
 # Bounds of a summary published in relation data (untrusted). A table has two counters per
-# group of allowed interfaces (in, forwarded), three per denied domain (in, out, forwarded)
-# and one for invalid packets: with six networks, management always allowed, 18 at most.
+# group of allowed interfaces (in, forwarded), three per denied domain (in, out, forwarded),
+# two for misdirected packets (in, forwarded) and one for invalid packets: with six networks,
+# management always allowed, 20 at most.
 MAX_COUNTERS = 24
 COUNTER_NAME = r"^drop_(in|out|fwd)_[a-z_]{1,80}$"
 MAX_PACKETS = 2**63 - 1

@@ -1,13 +1,19 @@
 """Port-level policy for `strict-ports`: which ports a machine accepts inside each network.
 
-Three sources add up, per allowed network of the machine:
+Two kinds of traffic, two port lists per allowed network of the machine:
 
-- the built-in catalogue, keyed by (role, network): what the services of a role listen on there,
-  and on management this charm's own exporter (`metrics-port`, unless 0);
-- the `extra-ports` option;
-- what the principal charms on the machine declare over the `network-isolation` interface.
+- *host* ports, for what is addressed to the host itself: the built-in catalogue keyed by (role,
+  network), what the services of a role listen on there, and on management this charm's own
+  exporter (`metrics-port`, unless 0);
+- *forwarded* ports, for what is DNATed through the host to a Kubernetes pod (a load-balancer
+  VIP, a NodePort): the built-in catalogue of the Services Sunbeam puts behind VIPs, by the port
+  the client used (the Service's port, not the pod's).
 
-The result is merged per protocol into disjoint, non-adjacent ranges, so it can be loaded into
+To both add the `extra-ports` option and what the principal charms on the machine declare over
+the `network-isolation` interface: the operator and the principals name a port on a network,
+whichever way it is served.
+
+Each result is merged per protocol into disjoint, non-adjacent ranges, so it can be loaded into
 an nftables interval set as is (overlapping elements are an error without `auto-merge`).
 
 SSH (tcp/22) is not listed here: the firewall keeps it open on its own, as a failsafe, whatever
@@ -99,15 +105,18 @@ _EVERY_ROLE = (
 )
 _KUBERNETES = ("control", "region-controller")
 _OVN_CHASSIS = ("control", "compute", "network")
-# What every Juju agent connects to, from wherever it is: the controller's API and SSH server.
-JUJU_AGENT_PORTS = ("tcp:17070", "tcp:17022")
+# What every Juju agent connects to, from wherever it is: the controller's API.
+JUJU_API_PORT = "tcp:17070"
+# The controller's SSH server (`juju ssh` through the controller): operators, not agents.
+JUJU_SSH_SERVER_PORT = "tcp:17022"
+CEPH_DAEMON_PORTS = "tcp:6800-7568"
 
 # The built-in services, by network, each with its source beside it. Abbreviations:
 # snap-openstack = canonical/snap-openstack sunbeam-python/sunbeam/; hypervisor =
 # canonical/snap-openstack-hypervisor; k8s-snap = canonical/k8s-snap release-1.32 (what Sunbeam
 # pins); microovn = canonical/microovn; charm-microceph = canonical/charm-microceph.
 # Clients reach Sunbeam's APIs (Traefik), RabbitMQ and Consul on load-balancer VIPs: that
-# traffic is DNATed and forwarded to a pod, it never reaches the input hook, so it is not here.
+# traffic is DNATed and forwarded to a pod, it never reaches the input hook: see LOAD_BALANCED.
 SERVICES: tuple[CatalogueEntry, ...] = (
     # management
     # Juju controller configuration: api-port, SSH server, mongo, dqlite.
@@ -115,7 +124,7 @@ SERVICES: tuple[CatalogueEntry, ...] = (
         ("juju-controller",),
         _MGMT,
         "Juju controller API and SSH server",
-        JUJU_AGENT_PORTS,
+        (JUJU_API_PORT, JUJU_SSH_SERVER_PORT),
     ),
     CatalogueEntry(
         ("juju-controller",),
@@ -148,10 +157,9 @@ SERVICES: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(("compute",), _MGMT, "Consul serf (management)", ("tcp:8301", "udp:8301")),
     # charm-microceph; snap-openstack steps/microceph.py binds `admin` to management.
     CatalogueEntry(("storage",), _MGMT, "MicroCeph cluster API", ("tcp:7443",)),
-    # internal
-    # microovn ovn/cluster/cluster.go: NB and SB listen on every address; snap-openstack
-    # steps/microovn.py binds MicroOVN's `ovsdb` endpoint (Neutron's way in) to internal.
-    CatalogueEntry(("control",), _INT, "OVN northbound and southbound", ("tcp:6641-6642",)),
+    # internal: no OVN NB/SB here. They listen on every address, but MicroOVN publishes them
+    # (ovsdb-cms, ovn-central's connection strings) at the central nodes' cluster address, the
+    # management one above: nothing connects to them on internal.
     # snap-openstack steps/k8s.py binds the Kubernetes `cluster` endpoint to internal: members
     # meet there. k8s-snap ports-and-services.md: API, k8sd, k8s-dqlite, kubelet, Cilium health
     # and VXLAN; etcd client and peer when the datastore is etcd (k8s-dqlite by default).
@@ -161,6 +169,10 @@ SERVICES: tuple[CatalogueEntry, ...] = (
         "Kubernetes cluster (API, k8sd, datastore, kubelet, CNI)",
         ("tcp:6443", "tcp:6400", "tcp:9000", "tcp:2379-2380", "tcp:10250", "tcp:4240", "udp:8472"),
     ),
+    # k8s-snap release-1.32 bundles Cilium 1.17 with Hubble on (values.yaml `hubble.enabled`,
+    # listenAddress :4244) on every node; Hubble Relay, when an operator enables it, reaches
+    # each node's server at the node's Kubernetes (internal) address.
+    CatalogueEntry(_KUBERNETES, _INT, "Cilium Hubble server", ("tcp:4244",)),
     # k8s-snap src/k8s/pkg/k8sd/features/metallb (MetalLB speaker, L2 mode): memberlist binds
     # the node address on MetalLB's default port 7946, TCP and UDP, between speakers.
     CatalogueEntry(_KUBERNETES, _INT, "MetalLB memberlist", ("tcp:7946", "udp:7946")),
@@ -179,13 +191,74 @@ SERVICES: tuple[CatalogueEntry, ...] = (
     CatalogueEntry(("compute",), _DATA, "Consul serf (data)", ("tcp:8311", "udp:8311")),
     # storage: Ceph "Network configuration reference" and msgr2 docs.
     CatalogueEntry(("storage",), _STO, "Ceph MON", ("tcp:3300", "tcp:6789")),
-    CatalogueEntry(("storage",), _STO, "Ceph OSD, MGR, MDS (public side)", ("tcp:6800-7300",)),
+    # ceph src/common/options/global.yaml.in: daemons bind from ms_bind_port_min 6800 up to
+    # ms_bind_port_max 7568.
+    CatalogueEntry(("storage",), _STO, "Ceph OSD, MGR, MDS (public side)", (CEPH_DAEMON_PORTS,)),
     # charm-microceph src/charm.py (rgw_port 80, on the `public` binding's address).
     CatalogueEntry(("storage",), _STO, "Ceph RADOS Gateway", ("tcp:80",)),
     CatalogueEntry(("storage",), _STO, "Ceph MGR Prometheus exporter", ("tcp:9283",)),
+    # snap-openstack features/shared_filesystems.py enables MicroCeph's NFS (NFS-Ganesha) for
+    # Manila; it serves NFSv4 only, on tcp/2049 of the storage (`public`) address.
+    CatalogueEntry(("storage",), _STO, "Ceph NFS (NFS-Ganesha)", ("tcp:2049",)),
     CatalogueEntry(("compute",), _STO, "Consul serf (storage)", ("tcp:8321", "udp:8321")),
     # storage-cluster
-    CatalogueEntry(("storage",), _STOC, "Ceph OSD replication and heartbeats", ("tcp:6800-7300",)),
+    CatalogueEntry(
+        ("storage",), _STOC, "Ceph OSD replication and heartbeats", (CEPH_DAEMON_PORTS,)
+    ),
+)
+
+
+# The Services Sunbeam puts behind Kubernetes load-balancer VIPs (MetalLB, announced by the
+# control nodes from each pool's network) or NodePorts, by the port clients use: the forward
+# hook judges a DNATed flow by its original destination port (`ct original proto-dst`), since
+# the pod's port (the Service's targetPort) is in no catalogue. The pools, from snap-openstack
+# provider/maas/steps.py and core/steps.py (CreateLoadBalancerIPPoolsStep): the default
+# `<deployment>-internal-api` (internal, auto-assigned), `<deployment>-public-api` (public) and
+# `<deployment>-storage-ippool` (storage), the last two only for the Services Sunbeam patches
+# into them. Every Service is `<app>-lb`; traffic policy Cluster (any control node forwards).
+LOAD_BALANCED: tuple[CatalogueEntry, ...] = (
+    # internal. traefik-k8s src/charm.py (_service_ports): HTTP 80, HTTPS 443, for the
+    # internal API endpoints; snap-openstack steps/openstack.py pins its VIP.
+    CatalogueEntry(_KUBERNETES, _INT, "Traefik, internal API endpoints", ("tcp:80", "tcp:443")),
+    # rabbitmq-k8s src/charm.py (_service_ports): AMQP 5672 and the management API 15672.
+    CatalogueEntry(_KUBERNETES, _INT, "RabbitMQ", ("tcp:5672", "tcp:15672")),
+    # sunbeam-terraform main.tf (`expose-external = loadbalancer`): the MySQL routers of
+    # cinder-volume and manila-data; mysql-router-k8s src/charm.py: read-write 6446, read-only
+    # 6447.
+    CatalogueEntry(
+        _KUBERNETES, _INT, "MySQL Router (cinder-volume, manila-data)", ("tcp:6446-6447",)
+    ),
+    # ovn-relay-k8s src/charm.py (southbound 6642): where OVN runs in Kubernetes (ovn-k8s,
+    # snap-openstack core/ovn.py DEFAULT_PROVIDER on the 2025.1 line), chassis reach the relay.
+    CatalogueEntry(_KUBERNETES, _INT, "OVN southbound relay", ("tcp:6642",)),
+    # ironic-conductor-k8s src/charm.py: HTTP 8080 and TFTP 69 (the baremetal feature).
+    CatalogueEntry(_KUBERNETES, _INT, "Ironic conductor (HTTP, TFTP)", ("tcp:8080", "udp:69")),
+    # snap-openstack features/instance_recovery/consul.py: consul-k8s serf LAN on NodePorts
+    # 30301 (management) and 30311 (data, when data is a space of its own) at the node's
+    # Kubernetes address (internal), and its HTTP API 8500 when it is a VIP.
+    CatalogueEntry(
+        _KUBERNETES,
+        _INT,
+        "Consul serf (management and data NodePorts) and HTTP API",
+        ("tcp:30301", "udp:30301", "tcp:30311", "udp:30311", "tcp:8500"),
+    ),
+    # public. snap-openstack steps/openstack.py (OpenStackPatchLoadBalancerServicesIPPoolStep):
+    # traefik-public (Horizon, every public endpoint) and traefik-rgw (Ceph RGW), 80 and 443;
+    # features/observability: COS's Traefik, the same ports.
+    CatalogueEntry(
+        _KUBERNETES, Network.PUBLIC, "Traefik, public endpoints", ("tcp:80", "tcp:443")
+    ),
+    # features/dns/feature.py (PatchBindLoadBalancerIPPoolStep); designate-bind-k8s: DNS on
+    # 53. Its rndc port 953 shares the VIP but serves Designate, not the public: not opened.
+    CatalogueEntry(_KUBERNETES, Network.PUBLIC, "DNS (Designate's bind)", ("tcp:53", "udp:53")),
+    # storage. features/instance_recovery/feature.py patches consul-storage-lb into the storage
+    # pool: serf LAN 30321 and HTTP API 8500.
+    CatalogueEntry(
+        _KUBERNETES,
+        _STO,
+        "Consul serf (storage) and HTTP API",
+        ("tcp:30321", "udp:30321", "tcp:8500"),
+    ),
 )
 
 
@@ -214,12 +287,16 @@ def _build_catalogue(
     return {key: merge_ranges(ranges) for key, ranges in collected.items()}
 
 
-CATALOGUE: Mapping[tuple[str, Network], tuple[PortRange, ...]] = _build_catalogue(SERVICES)
+Catalogue = Mapping[tuple[str, Network], tuple[PortRange, ...]]
+CATALOGUE: Catalogue = _build_catalogue(SERVICES)
+LOAD_BALANCED_CATALOGUE: Catalogue = _build_catalogue(LOAD_BALANCED)
 
 
-def catalogue_ports(roles: Iterable[str], network: Network) -> tuple[PortRange, ...]:
+def catalogue_ports(
+    roles: Iterable[str], network: Network, catalogue: Catalogue = CATALOGUE
+) -> tuple[PortRange, ...]:
     """The built-in ports of some roles on one network; custom roles have none."""
-    return merge_ranges(p for role in roles for p in CATALOGUE.get((role, network), ()))
+    return merge_ranges(p for role in roles for p in catalogue.get((role, network), ()))
 
 
 def exporter_ports(port: int, network: Network) -> tuple[PortRange, ...]:
@@ -267,31 +344,49 @@ def registered_ports(
     return declared_ports(triples)
 
 
+@dataclass(frozen=True)
+class MachinePorts:
+    """The ports a machine accepts per allowed network: on its own addresses, and forwarded.
+
+    An allowed network with nothing to accept maps to an empty tuple; a denied one is absent.
+    """
+
+    host: Mapping[Network, tuple[PortRange, ...]]
+    forwarded: Mapping[Network, tuple[PortRange, ...]]
+
+
 def machine_ports(
     plan: MachinePlan,
     declared: Mapping[Network, Iterable[PortRange]] | None = None,
-) -> dict[Network, tuple[PortRange, ...]]:
+) -> MachinePorts:
     """The ports this machine accepts on each network it may use.
 
-    For every allowed network (and only those): the catalogue entries of the machine's roles,
-    plus `extra-ports`, plus what principals declared, merged. An allowed network with nothing
-    to accept maps to an empty tuple; a denied network is absent.
+    For every allowed network (and only those): the catalogues' entries of the machine's roles
+    (host services and this charm's exporter; load-balanced Services), each plus `extra-ports`
+    and what principals declared, merged.
     """
     declared = declared or {}
     config = plan.config
-    result: dict[Network, tuple[PortRange, ...]] = {}
+    host: dict[Network, tuple[PortRange, ...]] = {}
+    forwarded: dict[Network, tuple[PortRange, ...]] = {}
     for net in NETWORKS:
         if not plan.networks[net].access:
             continue
-        result[net] = merge_ranges(
+        given = [
+            *(PortRange.of(p) for p in config.extra_ports.get(net, ())),
+            *declared.get(net, ()),
+        ]
+        host[net] = merge_ranges(
             [
                 *catalogue_ports(plan.roles, net),
                 *exporter_ports(config.metrics_port, net),
-                *(PortRange.of(p) for p in config.extra_ports.get(net, ())),
-                *declared.get(net, ()),
+                *given,
             ]
         )
-    return result
+        forwarded[net] = merge_ranges(
+            [*catalogue_ports(plan.roles, net, LOAD_BALANCED_CATALOGUE), *given]
+        )
+    return MachinePorts(host, forwarded)
 
 
 def ignored_ports(

@@ -33,8 +33,11 @@ _MICROOVN = (
     PrincipalNeed(
         Network.DATA, "its chassis tunnels Geneve from its openstack-network-agents' data address"
     ),
-    PrincipalNeed(Network.INTERNAL, "its `ovsdb` endpoint is bound to internal"),
 )
+# Not internal: Sunbeam binds MicroOVN's `ovsdb` endpoint there, but MicroOVN publishes OVN's
+# northbound and southbound at its cluster members' addresses (microovn ovn/environment.go,
+# ConnectionString; the ovsdb relation passes them on), the management ones: nothing of
+# MicroOVN's flows on internal.
 
 # By Juju application name as Sunbeam deploys it in the `openstack-machines` model (arm64
 # machines get `<name>-arm64`). Sources: canonical/snap-openstack, sunbeam-python/sunbeam/.

@@ -18,6 +18,7 @@ from network_isolation.model import PRESET_ROLES, ROLE_TABLES, Network
 from network_isolation.planner import MachinePlan, NetworkView, PlanInput, plan_machine
 from network_isolation.ports import (
     CATALOGUE,
+    MachinePorts,
     PortRange,
     by_protocol,
     catalogue_ports,
@@ -173,7 +174,7 @@ def test_catalogue_entries_are_merged():
         ("juju-controller", Network.MANAGEMENT, ["tcp:17666", "udp:68"]),
         ("sunbeam", Network.MANAGEMENT, ["tcp:7000", "udp:68"]),
         ("control", Network.MANAGEMENT, ["tcp:6443", "tcp:6686", "tcp:6641", "tcp:6644"]),
-        ("control", Network.INTERNAL, ["tcp:6641", "tcp:6642", "tcp:10250", "udp:8472"]),
+        ("control", Network.INTERNAL, ["tcp:10250", "udp:8472", "tcp:4244"]),
         ("control", Network.INTERNAL, ["tcp:7946", "udp:7946", "tcp:2379", "tcp:2380"]),
         ("region-controller", Network.INTERNAL, ["tcp:6443", "tcp:7946", "udp:7946"]),
         ("control", Network.DATA, ["udp:6081"]),
@@ -185,9 +186,9 @@ def test_catalogue_entries_are_merged():
         ("compute", Network.DATA, ["tcp:49152", "tcp:49215", "tcp:8311", "udp:8311"]),
         ("compute", Network.STORAGE, ["tcp:8321", "udp:8321"]),
         ("storage", Network.MANAGEMENT, ["tcp:7443"]),
-        ("storage", Network.STORAGE, ["tcp:3300", "tcp:6789", "tcp:6800", "tcp:7300"]),
-        ("storage", Network.STORAGE, ["tcp:9283", "tcp:80"]),
-        ("storage", Network.STORAGE_CLUSTER, ["tcp:6800", "tcp:7300"]),
+        ("storage", Network.STORAGE, ["tcp:3300", "tcp:6789", "tcp:6800", "tcp:7568"]),
+        ("storage", Network.STORAGE, ["tcp:9283", "tcp:80", "tcp:2049"]),
+        ("storage", Network.STORAGE_CLUSTER, ["tcp:6800", "tcp:7568"]),
     ],
 )
 def test_catalogue_has_the_services_of_the_port_table(
@@ -225,8 +226,14 @@ def test_catalogue_has_the_services_of_the_port_table(
         ("control", Network.PUBLIC, ["tcp:80", "tcp:443"]),
         # Corrected: OVN raft meets on the MicroOVN cluster address, not on internal.
         ("control", Network.INTERNAL, ["tcp:6643", "tcp:6644"]),
-        # Corrected: MicroCeph's RGW listens on 80 only.
-        ("storage", Network.STORAGE, ["tcp:443", "tcp:7480"]),
+        # Corrected: MicroCeph's RGW listens on 80 only; Ceph's daemons stop at 7568.
+        ("storage", Network.STORAGE, ["tcp:443", "tcp:7569"]),
+        ("storage", Network.STORAGE_CLUSTER, ["tcp:7569"]),
+        # Corrected: OVN NB/SB are published at the MicroOVN cluster (management) address.
+        ("control", Network.INTERNAL, ["tcp:6641", "tcp:6642"]),
+        # NFS is a storage node's service on storage; nobody else's.
+        ("control", Network.STORAGE, ["tcp:2049"]),
+        ("storage", Network.STORAGE_CLUSTER, ["tcp:2049"]),
         # MetalLB speakers and the Kubernetes datastore are on the Kubernetes nodes only.
         ("compute", Network.INTERNAL, ["tcp:7946", "udp:7946", "tcp:2379"]),
     ],
@@ -256,7 +263,7 @@ def test_catalogue_ports_is_the_union_over_roles():
 
 
 def test_compute_machine_gets_only_its_allowed_networks():
-    ports = machine_ports(make_plan({"compute"}))
+    ports = machine_ports(make_plan({"compute"})).host
     assert set(ports) == {Network.MANAGEMENT, Network.INTERNAL, Network.DATA, Network.STORAGE}
     assert texts(ports[Network.INTERNAL]) == []
     assert texts(ports[Network.DATA]) == [
@@ -274,7 +281,7 @@ def test_compute_machine_gets_only_its_allowed_networks():
 
 
 def test_control_machine_has_no_data_ports_by_default():
-    ports = machine_ports(make_plan({"control"}))
+    ports = machine_ports(make_plan({"control"})).host
     assert Network.DATA not in ports
     assert set(ports) == {Network.MANAGEMENT, Network.INTERNAL, Network.PUBLIC, Network.STORAGE}
     # The public APIs are VIPs: forwarded to pods, never the host's own input.
@@ -283,18 +290,18 @@ def test_control_machine_has_no_data_ports_by_default():
 
 def test_sunbeam_control_machine_has_geneve_on_data():
     plan = make_plan({"control"}, {"role-table": "sunbeam"})
-    assert texts(machine_ports(plan)[Network.DATA]) == ["udp:6081"]
+    assert texts(machine_ports(plan).host[Network.DATA]) == ["udp:6081"]
 
 
 def test_control_given_data_by_role_networks_gets_geneve_only():
     options = {"role-networks": "control=management,internal,public,storage,data"}
-    ports = machine_ports(make_plan({"control"}, options))
+    ports = machine_ports(make_plan({"control"}, options)).host
     assert texts(ports[Network.DATA]) == ["udp:6081"]
 
 
 def test_custom_role_has_allowed_networks_without_ports():
     options = {"role-networks": "edge=management,internal,data"}
-    ports = machine_ports(make_plan({"edge"}, options))
+    ports = machine_ports(make_plan({"edge"}, options)).host
     # management keeps only this charm's exporter
     assert ports == {
         Network.MANAGEMENT: (pr("tcp:9479"),),
@@ -308,7 +315,7 @@ def test_custom_role_with_extra_ports():
         "role-networks": "edge=management,internal,data",
         "extra-ports": "data=udp:6081,udp:4789",
     }
-    ports = machine_ports(make_plan({"edge"}, options))
+    ports = machine_ports(make_plan({"edge"}, options)).host
     assert texts(ports[Network.DATA]) == ["udp:4789", "udp:6081"]
 
 
@@ -316,21 +323,21 @@ def test_custom_role_with_extra_ports():
     ("table", "role"), [(t, r) for t, rows in ROLE_TABLES.items() for r in sorted(rows)]
 )
 def test_the_exporter_port_is_accepted_on_management_only(table: str, role: str):
-    ports = machine_ports(make_plan({role}, {"metrics-port": 9100, "role-table": table}))
+    ports = machine_ports(make_plan({role}, {"metrics-port": 9100, "role-table": table})).host
     assert "tcp:9100" in texts(ports[Network.MANAGEMENT])
     assert all("tcp:9100" not in texts(p) for net, p in ports.items() if net != Network.MANAGEMENT)
 
 
 def test_metrics_port_0_opens_no_exporter_port():
-    with_exporter = machine_ports(make_plan({"compute"}))[Network.MANAGEMENT]
-    without = machine_ports(make_plan({"compute"}, {"metrics-port": 0}))[Network.MANAGEMENT]
+    with_exporter = machine_ports(make_plan({"compute"})).host[Network.MANAGEMENT]
+    without = machine_ports(make_plan({"compute"}, {"metrics-port": 0})).host[Network.MANAGEMENT]
     assert set(texts(with_exporter)) - set(texts(without)) == {"tcp:9479"}
     assert len(with_exporter) == len(without) + 1
 
 
 def test_extra_ports_merge_with_the_catalogue():
     options = {"extra-ports": "internal=tcp:8770-8780,tcp:3306 data=udp:4789"}
-    ports = machine_ports(make_plan({"compute"}, options))
+    ports = machine_ports(make_plan({"compute"}, options)).host
     assert texts(ports[Network.INTERNAL]) == ["tcp:3306", "tcp:8770-8780"]
     assert "udp:4789" in texts(ports[Network.DATA])
 
@@ -340,17 +347,49 @@ def test_declared_ports_merge_and_deduplicate():
         Network.INTERNAL: (pr("tcp:8775"), pr("tcp:8776"), pr("udp:8776")),
         Network.STORAGE: (pr("tcp:9000-9010"), pr("tcp:9005-9020")),
     }
-    ports = machine_ports(make_plan({"compute"}), declared)
+    ports = machine_ports(make_plan({"compute"}), declared).host
     assert texts(ports[Network.INTERNAL]) == ["tcp:8775-8776", "udp:8776"]
     # Merged with the catalogue's Consul serf port on storage, too.
     assert texts(ports[Network.STORAGE]) == ["tcp:8321", "tcp:9000-9020", "udp:8321"]
+
+
+# forwarded: the Services behind load-balancer VIPs and NodePorts
+
+
+def test_control_nodes_forward_the_services_sunbeam_puts_behind_vips():
+    forwarded = machine_ports(make_plan({"control"})).forwarded
+    internal = texts(forwarded[Network.INTERNAL])
+    for service in ("tcp:80", "tcp:443", "tcp:5672", "tcp:6446-6447", "tcp:30301", "udp:30301"):
+        assert service in internal
+    assert texts(forwarded[Network.PUBLIC]) == ["tcp:53", "tcp:80", "tcp:443", "udp:53"]
+    assert "tcp:30321" in texts(forwarded[Network.STORAGE])
+    # Designate's rndc shares the public VIP but is not the public's.
+    assert all(not r.first <= 953 <= r.last for r in forwarded[Network.PUBLIC])
+
+
+def test_host_and_forwarded_ports_are_kept_apart():
+    ports = machine_ports(make_plan({"control"}))
+    assert "tcp:443" not in texts(ports.host[Network.INTERNAL])
+    assert "tcp:10250" not in texts(ports.forwarded[Network.INTERNAL])
+    assert texts(ports.host[Network.PUBLIC]) == []
+
+
+def test_machines_without_kubernetes_forward_nothing_but_what_is_given():
+    options = {"extra-ports": "internal=tcp:9101"}
+    declared = {Network.STORAGE: (pr("tcp:9000"),)}
+    forwarded = machine_ports(make_plan({"compute"}, options), declared).forwarded
+    assert {n: texts(r) for n, r in forwarded.items() if r} == {
+        Network.INTERNAL: ["tcp:9101"],
+        Network.STORAGE: ["tcp:9000"],
+    }
+    assert Network.PUBLIC not in forwarded  # denied to compute
 
 
 def test_ports_on_denied_networks_are_not_opened_and_are_reported():
     options = {"extra-ports": "public=tcp:8080 internal=tcp:3306"}
     declared = {Network.STORAGE_CLUSTER: (pr("tcp:6800-7300"),)}
     plan = make_plan({"compute"}, options)
-    ports = machine_ports(plan, declared)
+    ports = machine_ports(plan, declared).host
     assert Network.PUBLIC not in ports
     assert Network.STORAGE_CLUSTER not in ports
     notes = ignored_ports(plan, declared)
@@ -361,7 +400,7 @@ def test_ports_on_denied_networks_are_not_opened_and_are_reported():
 
 
 def test_a_machine_with_several_roles_gets_the_union():
-    ports = machine_ports(make_plan({"compute", "storage"}))
+    ports = machine_ports(make_plan({"compute", "storage"})).host
     assert set(ports) == {
         Network.MANAGEMENT,
         Network.INTERNAL,
@@ -369,25 +408,25 @@ def test_a_machine_with_several_roles_gets_the_union():
         Network.STORAGE,
         Network.STORAGE_CLUSTER,
     }
-    assert "tcp:6800-7300" in texts(ports[Network.STORAGE])
+    assert "tcp:6800-7568" in texts(ports[Network.STORAGE])
     assert "tcp:7443" in texts(ports[Network.MANAGEMENT])
     assert "tcp:6686" in texts(ports[Network.MANAGEMENT])
 
 
 def test_roles_from_config_count():
-    ports = machine_ports(make_plan(set(), {"roles": "juju-controller"}))
+    ports = machine_ports(make_plan(set(), {"roles": "juju-controller"})).host
     assert set(ports) == {Network.MANAGEMENT}
     assert "tcp:17070" in texts(ports[Network.MANAGEMENT])
 
 
 def test_no_role_no_ports():
-    assert machine_ports(make_plan(set())) == {}
+    assert machine_ports(make_plan(set())) == MachinePorts({}, {})
 
 
 def test_every_result_is_merged():
     options = {"extra-ports": "storage=tcp:7000-7500,tcp:6000-6800 management=tcp:7001"}
     for roles in [{"control"}, {"compute"}, {"storage"}, {"juju-controller"}, {"storage"}]:
-        for ranges in machine_ports(make_plan(roles, options)).values():
+        for ranges in machine_ports(make_plan(roles, options)).host.values():
             assert merge_ranges(ranges) == ranges
 
 
@@ -419,7 +458,7 @@ def test_networks_sharing_a_space_share_their_ports():
         Network.MANAGEMENT: NetworkView(subnets=(ipaddress.ip_network("10.10.0.0/24"),)),
     }
     plan = make_plan({"region-controller"}, {"role-table": "sunbeam"}, views)
-    ports = machine_ports(plan)
+    ports = machine_ports(plan).host
     by_domain = domain_ports(plan, ports)
     internal_public = (Network.INTERNAL, Network.PUBLIC)
     assert internal_public in by_domain
@@ -429,7 +468,7 @@ def test_networks_sharing_a_space_share_their_ports():
     assert "udp:7946" in texts(by_domain[internal_public])
     # Compute is denied public, but the domain is allowed through internal, whose ports it has.
     plan = make_plan({"compute"}, {"extra-ports": "internal=tcp:9101"}, views)
-    ports = machine_ports(plan)
+    ports = machine_ports(plan).host
     by_domain = domain_ports(plan, ports)
     assert texts(by_domain[internal_public]) == ["tcp:9101"]
     assert texts(by_domain[(Network.MANAGEMENT,)]) == texts(ports[Network.MANAGEMENT])

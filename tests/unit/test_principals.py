@@ -42,16 +42,27 @@ def test_a_need_the_table_denies_blocks_naming_the_principal_the_network_and_the
 
 
 def test_several_denied_needs_show_the_first_and_count_the_rest(sunbeam_cloud: Topology):
-    # a MicroOVN chassis on a storage node (Sunbeam puts none there): three needs denied
+    # a MicroOVN chassis on a storage node (Sunbeam puts none there): two needs denied
     principals = {"microovn", "cinder-volume"}
     plan = plan_with(sunbeam_cloud, "storage-1", principals, **{"role-table": "guide"})
     assert plan.status == "blocked"
     assert [p.split(",")[0] for p in plan.problems] == [
         "cinder-volume needs 'internal'",
         "microovn needs 'data'",
-        "microovn needs 'internal'",
     ]
-    assert plan.message == plan.problems[0] + " (+2 more)"
+    assert plan.message == plan.problems[0] + " (+1 more)"
+
+
+def test_microovn_needs_no_internal(sunbeam_cloud: Topology):
+    # OVN's databases are reached at MicroOVN's cluster (management) address, not on internal
+    plan = plan_with(
+        sunbeam_cloud,
+        "storage-1",
+        {"microovn"},
+        **{"role-networks": "storage=management,storage,storage-cluster,data"},
+    )
+    assert not plan.networks[Network.INTERNAL].access
+    assert not any("internal" in p for p in (*plan.problems, *plan.warnings))
 
 
 def test_an_accepted_denial_is_enforced_and_stays_a_warning(sunbeam_cloud: Topology):

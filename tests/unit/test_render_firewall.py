@@ -6,6 +6,7 @@ with a packet-by-packet verdict of its rules and, where the kernel matters, by t
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 
@@ -17,7 +18,7 @@ from verdicts import address_conflicts, expected_input, listed_ports, verdict
 
 from network_isolation.model import Network
 from network_isolation.planner import MachinePlan
-from network_isolation.ports import PortRange, machine_ports
+from network_isolation.ports import MachinePorts, PortRange, machine_ports
 from network_isolation.render import firewall_view, render, strict_ports
 from network_isolation.topology import Topology
 
@@ -166,7 +167,10 @@ def test_sole_space_drops_nothing_but_invalid_packets(single: Topology):
     for machine in single.machines:
         view = firewall_view(plan_of(single, machine))
         drops = [r for c in view.chains for r in c.rules if r.verdict in ("drop", "return")]
-        assert [r.extra for r in drops] == ["ct state invalid"]
+        misdirected = [r for r in drops if r.counter and r.counter.endswith("_misdirected")]
+        # one space: every interface carries every subnet, nothing is misdirected
+        assert all(set(view.set(r.interfaces or "").elements) for r in misdirected)
+        assert [r.extra for r in drops if r not in misdirected] == ["ct state invalid"]
         assert [m.name for m in view.maps] == ["by_interface"]
 
 
@@ -183,6 +187,8 @@ def test_counters_are_named_per_network_and_direction(maas: Topology):
     view = firewall_view(plan_of(maas, "compute-1"))
     assert set(view.counters) == {
         "drop_in_invalid",
+        "drop_in_misdirected",
+        "drop_fwd_misdirected",
         "drop_in_public",
         "drop_in_storage_cluster",
         "drop_in_data",
@@ -342,7 +348,7 @@ def test_strict_rule_layout_of_a_control_node(maas: Topology):
     assert "\tset ports_public_tcp {\n\t\ttype inet_service\n\t\tflags interval\n" in text
     view = firewall_view(_strict(plan_of(maas, "control-1")))
     assert view.set("ports_internal_tcp").elements == (
-        "2379-2380", "4240", "6400", "6443", "6641-6642", "7946", "9000", "10250"
+        "2379-2380", "4240", "4244", "6400", "6443", "7946", "9000", "10250"
     )  # fmt: skip
     assert view.set("ports_internal_udp").elements == ("7946", "8472")
     assert view.set("ports_public_tcp").elements == ()  # the APIs are VIPs, forwarded
@@ -355,7 +361,8 @@ def test_strict_semantics_of_a_control_node(maas: Topology):
     cases = [
         # own subnets: the network's ports only, per protocol
         ("enp2s0", "10.20.0.99", "tcp", 5672, "drop"),  # RabbitMQ is a VIP, forwarded
-        ("enp2s0", "fd00:20::99", "tcp", 6642, "accept"),
+        ("enp2s0", "fd00:20::99", "tcp", 6443, "accept"),
+        ("enp2s0", "fd00:20::99", "tcp", 6642, "drop"),  # OVN SB: on management
         ("enp2s0", "10.20.0.99", "tcp", 6643, "drop"),  # OVN raft: on management
         ("enp2s0", "10.20.0.99", "udp", 7946, "accept"),
         ("enp2s0", "10.20.0.99", "udp", 8472, "accept"),
@@ -393,7 +400,7 @@ def test_strict_without_ports_uses_the_catalogue_and_extra_ports(maas: Topology)
     view = firewall_view(plan)
     assert view.set("ports_data_udp").elements == ("4789", "6081", "8311")
     assert verdict(view, "input", "enp5s0", "10.40.0.9", 4789, "udp") == "accept"
-    assert strict_ports(plan) == {n: machine_ports(plan)[n] for n in machine_ports(plan)}
+    assert strict_ports(plan) == machine_ports(plan)
 
 
 def test_declared_ports_open_only_with_the_declaration(maas: Topology):
@@ -405,32 +412,33 @@ def test_declared_ports_open_only_with_the_declaration(maas: Topology):
     assert verdict(without, "input", "enp2s0", "10.20.0.9", 7777) == "drop"
     assert verdict(with_declared, "input", "enp2s0", "10.20.0.9", 8775) == "drop"
     assert with_declared.rule_count == without.rule_count
-    assert expected_input(plan, "enp2s0", "10.20.0.9", "tcp", 7777, machine_ports(plan, declared))
-    assert listed_ports(plan, "enp2s0", machine_ports(plan, declared)) == [
+    assert expected_input(
+        plan, "enp2s0", "10.20.0.9", "tcp", 7777, machine_ports(plan, declared).host
+    )
+    assert listed_ports(plan, "enp2s0", machine_ports(plan, declared).host) == [
         PortRange.parse("tcp:7777"),
     ]
     # On a network with catalogue ports, a declaration adds to them.
     declared = {Network.DATA: (PortRange.parse("tcp:7777"),)}
-    listed = listed_ports(plan, "enp5s0", machine_ports(plan, declared)) or []
+    listed = listed_ports(plan, "enp5s0", machine_ports(plan, declared).host) or []
     assert PortRange.parse("tcp:7777") in listed and PortRange.parse("tcp:16509") in listed
 
 
 def test_ports_of_networks_the_machine_may_not_use_are_never_opened(maas: Topology):
     plan = _strict(plan_of(maas, "storage-1"))  # no public, internal or data
-    ports = {Network.PUBLIC: (PortRange.parse("tcp:443"),)}
+    given = {Network.PUBLIC: (PortRange.parse("tcp:443"),)}
+    ports = MachinePorts(host=given, forwarded=given)
     view = firewall_view(plan, ports)
     assert all("public" not in s.name for s in view.sets if s.type == "inet_service")
     assert verdict(view, "input", "enp1s0", "10.30.0.9", 443) == "drop"
-    assert strict_ports(plan, ports) == {
-        Network.MANAGEMENT: (),
-        Network.STORAGE: (),
-        Network.STORAGE_CLUSTER: (),
-    }
+    nothing = {Network.MANAGEMENT: (), Network.STORAGE: (), Network.STORAGE_CLUSTER: ()}
+    assert strict_ports(plan, ports) == MachinePorts(nothing, nothing)
 
 
 def test_ports_are_ignored_without_strict_ports(maas: Topology):
     plan = plan_of(maas, "control-1")
-    ports = {Network.INTERNAL: (PortRange.parse("tcp:1-65535"),)}
+    every = {Network.INTERNAL: (PortRange.parse("tcp:1-65535"),)}
+    ports = MachinePorts(host=every, forwarded=every)
     assert render(plan, ports).nftables == GOLDEN["microstack-maas/control-1/nftables.conf"]
     assert strict_ports(plan, ports) is None
 
@@ -486,10 +494,137 @@ def test_the_controller_serves_agents_from_any_subnet_on_its_management_interfac
 ):
     controller = firewall_view(plan_of(maas, "juju-1"))
     for source in ("10.10.7.20", "10.20.0.21", "fd00:77::20"):  # other racks, a denied network
+        assert verdict(controller, "input", "enp1s0", source, 17070) == "accept"
+        # sshd and the controller's SSH server serve operators, not agents
+        for port in (22, 17022, 8080):
+            assert verdict(controller, "input", "enp1s0", source, port) == "drop"
+    for source in ("10.10.0.20", "10.99.0.9"):  # a management subnet it knows, a client
         for port in (22, 17022, 17070):
             assert verdict(controller, "input", "enp1s0", source, port) == "accept"
-        assert verdict(controller, "input", "enp1s0", source, 8080) == "drop"
     # only on a controller
     compute = firewall_view(plan_of(maas, "compute-1"))
     assert verdict(compute, "input", "enp1s0", "10.10.7.20", 17070) == "drop"
     assert verdict(compute, "input", "enp1s0", "10.10.7.20", 22) == "drop"
+
+
+# ---------------------------------------------------------------------------------------------
+# A network's addresses, only on its own interfaces
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_address_is_reachable_only_on_its_own_networks_interfaces(maas: Topology, strict: bool):
+    plan = plan_of(maas, "control-1")
+    view = firewall_view(_strict(plan) if strict else plan)
+    # (input interface, destination): management enp1s0, internal enp2s0, public enp3s0
+    management, internal, public = "10.10.0.11", "10.20.0.11", "10.30.0.11"
+    outsider = "203.0.113.9"
+    # to the management address (sshd, the exporter) through the public NIC: dropped, before
+    # the failsafe and whatever the port
+    for port in (22, 9479, 6443):
+        got = verdict(view, "input", "enp3s0", outsider, port, destination=management)
+        assert got == "drop", port
+    assert verdict(view, "input", "enp1s0", "10.10.0.9", 22, destination=management) == "accept"
+    # every pair of networks of the machine, from each NIC's own subnet, on a port of the
+    # destination's network (the failsafe's sources excepted: tcp/22 from management)
+    nics = {
+        "enp1s0": (management, "10.10.0.9"),
+        "enp2s0": (internal, "10.20.0.9"),
+        "enp3s0": (public, "10.30.0.9"),
+        "enp4s0": ("10.50.0.11", "10.50.0.9"),
+    }
+    for nic, (own, source) in nics.items():
+        assert verdict(view, "input", nic, source, 6443, destination=own) == (
+            "drop" if strict and nic in ("enp3s0", "enp4s0") else "accept"  # Kubernetes API
+        )
+        for other, (address, _) in nics.items():
+            if other != nic:
+                got = verdict(view, "input", nic, source, 6443, destination=address)
+                assert got == "drop", (nic, address)
+    # the failsafe comes first: an operator's ssh is never a misdirected packet
+    assert verdict(view, "input", "enp3s0", "10.99.0.9", 22, destination=management) == "accept"
+    # from an interface of no cloud network (a pod's veth) to the internal address: not judged
+    # here (kubelet probes, pods reaching the node)
+    assert verdict(view, "input", "lxc1", "10.1.0.9", 10250, destination=internal) == "accept"
+    # a forwarded flow to an internal VIP arriving on the public NIC: dropped, whatever DNAT
+    vip = "10.20.0.200"
+    forwarded = verdict(
+        view, "forward", "enp3s0", outsider, 443, out_interface="lxc1", destination=vip
+    )
+    assert forwarded == "drop"
+    assert view.set("dst_on_v4").elements[0] == '10.10.0.0/24 . "enp1s0"'
+
+
+def test_a_denied_networks_address_is_unreachable_from_anywhere(maas: Topology):
+    view = firewall_view(plan_of(maas, "storage-1"))  # storage-cluster allowed, no public
+    allowed = "10.60.0.31"
+    assert verdict(view, "input", "enp6s0", "10.60.0.32", 6800, destination=allowed) == "accept"
+    compute = firewall_view(plan_of(maas, "compute-1"))  # no public, no storage-cluster
+    for nic in ("enp1s0", "lxc1"):
+        got = verdict(compute, "input", nic, "10.10.0.9", 6686, destination="10.30.0.21")
+        assert got == "drop", nic
+    # one rule per denied domain and IP version (public, storage-cluster), counted apart
+    chain = compute.chain("input")
+    assert chain is not None
+    denied_destinations = [r.counter for r in chain.rules if r.side == "out"]
+    assert denied_destinations == ["drop_in_misdirected"] * 4
+
+
+def test_misdirected_rules_do_not_grow_with_subnets(maas: Topology):
+    plan = plan_of(maas, "control-1")
+    wider = plan.model_copy(
+        update={
+            "domains": tuple(
+                d.model_copy(
+                    update={
+                        "subnets": (
+                            *d.subnets,
+                            *(ipaddress.ip_network(f"10.{200 + i}.{k}.0/24") for k in range(50)),
+                        )
+                    }
+                )
+                for i, d in enumerate(plan.domains)
+            )
+        }
+    )
+    small, large = firewall_view(plan), firewall_view(wider)
+    assert small.rule_count == large.rule_count
+    assert len(large.set("dst_on_v4").elements) > len(small.set("dst_on_v4").elements) + 50
+
+
+# ---------------------------------------------------------------------------------------------
+# strict-ports for forwarded flows: the port the client used
+
+
+def test_strict_forwarded_flows_are_judged_by_the_port_the_client_used(maas: Topology):
+    plan = _strict(plan_of(maas, "control-1"))
+    view = firewall_view(plan)
+    vip, pod = "10.20.0.200", "lxc1"
+
+    def forwarded(nic: str, source: str, port: int, protocol: str = "tcp") -> str:
+        return verdict(
+            view, "forward", nic, source, port, protocol, out_interface=pod, destination=vip
+        )
+
+    # the Services behind internal VIPs, by their own port (the pod's, 8443, is in no set)
+    assert forwarded("enp2s0", "10.20.0.21", 443) == "accept"
+    assert forwarded("enp2s0", "10.20.0.21", 5672) == "accept"
+    assert forwarded("enp2s0", "10.20.0.21", 8443) == "drop"
+    # a host port of internal is not a Service
+    assert forwarded("enp2s0", "10.20.0.21", 10250) == "drop"
+    # and a Service port is not a host port
+    assert verdict(view, "input", "enp2s0", "10.20.0.21", 5672) == "drop"
+    # public: Traefik and DNS from anyone outside the cloud, nothing else
+    public_vip = "10.30.0.200"
+    for port, protocol, expected in (
+        (443, "tcp", "accept"),
+        (53, "udp", "accept"),
+        (953, "tcp", "drop"),
+    ):
+        got = verdict(view, "forward", "enp3s0", "203.0.113.9", port, protocol, pod, public_vip)
+        assert got == expected, port
+    assert (
+        "meta l4proto tcp ct original proto-dst @fwd_ports_internal_tcp" in render(plan).nftables
+    )
+    # without strict-ports the hooks share one chain per network
+    lenient = firewall_view(plan_of(maas, "control-1"))
+    assert lenient.chain("fwd_internal") is None and view.chain("fwd_internal") is not None

@@ -24,7 +24,13 @@ from network_isolation.render.nft import NftRule
 # A first-match reading of the firewall view, for checks against the issue's semantics
 
 
-PORT_MATCH = re.compile(r"(tcp|udp) dport (?:(\d+)|@(\S+)|\{ ([\d, ]+) \})")
+PORT_MATCH = re.compile(
+    r"(?:meta l4proto )?(tcp|udp)(?: dport| ct original proto-dst)"
+    r" (?:(\d+)|@(\S+)|\{ ([\d, ]+) \})"
+)
+MISDIRECTED_MATCH = re.compile(
+    r"ct original (?:ip|ip6) daddr @(\S+) ct original (?:ip|ip6) daddr \. iifname != @(\S+)"
+)
 OUTSIDE_SET = re.compile(r"iifname != @(\S+) oifname != @(\S+)")
 
 
@@ -45,7 +51,10 @@ def _extra_matches(view: FirewallView, extra: str | None, packet: Packet) -> boo
         return True
     if extra in ('iifname "lo"', 'oifname "lo"'):
         return packet.interface == "lo"
-    if extra.startswith(("icmp type", "icmpv6 type")) or "ct " in extra:
+    misdirected = MISDIRECTED_MATCH.fullmatch(extra)
+    if misdirected:
+        return _misdirected(view, misdirected.group(1), misdirected.group(2), packet)
+    if extra.startswith(("icmp type", "icmpv6 type")) or "ct state" in extra:
         return False  # the first packet of a new connection: no ct state, not a reply
     outside = OUTSIDE_SET.fullmatch(extra)
     if outside:
@@ -62,6 +71,24 @@ def _extra_matches(view: FirewallView, extra: str | None, packet: Packet) -> boo
         ranges = view.set(match.group(3)).ports()
         return any(first <= packet.port <= last for first, last in ranges)
     raise AssertionError(f"unknown match '{extra}'")
+
+
+def _misdirected(view: FirewallView, subnets: str, pairs: str, packet: Packet) -> bool:
+    """The destination is in a cloud subnet not reached on the packet's input interface.
+
+    Without a destination (a check by source only), the rule does not apply.
+    """
+    if packet.destination is None:
+        return False
+    if not any(packet.destination in n for n in view.set(subnets).networks()):
+        return False
+    for element in view.set(pairs).elements:
+        subnet, _, interface = element.partition(" . ")
+        if packet.destination in ipaddress.ip_network(subnet) and interface.strip('"') == (
+            packet.interface
+        ):
+            return False
+    return True
 
 
 def _rule_matches(view: FirewallView, rule: NftRule, packet: Packet, output: bool) -> bool:
@@ -149,11 +176,11 @@ def listed_ports(
     """strict-ports: the ranges an interface accepts (every allowed network it carries).
 
     None without strict-ports. `ports` defaults to what the machine's roles and `extra-ports`
-    give (`machine_ports(plan)`); only networks the machine may use count.
+    give (`machine_ports(plan).host`); only networks the machine may use count.
     """
     if not plan.config.strict_ports:
         return None
-    given = machine_ports(plan) if ports is None else ports
+    given = machine_ports(plan).host if ports is None else ports
     return [
         r
         for d in plan.domains

@@ -18,7 +18,6 @@ Nothing here touches the host.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -26,9 +25,8 @@ import jinja2
 from pydantic import BaseModel, ConfigDict
 
 from ..base import Enforcement
-from ..model import Network
 from ..planner import MachinePlan
-from ..ports import PortRange
+from ..ports import MachinePorts
 from .common import RenderError, comment_line
 from .firewall import FirewallView, firewall_view
 from .network_rules import counter_kinds, strict_ports
@@ -130,7 +128,7 @@ def render_netplan(view: RoutingView) -> str:
 
 def render(
     plan: MachinePlan,
-    ports: Mapping[Network, tuple[PortRange, ...]] | None = None,
+    ports: MachinePorts | None = None,
     enforcement: Enforcement | None = None,
 ) -> Artefacts:
     """Both artefacts of a plan, its ruleset in one form (`enforcement`; None: the configured).

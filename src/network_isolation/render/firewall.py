@@ -1,13 +1,16 @@
 """The firewall's layout: which rules, in which order, in which chain, from a plan.
 
-The input chain: loopback and replies, essential ICMP, the failsafe, then one lookup of the
-input interface that jumps into its network's chain (`network_rules`), the drops of denied
-networks' sources, and one lookup that drops what the network's chain handed back (and all on
-a denied network's interface). The forward chain: replies, then nothing more for traffic that
-neither arrives on nor leaves by a cloud network's interface; else the drops towards denied
-networks, as for output, and the same lookups and drops as input. The output chain, when a
-network is denied: replies, then the drops towards denied networks. The first packet of an
-accepted flow meets one set lookup by address.
+The input chain: loopback and replies; the failsafe; what is addressed to one network but
+arrives on another network's interface (and anything addressed to a denied network's subnets);
+essential ICMP; then one lookup of the input interface that jumps into its network's chain
+(`network_rules`), the drops of denied networks' sources, and one lookup that drops what the
+network's chain handed back (and all on a denied network's interface). The forward chain:
+replies, then nothing more for traffic that neither arrives on nor leaves by a cloud network's
+interface; else the same check of the destination's network, the drops towards denied
+networks, as for output, and the same lookups and drops as input (with strict ports, into
+chains of their own that judge the port the client used). The output chain, when a network is
+denied: replies, then the drops towards denied networks. The first packet of an accepted flow
+meets one set lookup by address.
 """
 
 from __future__ import annotations
@@ -20,17 +23,17 @@ from ..base import Enforcement
 from ..canary import INVALID_COUNTER
 from ..model import Network
 from ..planner import MachinePlan
-from ..ports import JUJU_AGENT_PORTS, PortRange
+from ..ports import JUJU_API_PORT, JUJU_SSH_SERVER_PORT, MachinePorts, PortRange
 from .common import file_header
 from .network_rules import (
     InterfaceGroup,
-    PortMap,
     denied_interface_drops,
     denied_subnet_drops,
     dispatch,
     group_chain,
     interface_drops,
     interface_groups,
+    misdirected_drops,
     strict_ports,
 )
 from .nft import (
@@ -109,7 +112,7 @@ class FirewallView:
 
 
 def firewall_view(
-    plan: MachinePlan, ports: PortMap | None = None, enforcement: Enforcement | None = None
+    plan: MachinePlan, ports: MachinePorts | None = None, enforcement: Enforcement | None = None
 ) -> FirewallView:
     """The ruleset of a plan in one form (`enforcement`; None: the configured one), as data.
 
@@ -132,23 +135,34 @@ def firewall_view(
     if accepted is not None:
         header += [
             "strict-ports: on an allowed network's interfaces, only the ports in its sets",
-            "ports_<networks>_tcp and ports_<networks>_udp are accepted (and tcp/22, failsafe).",
+            "ports_<networks>_tcp and ports_<networks>_udp are accepted (and tcp/22, failsafe);",
+            "forwarded (DNATed) flows only to the ports in fwd_ports_<networks>_tcp and _udp,",
+            "by the port the client used.",
         ]
     build = FirewallBuilder(enforcement)
     # Built in the order the file shows them, so the sets are declared in that order too.
-    input_head = _input_head(plan, build)
+    cloud = build.interface_set("if_space", {i for d in plan.domains for i in d.interfaces})
+    input_head = _input_head(plan, build, cloud)
     groups = interface_groups(plan)
-    chained = [(g, group_chain(plan, build, g, accepted)) for g in groups]
+    chained = [(g, group_chain(plan, build, g, accepted and accepted.host)) for g in groups]
     by_interface = dispatch(build, chained)
+    # Without strict ports both hooks share the chains; with them, forwarded flows have theirs.
+    forwarded, by_interface_fwd = chained, by_interface
+    if accepted is not None:
+        forwarded = [(g, group_chain(plan, build, g, accepted.forwarded, "fwd")) for g in groups]
+        by_interface_fwd = dispatch(build, forwarded, "by_interface_fwd")
     # The base chains, each named after its hook, in the order the file declares them; a chain
     # without rules is left out (the input chain always has some).
     base: tuple[tuple[Hook, tuple[NftSection, ...]], ...] = (
-        ("input", (*input_head, *_by_interface(plan, build, chained, by_interface, "in", 4))),
-        ("forward", _forward_sections(plan, build, chained, by_interface)),
+        ("input", (*input_head, *_by_interface(plan, build, chained, by_interface, "in", 5))),
+        ("forward", _forward_sections(plan, build, cloud, forwarded, by_interface_fwd)),
         ("output", _output_sections(plan, build)),
     )
     chains = [NftChain(hook, hook, sections) for hook, sections in base if sections]
-    chains += [*(chain for _, chain in chained), *build.drop_chains]
+    chains += [*(chain for _, chain in chained)]
+    if forwarded is not chained:
+        chains += [chain for _, chain in forwarded]
+    chains += build.drop_chains
     return FirewallView(
         family=TABLE_FAMILY,
         table=TABLE_NAME,
@@ -162,8 +176,13 @@ def firewall_view(
     )
 
 
-def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
-    """Input rules 1-3: loopback, replies, ICMP, the failsafe."""
+def _input_head(plan: MachinePlan, build: FirewallBuilder, cloud: str | None) -> list[NftSection]:
+    """Input rules 1-4: loopback and replies, the failsafe, the destination's network, ICMP.
+
+    The failsafe comes before the destination's check, so an operator in the management
+    subnets or client-cidrs reaches sshd whatever interface the plan thinks the packet should
+    arrive on.
+    """
     sections: list[NftSection] = [
         NftSection(
             "1. loopback and replies: accept; invalid packets: drop",
@@ -173,16 +192,27 @@ def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
                 build.drop(INVALID_COUNTER, "in ct-invalid", extra="ct state invalid"),
             ),
         ),
+        _failsafe_section(plan, build),
+    ]
+    misdirected = misdirected_drops(plan, build, cloud, "in") if cloud else []
+    if misdirected:
+        sections.append(NftSection(f"3. {MISDIRECTED_COMMENT}", tuple(misdirected)))
+    sections.append(
         NftSection(
-            "2. essential ICMP and ICMPv6 (errors, path MTU, neighbour discovery, echo)",
+            "4. essential ICMP and ICMPv6 (errors, path MTU, neighbour discovery, echo)",
             (
                 build.accept("in", extra=f"icmp type {{ {', '.join(ICMP_TYPES)} }}"),
                 build.accept("in", extra=f"icmpv6 type {{ {', '.join(ICMPV6_TYPES)} }}"),
             ),
-        ),
-    ]
-    sections.append(_failsafe_section(plan, build))
+        )
+    )
     return sections
+
+
+MISDIRECTED_COMMENT = (
+    "in on a cloud network's interface, addressed (before any DNAT) to another network's"
+    " subnets: drop"
+)
 
 
 def _by_interface(
@@ -234,22 +264,25 @@ FORWARD_CUTS = "fwd_to_denied"
 def _forward_sections(
     plan: MachinePlan,
     build: FirewallBuilder,
+    cloud: str | None,
     groups: Sequence[tuple[InterfaceGroup, NftChain]],
     by_interface: str | None,
 ) -> tuple[NftSection, ...]:
     """Forwarded packets (DNAT to a pod, routed through the host) judged like input."""
-    space = build.interface_set("if_space", {i for d in plan.domains for i in d.interfaces})
-    if space is None:
+    if cloud is None:
         return ()
     sections = [
         NftSection(
             "1. replies: accept; neither in on nor out by a cloud network's interface: not ours",
             (
                 build.accept("in", extra="ct state established,related"),
-                build.accept("in", extra=f"iifname != @{space} oifname != @{space}"),
+                build.accept("in", extra=f"iifname != @{cloud} oifname != @{cloud}"),
             ),
         )
     ]
+    misdirected = misdirected_drops(plan, build, cloud, "fwd")
+    if misdirected:
+        sections.append(NftSection(f"2. {MISDIRECTED_COMMENT}", tuple(misdirected)))
     to_denied = [
         *denied_subnet_drops(plan, build, "out", "fwd"),
         *denied_interface_drops(plan, build, "fwd"),
@@ -263,11 +296,11 @@ def _forward_sections(
         build.drop_chains.append(NftChain(FORWARD_CUTS, None, (cuts,)))
         sections.append(
             NftSection(
-                "2. out by a cloud network's interface: to a denied network: drop",
-                (build.jump("out", space, FORWARD_CUTS),),
+                "3. out by a cloud network's interface: to a denied network: drop",
+                (build.jump("out", cloud, FORWARD_CUTS),),
             )
         )
-    sections += _by_interface(plan, build, groups, by_interface, "fwd", 3)
+    sections += _by_interface(plan, build, groups, by_interface, "fwd", 4)
     return tuple(sections)
 
 
@@ -275,27 +308,31 @@ def _failsafe_section(plan: MachinePlan, build: FirewallBuilder) -> NftSection:
     """tcp/22 from the management subnets and client-cidrs, before any drop.
 
     A Juju controller knows only its own management subnets (its peers are the other
-    controllers), while its agents connect from every rack: on its management interfaces,
-    its agent ports and tcp/22 are open to any source.
+    controllers), while its agents connect from every rack: on its management interfaces, its
+    API port is open to any source. Its SSH server, like sshd, serves operators: only the
+    management subnets it knows and client-cidrs reach it.
     """
     management = plan.domain_of(Network.MANAGEMENT)
     failsafe = build.address_sets(
         "failsafe", [*management.subnets, *plan.config.client_cidrs], keep_empty=True
     )
-    rules = [
-        build.accept("in", addresses=a, extra=f"tcp dport {FAILSAFE_TCP_PORT}") for a in failsafe
-    ]
-    comment = f"3. failsafe: tcp/{FAILSAFE_TCP_PORT} from the management subnets and client-cidrs"
     nics = (
         build.interface_set("if_juju_controller", management.interfaces)
         if CONTROLLER_ROLE in plan.roles
         else None
     )
+    ports = [FAILSAFE_TCP_PORT]
+    if CONTROLLER_ROLE in plan.roles:
+        ports.append(PortRange.parse(JUJU_SSH_SERVER_PORT).first)
+    listed = ", ".join(str(p) for p in ports)
+    match = f"tcp dport {{ {listed} }}" if len(ports) > 1 else f"tcp dport {listed}"
+    rules = [build.accept("in", addresses=a, extra=match) for a in failsafe]
+    what = f"tcp {listed}" if len(ports) > 1 else f"tcp/{listed}"
+    comment = f"2. failsafe: {what} from the management subnets and client-cidrs"
     if nics:
-        ports = [FAILSAFE_TCP_PORT, *(PortRange.parse(p).first for p in JUJU_AGENT_PORTS)]
-        listed = ", ".join(str(p) for p in sorted(ports))
-        rules.append(build.accept("in", interfaces=nics, extra=f"tcp dport {{ {listed} }}"))
-        comment += f"; from any source on the management interfaces: tcp {listed} (Juju agents)"
+        api = PortRange.parse(JUJU_API_PORT).first
+        rules.append(build.accept("in", interfaces=nics, extra=f"tcp dport {api}"))
+        comment += f"; from any source on the management interfaces: tcp/{api} (Juju agents)"
     return NftSection(comment, tuple(rules))
 
 

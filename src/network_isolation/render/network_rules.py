@@ -14,16 +14,19 @@ from typing import Literal
 from ..canary import INVALID_COUNTER, CounterKind
 from ..model import NETWORKS, Network, label_of
 from ..planner import MachinePlan
-from ..ports import PortRange, machine_ports, merge_ranges
+from ..ports import MachinePorts, PortRange, machine_ports, merge_ranges
 from .common import network_names
 from .nft import FirewallBuilder, NftChain, NftRule, NftSection, Side
 from .subnets import exclude
 
 IPV6_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
-# Conntrack-invalid packets: dropped before any network's rules, whatever the network.
-
-# Ports per network, as `ports.machine_ports` gives them.
-PortMap = Mapping[Network, Iterable[PortRange]]
+# Ports per network, one kind of `ports.MachinePorts`.
+PortMap = Mapping[Network, tuple[PortRange, ...]]
+# What a packet addressed to one network's subnet but arriving on another network's interface
+# is counted under, per hook.
+MISDIRECTED = "misdirected"
+# The hooks whose chains judge a packet by its input interface.
+Judged = Literal["in", "fwd"]
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,12 @@ def counter_kinds(plan: MachinePlan) -> dict[str, CounterKind]:
 
     Expected: a denied domain's, in every direction (from, to, through or on a network this
     machine may not use), and invalid packets. Unexpected: the groups of allowed interfaces',
-    in and forwarded (see `canary`).
+    in and forwarded, and packets addressed to one network arriving on another's interface: in
+    a healthy cloud neither exists, so a canary that counts them halts (see `canary`).
     """
     kinds = {INVALID_COUNTER: CounterKind("", expected=True)}
+    for direction in ("in", "fwd"):
+        kinds[misdirected_counter(direction)[0]] = CounterKind("", expected=False)
     for group in interface_groups(plan):
         for direction in ("in", "fwd"):
             counter, _ = drop_counter(direction, group.networks)
@@ -79,46 +85,57 @@ def counter_kinds(plan: MachinePlan) -> dict[str, CounterKind]:
     return kinds
 
 
-def strict_ports(
-    plan: MachinePlan, ports: PortMap | None = None
-) -> dict[Network, tuple[PortRange, ...]] | None:
+def strict_ports(plan: MachinePlan, ports: MachinePorts | None = None) -> MachinePorts | None:
     """The ports the firewall accepts per allowed network, or None without `strict-ports`.
 
     `ports` is what the caller computed (`ports.machine_ports(plan, declared)`); without it,
-    the catalogue and `extra-ports` alone. Networks the machine may not use are left out.
+    the catalogues and `extra-ports` alone. Networks the machine may not use are left out.
     """
     if not plan.config.strict_ports:
         return None
     given = machine_ports(plan) if ports is None else ports
-    return {net: merge_ranges(given.get(net, ())) for net in NETWORKS if plan.networks[net].access}
+    allowed = [net for net in NETWORKS if plan.networks[net].access]
+    return MachinePorts(
+        host={net: merge_ranges(given.host.get(net, ())) for net in allowed},
+        forwarded={net: merge_ranges(given.forwarded.get(net, ())) for net in allowed},
+    )
 
 
 def group_chain(
     plan: MachinePlan,
     build: FirewallBuilder,
     group: InterfaceGroup,
-    ports: Mapping[Network, tuple[PortRange, ...]] | None,
+    ports: PortMap | None,
+    hook: Judged = "in",
 ) -> NftChain:
-    """The chain of a group's interfaces, shared by the input and forward hooks.
+    """The chain of a group's interfaces: what may arrive on them.
 
     The hooks' interface map jumps here: own subnets accepted; sources of no cloud network
     accepted on public, from client-cidrs on management. Anything else (other cloud networks,
     denied ones included) returns to the hook's chain, which drops it under its own counter
-    (`drop_in_*`, `drop_fwd_*`). With strict ports (`ports` given), every accept also needs a
-    tcp or udp port of the group's sets.
+    (`drop_in_*`, `drop_fwd_*`). Without strict ports the input and forward hooks share the
+    chain. With strict ports (`ports` given), every accept also needs a tcp or udp port of the
+    group's sets: for input (`net_*`) the destination port; for forwarded flows (`fwd_*`, their
+    own chain) the port the client used before any DNAT, `ct original proto-dst`.
     """
     own = [s for i in group.domains for s in plan.domains[i].subnets]
     names = network_names(group.networks)
     public = Network.PUBLIC in group.networks
     strict = ports is not None
+    forwarded = strict and hook == "fwd"
     services: list[str | None] = [None]
     if ports is not None:
         listed = [p for n in group.networks for p in ports.get(n, ())]
+        kind = "fwd_ports" if forwarded else "ports"
         services = [
-            f"{protocol} dport @{name}"
-            for protocol, name in build.port_sets(f"ports_{group.label}", listed)
+            f"meta l4proto {protocol} ct original proto-dst @{name}"
+            if forwarded
+            else f"{protocol} dport @{name}"
+            for protocol, name in build.port_sets(f"{kind}_{group.label}", listed)
         ]
-    accept = ", listed ports: accept" if strict else ": accept"
+    accept = ": accept"
+    if strict:
+        accept = ", listed original ports: accept" if forwarded else ", listed ports: accept"
     rules: list[NftRule] = []
     parts: list[str] = []
     if not (public and strict):  # strict public: the any-source accepts below cover it
@@ -153,7 +170,7 @@ def group_chain(
     if strict or not public:
         parts.append("any other packet: drop" if strict else "any other source: drop")
     return NftChain(
-        f"net_{group.label}",
+        f"{'fwd' if forwarded else 'net'}_{group.label}",
         None,
         (
             NftSection(
@@ -165,12 +182,13 @@ def group_chain(
 
 
 def dispatch(
-    build: FirewallBuilder, groups: Iterable[tuple[InterfaceGroup, NftChain]]
+    build: FirewallBuilder,
+    groups: Iterable[tuple[InterfaceGroup, NftChain]],
+    name: str = "by_interface",
 ) -> str | None:
-    """The one map from an allowed interface to its group's chain (both hooks use it)."""
+    """The map from an allowed interface to its group's chain (one per set of chains)."""
     return build.interface_map(
-        "by_interface",
-        ((i, f"jump {chain.name}") for group, chain in groups for i in group.interfaces),
+        name, ((i, f"jump {chain.name}") for group, chain in groups for i in group.interfaces)
     )
 
 
@@ -184,7 +202,7 @@ def interface_drops(
     plan: MachinePlan,
     build: FirewallBuilder,
     groups: Iterable[tuple[InterfaceGroup, NftChain]],
-    direction: Literal["in", "fwd"],
+    direction: Judged,
 ) -> str | None:
     """The map that drops what a group's chain returned, and all on a denied interface.
 
@@ -243,4 +261,49 @@ def denied_interface_drops(
         )
         if nics:
             rules.append(build.drop(counter, what, "out", interfaces=nics))
+    return rules
+
+
+def misdirected_counter(direction: Judged) -> tuple[str, str]:
+    """The counter of packets addressed to one network but arriving on another's interface."""
+    return f"drop_{direction}_{MISDIRECTED}", f"{DIRECTION_WORDS[direction]} {MISDIRECTED}"
+
+
+def misdirected_drops(
+    plan: MachinePlan, build: FirewallBuilder, cloud_interfaces: str, direction: Judged
+) -> list[NftRule]:
+    """Drops of what arrives on a cloud network's interface addressed to another's subnets.
+
+    Linux accepts a packet for any local address on any interface (and routes a forwarded one
+    whatever its way in): without this, a host on the public segment reaches the management
+    address through the public NIC. Judged by the address the client used, before any DNAT
+    (`ct original`), so a VIP of one network is reachable only from its own; each allowed
+    domain's subnets pair with its interfaces. Packets from interfaces of no cloud network
+    (pods, instances, loopback) are not judged here. In input, a denied network's subnets
+    are unreachable from anywhere.
+    """
+    counter, what = misdirected_counter(direction)
+    pairs = [
+        (subnet, interface)
+        for domain in plan.allowed_domains
+        for subnet in domain.subnets
+        for interface in domain.interfaces
+    ]
+    rules: list[NftRule] = []
+    for family, subnets, bound in build.destination_sets("dst", pairs):
+        rules.append(
+            build.drop(
+                counter,
+                what,
+                interfaces=cloud_interfaces,
+                extra=f"ct original {family} daddr @{subnets}"
+                f" ct original {family} daddr . iifname != @{bound}",
+            )
+        )
+    if direction == "in":
+        allowed_subnets = [s for d in plan.allowed_domains for s in d.subnets]
+        for domain in plan.denied_domains:
+            label = label_of(domain.networks)
+            for a in build.address_sets(f"net_{label}", exclude(domain.subnets, allowed_subnets)):
+                rules.append(build.drop(counter, what, "out", addresses=a))
     return rules

@@ -25,7 +25,9 @@ AUDIT_LOG_RATE = "10/minute burst 5 packets"
 LOG_PREFIX = "network-isolation audit"
 LOG_PREFIX_MAX = 127
 
-SetType = Literal["ipv4_addr", "ipv6_addr", "ifname", "inet_service"]
+SetType = Literal[
+    "ipv4_addr", "ipv6_addr", "ifname", "inet_service", "ipv4_addr . ifname", "ipv6_addr . ifname"
+]
 # `return` hands the packet back to the calling chain; `vmap` looks the verdict up in a map.
 Verdict = Literal["accept", "drop", "log", "return", "vmap", "jump"]
 # The hooks of our base chains.
@@ -157,6 +159,38 @@ class FirewallBuilder:
             return None
         self._add_set(NftSet(name, "ifname", names))
         return name
+
+    def destination_sets(
+        self, name: str, pairs: Iterable[tuple[IPNetwork, str]]
+    ) -> list[tuple[str, str, str]]:
+        """Declare `<name>_v4` (subnets) and `<name>_on_v4` (subnet . interface), and v6.
+
+        Returns (family, subnet set, pair set) for each family that has subnets. The pairs
+        are the interfaces on which each subnet may be reached; per interface, a subnet inside
+        another is left out (nft refuses overlapping elements).
+        """
+        by_interface: dict[str, list[IPNetwork]] = {}
+        for subnet, interface in pairs:
+            by_interface.setdefault(check_interface_name(interface), []).append(subnet)
+        bound = sorted(
+            ((s, i) for i, subnets in by_interface.items() for s in normalize(subnets)),
+            key=lambda p: (_net_key(p[0]), p[1]),
+        )
+        v4, v6 = split_families(normalize(s for s, _ in bound))
+        found: list[tuple[str, str, str]] = []
+        families: tuple[tuple[str, str, SetType, SetType, list[IPNetwork]], ...] = (
+            ("ip", "v4", "ipv4_addr", "ipv4_addr . ifname", v4),
+            ("ip6", "v6", "ipv6_addr", "ipv6_addr . ifname", v6),
+        )
+        for family, suffix, address_type, pair_type, members in families:
+            if not members:
+                continue
+            version = members[0].version
+            elements = tuple(f'{s} . "{i}"' for s, i in bound if s.version == version)
+            self._add_set(NftSet(f"{name}_{suffix}", address_type, tuple(map(str, members))))
+            self._add_set(NftSet(f"{name}_on_{suffix}", pair_type, elements))
+            found.append((family, f"{name}_{suffix}", f"{name}_on_{suffix}"))
+        return found
 
     def port_sets(self, name: str, ranges: Iterable[PortRange]) -> list[tuple[str, str]]:
         """Declare `<name>_tcp` and `<name>_udp`, empty or not; return (protocol, set).
@@ -298,6 +332,10 @@ def _plain(
         side=side,
         text=f"{match} {verdict}" if match else verdict,
     )
+
+
+def _net_key(net: IPNetwork) -> tuple[int, int, int]:
+    return net.version, int(net.network_address), net.prefixlen
 
 
 def _match(
