@@ -22,7 +22,7 @@ import yaml
 from .base import Received
 from .model import NETWORK_NAMES, NETWORKS, Network
 from .planner import InterfaceKind
-from .topology import Topology, TopologyError, topology_from_dict, validation_error
+from .topology import Topology, TopologyError, read_file, topology_from_dict, validation_error
 
 # Sunbeam's MAAS role tags and the role each gives here: canonical/snap-openstack,
 # sunbeam-python/sunbeam/provider/maas/deployment.py, `RoleTags`. Sunbeam takes a machine's
@@ -173,14 +173,7 @@ def cloud_from_json(raw: Any, source: str) -> MaasCloud:
 
 def load_dump(path: Path) -> MaasCloud:
     """Read a saved MAAS dump (`--maas-json`)."""
-    source = str(path)
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as e:
-        raise TopologyError(source, "", e.strerror or str(e)) from None
-    except json.JSONDecodeError as e:
-        raise TopologyError(source, f"line {e.lineno}", f"not valid JSON ({e.msg})") from None
-    return cloud_from_json(raw, source)
+    return cloud_from_json(read_file(path, json.loads), str(path))
 
 
 def active_deployment(raw: Any, source: str) -> SunbeamDeployment:
@@ -198,14 +191,7 @@ def active_deployment(raw: Any, source: str) -> SunbeamDeployment:
 
 def load_deployment(path: Path) -> SunbeamDeployment:
     """Read Sunbeam's `deployments.yaml` and return its active MAAS deployment."""
-    source = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise TopologyError(source, "", e.strerror or str(e)) from None
-    except yaml.YAMLError as e:
-        raise TopologyError(source, "", f"not valid YAML ({getattr(e, 'problem', e)})") from None
-    return active_deployment(raw, source)
+    return active_deployment(read_file(path, yaml.safe_load), str(path))
 
 
 def _network(name: str, source: str, where: str) -> Network:

@@ -27,6 +27,9 @@ class Network(str, enum.Enum):
 
 NETWORKS: tuple[Network, ...] = tuple(Network)
 NETWORK_NAMES: tuple[str, ...] = tuple(n.value for n in Network)
+# What the drops of a packet addressed to one network but arriving on another's interface are
+# named after (`drop_in_misdirected`), where a network's name stands for other drops.
+MISDIRECTED = "misdirected"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ charm builds from Juju's `network-get`, so both share one planner.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,9 +196,14 @@ def _is_place(part: str | int) -> bool:
 
 def load_topology(path: Path) -> Topology:
     """Read and check a topology file; every problem is a TopologyError naming the place."""
+    return topology_from_dict(read_file(path, yaml.safe_load), str(path))
+
+
+def read_file(path: Path, parse: Callable[[str], Any]) -> Any:
+    """A file's text parsed (YAML, JSON); unreadable or invalid: a TopologyError naming it."""
     source = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        return parse(path.read_text())
     except OSError as e:
         raise TopologyError(source, "", e.strerror or str(e)) from None
     except yaml.YAMLError as e:
@@ -205,7 +212,8 @@ def load_topology(path: Path) -> Topology:
         raise TopologyError(
             source, where, f"not valid YAML ({getattr(e, 'problem', e)})"
         ) from None
-    return topology_from_dict(raw, source)
+    except json.JSONDecodeError as e:
+        raise TopologyError(source, f"line {e.lineno}", f"not valid JSON ({e.msg})") from None
 
 
 def topology_from_dict(raw: Any, source: str) -> Topology:

@@ -113,6 +113,7 @@ def write(host: FakeHost, plan: PlanSummary | None = None, history: ApplyHistory
         ("drop_out_public", ("public", "out")),
         ("drop_fwd_storage", ("storage", "fwd")),
         ("drop_in_invalid", ("ct-invalid", "in")),
+        ("drop_fwd_misdirected", ("misdirected", "fwd")),
         ("drop_in_nowhere", None),
         ("accept_in_storage", None),
         ("a rule's comment", None),

@@ -54,7 +54,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..base import Enforcement
-from ..model import NETWORK_NAMES, IsolationLevel
+from ..model import MISDIRECTED, NETWORK_NAMES, IsolationLevel
 from ..observed import HISTORY_FILE, PLAN_SUMMARY_FILE, ApplyHistory, PlanSummary, load_record
 from . import Applied, Host, HostError, RejectedRecord, fingerprint, state_dir
 
@@ -128,6 +128,8 @@ def drop_labels(counter: str) -> tuple[str, str] | None:
     network = name.replace("_", "-")
     if network == "invalid":
         return CT_INVALID, direction
+    if network == MISDIRECTED:
+        return MISDIRECTED, direction
     return (network, direction) if network in NETWORK_NAMES else None
 
 

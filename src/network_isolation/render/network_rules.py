@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..canary import INVALID_COUNTER, CounterKind
-from ..model import NETWORKS, Network, label_of
+from ..model import MISDIRECTED, NETWORKS, Network, label_of
 from ..planner import MachinePlan
 from ..ports import MachinePorts, PortRange, machine_ports, merge_ranges
 from .common import network_names
@@ -22,9 +22,6 @@ from .subnets import exclude
 IPV6_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
 # Ports per network, one kind of `ports.MachinePorts`.
 PortMap = Mapping[Network, tuple[PortRange, ...]]
-# What a packet addressed to one network's subnet but arriving on another network's interface
-# is counted under, per hook.
-MISDIRECTED = "misdirected"
 # The hooks whose chains judge a packet by its input interface.
 Judged = Literal["in", "fwd"]
 
