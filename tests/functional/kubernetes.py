@@ -8,7 +8,11 @@ Every machine with the control role gets what Canonical Kubernetes gives it in S
   network's own subnet, as MetalLB's L2 mode announces them (here: a /32 or /128 address on
   the interface, so the node answers ARP and neighbour discovery for it);
 - a DNAT of every VIP to the pod in PREROUTING, in tables of its own (`ip kube-proxy`,
-  `ip6 kube-proxy`) as kube-proxy keeps them, and a masquerade of pod egress;
+  `ip6 kube-proxy`) as kube-proxy keeps them, and a masquerade of pod egress. As a Service
+  maps its port to the pod's (its targetPort), some ports change on the way (`TARGET_PORTS`:
+  HTTPS 443 to 8443, HTTP 80 to 8080, AMQP 5672 kept, as Traefik's and RabbitMQ's pods
+  listen); every other port is DNATed to the same port of the pod, so every packet to a VIP
+  is forwarded;
 - a pod network between the nodes: a VXLAN device (udp/8472 over the internal network, as
   Cilium's and flannel's tunnels) with a route to every other node's pod CIDR.
 
@@ -45,6 +49,22 @@ POD_VETH = "kpod0"
 VXLAN = "vxlan.pods"
 INSTANCE_TAPS = ("tap-vm1", "tap-vm2")
 INSTANCE_GATEWAY = "169.254.1.1"  # the host's end of every tap, answered by proxy ARP
+# A Service's port -> its pod's port (targetPort): Traefik's pod serves HTTPS on 8443 and HTTP
+# on 8080 behind the Service's 443 and 80; RabbitMQ's serves AMQP on the Service's 5672.
+TARGET_PORTS: Mapping[tuple[str, int], int] = {
+    ("tcp", 443): 8443,
+    ("tcp", 80): 8080,
+    ("tcp", 5672): 5672,
+}
+
+
+def pod_ports(ports: Iterable[tuple[str, int]]) -> tuple[list[int], list[int]]:
+    """The TCP and UDP ports a pod must listen on to answer VIP probes on these ports."""
+    targets = {(proto, TARGET_PORTS.get((proto, port), port)) for proto, port in ports}
+    return (
+        sorted(p for proto, p in targets if proto == "tcp"),
+        sorted(p for proto, p in targets if proto == "udp"),
+    )
 
 
 @dataclass(frozen=True)
@@ -272,13 +292,24 @@ def _pod_subnets(node: Node) -> tuple[IPNetwork, ...]:
 
 
 def kube_proxy_tables(node: Node) -> str:
-    """kube-proxy's part, in tables of its own: VIP -> pod DNAT, pod egress masquerade."""
+    """kube-proxy's part, in tables of its own: VIP -> pod DNAT, pod egress masquerade.
+
+    The Services' ports that map to another port of the pod first, then every other port to
+    the same port of the pod.
+    """
     text = []
     for family, version in (("ip", 4), ("ip6", 6)):
         pod = next(a.ip for a in node.pod.addresses if a.version == version)
         pods = next(c for c in POD_CIDRS if c.version == version)
         vips = [str(v.address) for v in node.vips if v.address.version == version]
-        dnat = f"\t\t{family} daddr {{ {', '.join(vips)} }} dnat to {pod}\n" if vips else ""
+        target = str(pod) if version == 4 else f"[{pod}]"
+        dnat = "".join(
+            f"\t\t{family} daddr {{ {', '.join(vips)} }} {proto} dport {port}"
+            f" dnat to {target}:{to}\n"
+            for (proto, port), to in TARGET_PORTS.items()
+            if vips
+        )
+        dnat += f"\t\t{family} daddr {{ {', '.join(vips)} }} dnat to {pod}\n" if vips else ""
         text.append(
             f"table {family} kube-proxy {{\n"
             "\tchain prerouting {\n"

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .oracle import FAILSAFE_PORT, Expectation, Flow, Oracle
-from .testbed import Bed, Cloud, IPAddress, ProbeResult, space_of
+from .testbed import Bed, Cloud, Host, Iface, IPAddress, ProbeResult, space_of
 
 TCP_PORT = 7000
 UDP_PORT = 6081
@@ -128,6 +128,107 @@ def spare_address(cloud: Cloud, network: str) -> list[IPAddress]:
         candidate = next(a for a in (last - k for k in range(16)) if a not in used)
         spare.append(ipaddress.ip_address(candidate))
     return spare
+
+
+STRAY_OFFSET = 20  # strays take the address this far below the top of a subnet
+
+
+@dataclass(frozen=True)
+class Stray:
+    """A host on the segment of one of a machine's NICs that routes through that NIC.
+
+    Its routes send every other address of the machine (and the `extra` destinations, VIPs)
+    through the machine's own address on the shared segment: what any host on that segment
+    can do, and what the firewall must drop.
+    """
+
+    host: Host
+    machine: str
+    nic: str  # the machine's NIC on the stray's segment
+    routes: tuple[str, ...]  # `ip route add` arguments
+    destinations: tuple[IPAddress, ...]  # routed through the NIC
+
+
+def strays(cloud: Cloud, machine: str, extra: Iterable[IPAddress] = ()) -> list[Stray]:
+    """A stray per NIC of the machine, with an address in each subnet of that NIC."""
+    used = {a.ip for h in cloud.machines.values() for a in h.addresses}
+    used |= {r for seg in cloud.segments.values() for r in seg.router.values()}
+    host = cloud.machines[machine]
+    extra = tuple(extra)
+    found = []
+    for iface in host.ifaces:
+        addresses = []
+        for a in iface.addresses:
+            candidate = a.network.broadcast_address - STRAY_OFFSET
+            assert candidate not in used, f"{candidate} is taken: no stray on {iface.name}"
+            addresses.append(ipaddress.ip_interface(f"{candidate}/{a.network.prefixlen}"))
+        own = {a.ip for a in iface.addresses}
+        targets = tuple(x for x in (*(a.ip for a in host.addresses), *extra) if x not in own)
+        gateway = {a.version: a.ip for a in iface.addresses}
+        routes = tuple(
+            f"{x}/{x.max_prefixlen} via {gateway[x.version]}"
+            for x in targets
+            if x.version in gateway
+        )
+        stray = Host(
+            f"stray-{iface.name}", (), (Iface("eth0", tuple(addresses), iface.segment),), {}
+        )
+        found.append(
+            Stray(
+                stray,
+                machine,
+                iface.name,
+                routes,
+                tuple(x for x in targets if x.version in gateway),
+            )
+        )
+    return found
+
+
+def plug_strays(bed: Bed, found: Sequence[Stray]) -> None:
+    """The strays' namespaces, once per bed."""
+    new = [s for s in found if s.host.name not in bed.extra]
+    bed.plug([s.host for s in new], {s.host.name: s.routes for s in new})
+
+
+def misdirected_flows(
+    cloud: Cloud,
+    found: Sequence[Stray],
+    ports: Sequence[tuple[str, int]],
+    vips: Iterable[IPAddress] = (),
+) -> list[Flow]:
+    """From every stray to every other address of its machine, through the stray's NIC.
+
+    With each, the stray to the machine's own address on its segment (the way it should go).
+    VIPs among the destinations are `vip` flows arriving on the stray's NIC.
+    """
+    vips = set(vips)
+    flows = []
+    for stray in found:
+        host = cloud.machines[stray.machine]
+        own = [a.ip for a in next(i for i in host.ifaces if i.name == stray.nic).addresses]
+        for a in stray.host.addresses:
+            for proto, port in ports:
+                for x in own:
+                    if x.version == a.version:
+                        flows.append(Flow(stray.host.name, a.ip, stray.machine, x, proto, port))
+                for x in stray.destinations:
+                    if x.version != a.version:
+                        continue
+                    kind = "vip" if x in vips else "host"
+                    flows.append(
+                        Flow(
+                            stray.host.name,
+                            a.ip,
+                            stray.machine,
+                            x,
+                            proto,
+                            port,
+                            kind=kind,
+                            nic=stray.nic,
+                        )
+                    )
+    return flows
 
 
 @dataclass

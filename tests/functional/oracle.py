@@ -7,9 +7,11 @@ Three sources only:
   ROLE_NETWORK_MAPPING), both written out by hand in tests/role_tables.py, not imported from
   the charm;
 - the firewall's rules as the README states them, restated below and encoded step by step;
-- for `strict-ports`, a port table written out by hand below from the services' own sources
-  (Juju, Ceph and MicroCeph, MicroOVN, Sunbeam, Kubernetes); the charm's own
-  catalogue (network_isolation.ports) is never read for expected values.
+- for `strict-ports`, two tables written out by hand below from the services' own sources
+  (Juju, Ceph and MicroCeph, MicroOVN, Sunbeam, Kubernetes, the charms Sunbeam deploys): the
+  ports the hosts' own services listen on, and the ports of the Services behind Kubernetes
+  VIPs; the charm's own catalogue (network_isolation.ports) is never read for expected
+  values.
 
 The rules, as encoded here. A *domain* is a set of networks that resolve to the same subnets
 (one space); it is *allowed* on a machine when any of its networks is allowed for the
@@ -17,36 +19,52 @@ machine's roles, else *denied*. A NIC is *denied* when every domain it carries i
 
 Input, first match wins:
   1. ct state established,related: accept (replies);
-  2. essential ICMP/ICMPv6 (neighbour discovery among them): accept;
-  3. tcp/22 from the management domain's subnets or client-cidrs: accept (failsafe); on a
-     Juju controller, tcp 22, 17022 (SSH server) and 17070 (API) arriving on a NIC of the
-     management domain, from any source: accept (its agents live in every rack);
-  4. from a denied domain's subnets, on any interface: drop;
-  5. on a denied NIC: drop;
-  6. on an allowed domain's NIC: from its own subnets accept; from another cloud domain's
+  2. failsafe: tcp/22 from the management domain's subnets or client-cidrs: accept; on a Juju
+     controller tcp 22 and 17022 (its SSH server, which serves operators like sshd) from those
+     sources only, and tcp/17070 (the API) from any source arriving on a NIC of the
+     management domain: accept (its agents live in every rack, in subnets it does not know);
+  3. misdirected: arriving on a NIC of a cloud network, addressed (before any DNAT: the
+     address the client used) to the subnets of an allowed domain that has NICs on the
+     machine, but not arriving on one of that domain's NICs: drop; addressed to a denied
+     domain's subnets (and no allowed one's), arriving anywhere: drop. (Linux takes a packet
+     for any of its addresses on any interface: without this a host on one segment reaches
+     the machine's address on another through the NIC it shares with it.) NICs of no cloud
+     network (pods' veths, taps, lo) are not judged by the first part;
+  4. essential ICMP/ICMPv6 (neighbour discovery among them): accept;
+  5. from a denied domain's subnets, on any interface: drop;
+  6. on a denied NIC: drop;
+  7. on an allowed domain's NIC: from its own subnets accept; from another cloud domain's
      subnets drop; from any other source: accept on public, accept from client-cidrs on
      management, drop elsewhere;
-  7. anything else (NICs of no cloud network): not decided here (accept).
+  8. anything else (NICs of no cloud network): not decided here (accept).
 (The ruleset looks the interface up before it drops denied sources, so that an accepted
 packet meets one set lookup; since no NIC's own subnets, public's other sources or the
 clients include a denied domain's subnets, the verdicts are the same as in this order.)
-With strict-ports, rule 6 accepts only the ports listed for the NIC: per network of
+The NIC a packet arrives on is the one holding its destination address, unless the sender
+routes it through another of the machine's addresses (`Flow.nic`).
+With strict-ports, rule 7 accepts only the ports listed for the NIC: per network of
 its allowed domains that the machine's roles allow, the port table's ports of those roles,
 plus `extra-ports` for that network, plus what the machine's principals declared for it.
-Every other packet arriving on that NIC is dropped; rules 1-5 and 7 do not change (tcp/22
+Every other packet arriving on that NIC is dropped; rules 1-6 and 8 do not change (tcp/22
 from a source that is neither management nor a client is therefore dropped on such a NIC).
 Output: replies to connections the input chain let in are let out first (so the failsafe's
 replies too); otherwise, to a denied domain's subnets, or out of a denied NIC: drop.
 Forward (what a host routes: a Kubernetes VIP DNATed to a pod, pod egress), first match wins:
   F1. ct state established,related: accept (replies);
   F2. arriving on and leaving by NICs of no cloud network: accept (pods, instances: not ours);
-  F3. from a denied domain's subnets: drop;
-  F4. leaving by a NIC of a cloud network: to a denied domain's subnets (after DNAT: where
+  F3. misdirected: rule 3's first part, judged by the original destination (a VIP, before
+      DNAT) and the NIC the packet arrives on: a VIP of the internal network is reached only
+      through an internal NIC, even by a host that routes through another of the node's
+      addresses;
+  F4. from a denied domain's subnets: drop;
+  F5. leaving by a NIC of a cloud network: to a denied domain's subnets (after DNAT: where
       it really goes), or out of a denied NIC: drop, as for output;
-  F5. arriving on a denied NIC: drop;
-  F6. arriving on an allowed domain's NIC: rule 6 above, as if addressed to the host (there is
-      no failsafe for forwarded packets), strict-ports included;
-  F7. anything else: accept.
+  F6. arriving on a denied NIC: drop;
+  F7. arriving on an allowed domain's NIC: rule 7 above, as if addressed to the host (there is
+      no failsafe for forwarded packets); with strict-ports, by the port the client used
+      (before DNAT: the Service's port, not the pod's) against the VIP table below, not the
+      port table, plus `extra-ports` and declarations;
+  F8. anything else: accept.
 Audit: the same, but a drop only counts; the packet goes on. Off: no table.
 
 Consequences the bed makes visible (the kernel's, not a choice of ours):
@@ -95,7 +113,13 @@ _KUBERNETES_INTERNAL = (
     "udp:8472",
     "tcp:7946",
     "udp:7946",
+    # Cilium 1.17 as k8s-snap release-1.32 bundles it: Hubble's server on every node, :4244,
+    # which Hubble Relay reaches at the node's Kubernetes (internal) address.
+    "tcp:4244",
 )
+# Ceph's daemons (OSD, MGR, MDS) bind from ms_bind_port_min to ms_bind_port_max: 6800-7568
+# (ceph src/common/options/global.yaml.in).
+_CEPH_DAEMONS = "tcp:6800-7568"
 PORT_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     # management: Juju controller API, SSH server and HA.
     ("juju-controller", "management"): ("tcp:17070", "tcp:17022", "tcp:37017", "tcp:17666"),
@@ -110,8 +134,10 @@ PORT_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ("compute", "management"): ("tcp:6686", "tcp:5900-6099", "tcp:8301", "udp:8301"),
     ("network", "management"): ("tcp:6686",),
     ("storage", "management"): ("tcp:7443",),
-    # internal: the Kubernetes members, and OVN NB/SB for Neutron (MicroOVN's `ovsdb` binding).
-    ("control", "internal"): (*_KUBERNETES_INTERNAL, "tcp:6641", "tcp:6642"),
+    # internal: the Kubernetes members. OVN NB/SB listen on every address, but MicroOVN
+    # publishes them at the central nodes' cluster address (management, above): nobody
+    # connects to them on internal.
+    ("control", "internal"): _KUBERNETES_INTERNAL,
     ("region-controller", "internal"): _KUBERNETES_INTERNAL,
     # data: Geneve on every chassis; live migration and Consul's serf for data (8311) on
     # compute.
@@ -126,18 +152,78 @@ PORT_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("control", "data"): ("udp:6081",),
     ("network", "data"): ("udp:6081",),
-    # storage: Ceph MON, OSD/MGR/MDS public side, RGW (MicroCeph: port 80), mgr prometheus;
-    # Consul's serf for storage (8321) on compute.
-    ("storage", "storage"): ("tcp:3300", "tcp:6789", "tcp:6800-7300", "tcp:80", "tcp:9283"),
+    # storage: Ceph MON, OSD/MGR/MDS public side, RGW (MicroCeph: port 80), mgr prometheus,
+    # NFS-Ganesha (MicroCeph's NFS for Manila, NFSv4 only: tcp/2049); Consul's serf for
+    # storage (8321) on compute.
+    ("storage", "storage"): (
+        "tcp:3300",
+        "tcp:6789",
+        _CEPH_DAEMONS,
+        "tcp:80",
+        "tcp:9283",
+        "tcp:2049",
+    ),
     ("compute", "storage"): ("tcp:8321", "udp:8321"),
     # storage-cluster: OSD back side (replication, heartbeats).
-    ("storage", "storage-cluster"): ("tcp:6800-7300",),
+    ("storage", "storage-cluster"): (_CEPH_DAEMONS,),
+}
+# The Services behind Kubernetes load-balancer VIPs (MetalLB, announced by the control nodes)
+# or NodePorts, by the port the client uses (the Service's port: the pod's own port, the
+# targetPort, may differ). (role, network) -> ports; the network is the pool's. Sources:
+# snap-openstack provider/maas/steps.py and core/steps.py (the pools: internal-api, public-api,
+# storage-ippool), steps/openstack.py (traefik and traefik-public, traefik-rgw pinned to
+# their pools) and the charms' own Service definitions.
+_VIP_INTERNAL = (
+    # traefik-k8s src/charm.py: HTTP 80, HTTPS 443 (the internal API endpoints).
+    "tcp:80",
+    "tcp:443",
+    # rabbitmq-k8s src/charm.py: AMQP 5672, management API 15672.
+    "tcp:5672",
+    "tcp:15672",
+    # mysql-router-k8s src/charm.py (cinder-volume's and manila-data's routers, exposed by a
+    # load balancer in sunbeam-terraform): read-write 6446, read-only 6447.
+    "tcp:6446-6447",
+    # ovn-relay-k8s src/charm.py: the southbound relay, 6642 (OVN in Kubernetes).
+    "tcp:6642",
+    # ironic-conductor-k8s src/charm.py: HTTP 8080, TFTP 69 (the baremetal feature).
+    "tcp:8080",
+    "udp:69",
+    # snap-openstack features/instance_recovery/consul.py: consul-k8s serf NodePorts 30301
+    # (management) and 30311 (data) at the node's Kubernetes address, HTTP API 8500.
+    "tcp:30301",
+    "udp:30301",
+    "tcp:30311",
+    "udp:30311",
+    "tcp:8500",
+)
+_VIP_PUBLIC = (
+    # traefik-public and traefik-rgw (and COS's Traefik): 80 and 443.
+    "tcp:80",
+    "tcp:443",
+    # features/dns: designate-bind-k8s serves DNS on 53 (its rndc 953 is Designate's only).
+    "tcp:53",
+    "udp:53",
+)
+# features/instance_recovery/feature.py: consul-storage-lb in the storage pool, serf 30321
+# and HTTP API 8500.
+_VIP_STORAGE = ("tcp:30321", "udp:30321", "tcp:8500")
+VIP_TABLE: dict[tuple[str, str], tuple[str, ...]] = {
+    (role, network): ports
+    for role in ("control", "region-controller")  # the Kubernetes nodes
+    for network, ports in (
+        ("internal", _VIP_INTERNAL),
+        ("public", _VIP_PUBLIC),
+        ("storage", _VIP_STORAGE),
+    )
 }
 FAILSAFE_PORT = 22
 VXLAN_PORT = 8472  # the pod network's tunnel (Cilium, flannel)
-# What every Juju agent connects to on its controller (Juju's controller configuration:
-# api-port 17070, the controller's SSH server 17022), and the failsafe.
-CONTROLLER_AGENT_PORTS = (FAILSAFE_PORT, 17022, 17070)
+# Juju's controller configuration: api-port 17070, what every agent connects to, from every
+# rack; the controller's SSH server 17022, for operators (`juju ssh` through it), like sshd.
+JUJU_API_PORT = 17070
+JUJU_SSH_SERVER_PORT = 17022
+CONTROLLER_AGENT_PORTS = (JUJU_API_PORT,)
+CONTROLLER_FAILSAFE_PORTS = (FAILSAFE_PORT, JUJU_SSH_SERVER_PORT)
 Mode = str  # "enforce" | "audit" | "off"
 
 
@@ -151,13 +237,17 @@ class Flow:
     dst_addr: IPAddress
     proto: str  # "tcp" | "udp"
     port: int
-    # What the flow is: between hosts ("host"); to a Kubernetes VIP on `dst`, announced on its
-    # NIC `nic` and DNATed to a pod ("vip"); from a pod on node `via` out to a host ("egress");
-    # between pods on nodes `via` and `to_node`, over the pod network ("pods"); between two
-    # instances on the compute node `via` ("instances").
+    # What the flow is: between hosts ("host"); to a Kubernetes VIP on `dst`, DNATed to a pod
+    # ("vip"; `port` is the client's, the Service's, whatever port the pod listens on); from a
+    # pod on node `via` out to a host ("egress"); between pods on nodes `via` and `to_node`,
+    # over the pod network ("pods"); between two instances on the compute node `via`
+    # ("instances").
     kind: str = "host"
     via: str | None = None
     to_node: str | None = None
+    # The NIC of `dst` the request arrives on: for a VIP, the NIC that announces it; for a
+    # host flow, None (the NIC holding dst_addr) unless the sender routes it through the
+    # machine's address on another NIC (a misdirected packet).
     nic: str | None = None
     spoofed: bool = False  # src_addr is not the sender's: one-way, seen at the server
 
@@ -165,7 +255,9 @@ class Flow:
     def label(self) -> str:
         """proto/port (and the kind when not between hosts), for the matrix."""
         kind = "" if self.kind == "host" else f" {self.kind}"
-        return f"{self.proto}/{self.port}{kind}" + (" spoofed" if self.spoofed else "")
+        through = f" via {self.nic}" if self.nic and self.kind == "host" else ""
+        spoofed = " spoofed" if self.spoofed else ""
+        return f"{self.proto}/{self.port}{kind}{through}{spoofed}"
 
 
 @dataclass(frozen=True)
@@ -214,6 +306,7 @@ class Policy:
     enforcement: Mode
     strict_ports: bool = False
     port_table: Mapping[tuple[str, str], tuple[PortRange, ...]] = field(default_factory=dict)
+    vip_table: Mapping[tuple[str, str], tuple[PortRange, ...]] = field(default_factory=dict)
     extra_ports: Mapping[str, tuple[PortRange, ...]] = field(default_factory=dict)
 
     @classmethod
@@ -250,6 +343,7 @@ class Policy:
             enforcement=config.get("enforcement", "enforce"),
             strict_ports=config.get("strict-ports", "false").lower() == "true",
             port_table={k: _ports(v) for k, v in PORT_TABLE.items()},
+            vip_table={k: _ports(v) for k, v in VIP_TABLE.items()},
             extra_ports={
                 net: _ports(ports) for net, ports in _entries(config.get("extra-ports", ""))
             },
@@ -336,19 +430,23 @@ class Oracle:
             for machine, by_network in (declared or {}).items()
         }
 
-    def listed(self, machine: str, domains: Iterable[Domain]) -> tuple[PortRange, ...]:
+    def listed(
+        self, machine: str, domains: Iterable[Domain], forwarded: bool = False
+    ) -> tuple[PortRange, ...]:
         """strict-ports: the ports accepted on a NIC carrying these (allowed) domains.
 
-        Per network of the domains that the machine's roles allow: the port table's entries
-        of its roles, extra-ports and the declarations of its principals.
+        Per network of the domains that the machine's roles allow: the entries of its roles
+        in the port table (`forwarded`: in the VIP table), extra-ports and the declarations
+        of its principals.
         """
         p = self.policy
+        table = p.vip_table if forwarded else p.port_table
         networks = {n for d in domains for n in d.networks} & p.allowed(machine)
         declared = self.declared.get(machine, {})
         found: list[PortRange] = []
         for network in sorted(networks):
             for role in p.roles[machine]:
-                found += p.port_table.get((role, network), ())
+                found += table.get((role, network), ())
             found += [*p.extra_ports.get(network, ()), *declared.get(network, ())]
         return tuple(found)
 
@@ -384,29 +482,55 @@ class Oracle:
             return f"IPv6 neighbour advertisement out of denied NIC {nic}"
         return None
 
-    def _input(self, machine: str, flow: Flow, nic: str | None = None) -> tuple[str, str]:
-        """Rules 3-7 for a new packet: (accept|drop, why).
+    def arrival(self, flow: Flow) -> str:
+        """The NIC of the destination machine that the request arrives on."""
+        return flow.nic or self.cloud.machines[flow.dst].iface_of(flow.dst_addr).name
 
-        With `nic`, rules F3, F5 and F6 for a packet forwarded from that NIC (no failsafe).
+    def _misdirected(self, machine: str, dst: IPAddress, nic: str, forwarded: bool) -> str | None:
+        """Rule 3 (F3 when `forwarded`): why a packet to dst arriving on nic is dropped."""
+        p, host = self.policy, self.cloud.machines[machine]
+        arriving = self._nic_domains(host, nic)
+        if arriving:  # a NIC of a cloud network
+            for domain in p.domains:
+                if not (p.is_allowed(machine, domain) and domain.has(dst)):
+                    continue
+                nics = [i.name for i in host.ifaces if domain in self._nic_domains(host, i.name)]
+                if nics and nic not in nics:
+                    return f"misdirected: to {domain.name} in on {nic}"
+        if not forwarded:
+            denied = [d for d in p.domains if d.has(dst) and not p.is_allowed(machine, d)]
+            allowed = [d for d in p.domains if d.has(dst) and p.is_allowed(machine, d)]
+            if denied and not allowed:
+                return f"misdirected: to denied {denied[0].name}"
+        return None
+
+    def _input(self, machine: str, flow: Flow, forwarded: bool = False) -> tuple[str, str]:
+        """Rules 2-8 for a new packet: (accept|drop, why).
+
+        `forwarded`: F3-F7 for a packet forwarded from the NIC it arrives on (no failsafe).
         """
         p, src = self.policy, flow.src_addr
         src_domain = p.domain_of(src)
         management = p.domain_with("management")
-        if nic is None and flow.proto == "tcp" and flow.port == FAILSAFE_PORT:
-            if management.has(src) or p.in_clients(src):
-                return "accept", "failsafe tcp/22"
         host = self.cloud.machines[machine]
-        if (
-            flow.proto == "tcp"
-            and flow.port in CONTROLLER_AGENT_PORTS
-            and "juju-controller" in p.roles[machine]
-            and management in self._nic_domains(host, host.iface_of(flow.dst_addr).name)
-        ):
-            return "accept", f"Juju agents to their controller, tcp/{flow.port}"
+        nic = self.arrival(flow)
+        controller = "juju-controller" in p.roles[machine]
+        if not forwarded and flow.proto == "tcp":
+            failsafe = CONTROLLER_FAILSAFE_PORTS if controller else (FAILSAFE_PORT,)
+            if flow.port in failsafe and (management.has(src) or p.in_clients(src)):
+                return "accept", f"failsafe tcp/{flow.port}"
+            if (
+                controller
+                and flow.port in CONTROLLER_AGENT_PORTS
+                and management in self._nic_domains(host, nic)
+            ):
+                return "accept", f"Juju agents to their controller, tcp/{flow.port}"
+        misdirected = self._misdirected(machine, flow.dst_addr, nic, forwarded)
+        if misdirected is not None:
+            return "drop", misdirected
         if src_domain is not None and not p.is_allowed(machine, src_domain):
             return "drop", f"from denied {src_domain.name}"
-        nic = nic or self.cloud.machines[machine].iface_of(flow.dst_addr).name
-        domains = self._nic_domains(self.cloud.machines[machine], nic)
+        domains = self._nic_domains(host, nic)
         allowed = [d for d in domains if p.is_allowed(machine, d)]
         if domains and not allowed:
             return "drop", f"on denied NIC {nic}"
@@ -414,17 +538,21 @@ class Oracle:
             return "accept", f"{nic} is on no cloud network"
         verdict, why = self._allowed_nic(flow, src_domain, allowed)
         if verdict == "accept" and p.strict_ports:
-            listed = self.listed(machine, allowed)
+            listed = self.listed(machine, allowed, forwarded)
             if not any(_covers(r, flow.proto, flow.port) for r in listed):
                 names = "+".join(d.name for d in allowed)
-                return "drop", f"strict-ports: {flow.proto}/{flow.port} not listed on {names}"
+                which = "VIP port" if forwarded else "port"
+                return (
+                    "drop",
+                    f"strict-ports: {which} {flow.proto}/{flow.port} not listed on {names}",
+                )
             why += f", {flow.proto}/{flow.port} listed"
         return verdict, why
 
     def _allowed_nic(
         self, flow: Flow, src_domain: Domain | None, allowed: list[Domain]
     ) -> tuple[str, str]:
-        """Rule 6, by source only (strict-ports narrows its accepts afterwards)."""
+        """Rule 7, by source only (strict-ports narrows its accepts afterwards)."""
         p, src = self.policy, flow.src_addr
         names = "+".join(d.name for d in allowed)
         if src_domain in allowed:
@@ -478,7 +606,7 @@ class Oracle:
         if flow.kind == "vip":
             assert flow.nic is not None
             tally.meet(flow.dst, "out", self._neighbour(flow.dst, flow.dst_addr, flow.nic))
-            verdict, why = self._input(flow.dst, flow, nic=flow.nic)
+            verdict, why = self._input(flow.dst, flow, forwarded=True)
             tally.meet(flow.dst, "fwd", why if verdict == "drop" else None)
             return flow, f"VIP on {flow.nic}, forwarded to a pod: {why}"
         if flow.kind == "egress":
@@ -488,15 +616,15 @@ class Oracle:
                 flow = self._masqueraded(flow)
         if flow.dst not in self.cloud.machines:
             return flow, f"{flow.dst} is outside the cloud"
-        tally.meet(flow.dst, "out", self._neighbour(flow.dst, flow.dst_addr))
+        tally.meet(flow.dst, "out", self._neighbour(flow.dst, flow.dst_addr, self.arrival(flow)))
         verdict, why = self._input(flow.dst, flow)
         tally.meet(flow.dst, "in", why if verdict == "drop" else None)
         return flow, why
 
     def _forwarded_out(self, machine: str, flow: Flow) -> str | None:
-        """F3-F4 for a packet in on a NIC of no cloud network and out by the node's routing.
+        """F4-F5 for a packet in on a NIC of no cloud network and out by the node's routing.
 
-        In the bed every cloud subnet is reached by a NIC of a cloud network, so F4 is the
+        In the bed every cloud subnet is reached by a NIC of a cloud network, so F5 is the
         output rule.
         """
         reason = self._output(machine, flow.dst_addr)

@@ -248,6 +248,93 @@ def test_only_the_management_network_reaches_the_exporter(bed: Bed) -> None:
     assert not in_netns(MACHINE_NS, lambda: connects_locally("127.0.0.1", METRICS_PORT))
 
 
+# compute-1's second NIC (internal), and a host on that segment that sends to the management
+# address through it, as any host sharing a segment with the machine can.
+OTHER_NIC, OTHER_ADDRESS = "enp2s0", "10.20.0.21"
+STRAY_NS, STRAY_ADDRESS = f"ni-e2e-x-{os.getpid()}", "10.20.0.235"
+
+
+@contextlib.contextmanager
+def stray_on_internal() -> Iterator[None]:
+    """compute-1's internal NIC joined to a namespace that routes the management address via it.
+
+    Deleting the namespace removes the veth pair, the machine's enp2s0 with it.
+    """
+    sh_ip = [IP, "-n"]
+    try:
+        subprocess.run([IP, "netns", "add", STRAY_NS], check=True)
+        subprocess.run(
+            [IP, "-n", STRAY_NS, "link", "add", "eth0", "type", "veth",
+             "peer", "name", OTHER_NIC, "netns", MACHINE_NS],
+            check=True,
+        )  # fmt: skip
+        for namespace, device, address in (
+            (MACHINE_NS, OTHER_NIC, OTHER_ADDRESS),
+            (STRAY_NS, "eth0", STRAY_ADDRESS),
+        ):
+            subprocess.run(
+                [*sh_ip, namespace, "addr", "add", f"{address}/24", "dev", device], check=True
+            )
+            subprocess.run([*sh_ip, namespace, "link", "set", device, "up"], check=True)
+        subprocess.run([*sh_ip, STRAY_NS, "link", "set", "lo", "up"], check=True)
+        subprocess.run(
+            [*sh_ip, STRAY_NS, "route", "add", f"{MACHINE_ADDRESS}/32", "via", OTHER_ADDRESS],
+            check=True,
+        )
+        yield
+    finally:
+        subprocess.run([IP, "netns", "del", STRAY_NS], check=False)
+
+
+def listening(address: str, port: int) -> socket.socket:
+    """A listening TCP socket (the kernel completes handshakes without an accept)."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((address, port))
+    server.listen(4)
+    return server
+
+
+def stray_connects(port: int, address: str = MACHINE_ADDRESS, timeout: float = 1.0) -> bool:
+    """A TCP connection from the stray to the machine (by default its management address)."""
+
+    def attempt() -> bool:
+        with socket.socket() as client:
+            client.settimeout(timeout)
+            client.bind((STRAY_ADDRESS, 0))
+            try:
+                client.connect((address, port))
+            except OSError:
+                return False
+            return True
+
+    return in_netns(STRAY_NS, attempt)
+
+
+def test_the_exporter_answers_on_management_only(bed: Bed) -> None:
+    """Its management address through another network's NIC: dropped as misdirected.
+
+    The stray is on internal, where compute-1 accepts its own subnet: only the destination's
+    network and the NIC it comes in on tell this packet apart.
+    """
+    misdirected = bed.host.counters()["drop_in_misdirected"]["packets"]
+    with stray_on_internal():
+        # The link works: a listener on the same port of the machine's internal address
+        # answers the stray (compute-1 accepts its internal subnet on its internal NIC).
+        listener = in_netns(MACHINE_NS, lambda: listening(OTHER_ADDRESS, METRICS_PORT))
+        with listener:
+            assert stray_connects(METRICS_PORT, OTHER_ADDRESS)
+        assert not stray_connects(METRICS_PORT)
+        assert not stray_connects(SERVICE_PORT)
+        assert connects(NEIGHBOUR, METRICS_PORT)  # from management: answered
+        counted = bed.host.counters()["drop_in_misdirected"]["packets"]
+    assert counted >= misdirected + 2
+    print(
+        f"exporter from internal through {OTHER_NIC}: no answer"
+        f" ({counted - misdirected} packets counted as misdirected); from management: answered"
+    )
+
+
 def test_a_real_prometheus_scrapes_the_counters(bed: Bed, tmp_path: Path) -> None:
     prometheus = need_tool("prometheus", "prometheus")
     config = tmp_path / "prometheus.yml"

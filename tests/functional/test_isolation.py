@@ -22,24 +22,44 @@ import pytest
 from network_isolation.topology import load_topology
 
 from . import kubernetes
-from .conftest import MAAS, SINGLE
+from .conftest import MAAS, SINGLE, variant
 from .kubernetes import Services, services_of
 from .matrix import (
     TCP_PORT,
     UDP_PORT,
     Matrix,
     Row,
+    Stray,
     assert_matches,
+    by_port,
     check,
     flows_between,
+    misdirected_flows,
+    plug_strays,
     spare_address,
     spoofed_flows,
+    strays,
 )
 from .oracle import FAILSAFE_PORT, Flow, Oracle
 from .testbed import OUTSIDER, Bed, Cloud, IPAddress, cloud_of, running_bed, space_of
 
 ip = ipaddress.ip_address
 SERVICE_PORTS = (("tcp", TCP_PORT), ("udp", UDP_PORT))
+# Probed on the VIPs with and without strict-ports: Services whose port the DNAT changes
+# (443 -> 8443, 80 -> 8080) or keeps (5672), a public one (DNS), one of storage's (Consul's
+# HTTP API), and ports of the hosts' own services (the Kubernetes API, clusterd's 7000), which
+# no Service offers.
+VIP_PORTS = (
+    ("tcp", 443),
+    ("tcp", 80),
+    ("tcp", 5672),
+    ("udp", 53),
+    ("tcp", 8500),
+    ("tcp", 6443),
+    ("tcp", TCP_PORT),
+    ("udp", UDP_PORT),
+)
+MISDIRECTED_PORTS = (("tcp", FAILSAFE_PORT), ("tcp", TCP_PORT), ("udp", UDP_PORT))
 SWEEP_TIMEOUT = 0.3  # unexpected drops are re-probed with patience anyway
 Report = Callable[[Matrix], None]
 Renders = Callable[..., Path]
@@ -121,8 +141,9 @@ def scene(topology: Path) -> Iterator[Scene]:
     with running_bed(cloud) as bed:
         kubernetes.build(bed, services)
         bed.listen(machines, tcp=[FAILSAFE_PORT, TCP_PORT], udp=[UDP_PORT])
-        others = [*services.hosts, *(o for o in [OUTSIDER] if o in cloud.externals)]
-        bed.listen(others, tcp=[TCP_PORT], udp=[UDP_PORT])
+        tcp, udp = kubernetes.pod_ports([*VIP_PORTS, ("tcp", FAILSAFE_PORT)])
+        bed.listen(services.hosts, tcp=tcp, udp=udp)
+        bed.listen([o for o in [OUTSIDER] if o in cloud.externals], tcp=[TCP_PORT], udp=[UDP_PORT])
         yield Scene(bed, cloud, machines, topology, services)
 
 
@@ -235,6 +256,127 @@ def test_without_a_forward_chain_vips_are_open(
     leaks = [r for r in matrix.mismatches if (r.expected.verdict, r.got.got) == ("drop", "pass")]
     assert leaks, "without forward chains no VIP flow leaked: the probes do not reach the pods"
     assert any(r.flow.src == OUTSIDER for r in leaks)
+
+
+def vip_of(scene: Scene, machine: str, network: str, version: int) -> str:
+    """The address of one of a node's VIPs."""
+    node = scene.services.nodes[machine]
+    return str(
+        next(v.address for v in node.vips if (v.network, v.address.version) == (network, version))
+    )
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict-ports", "any-port"])
+def test_vip_ports(
+    maas: Scene, renders: Renders, report: Report, tmp_path: Path, strict: bool
+) -> None:
+    """VIPs whose DNAT changes the port (443 -> 8443, 80 -> 8080), judged by the client's port.
+
+    The pods listen on 8443 and 8080, not on 443 and 80: a pass on a VIP's 443 went through
+    the port-changing DNAT. With strict-ports only the Services' ports pass, from the VIP's
+    own network (public: any source outside the cloud); without it, any port does.
+    """
+    options: dict[str, str | bool] = {"strict-ports": strict}
+    topology = variant(MAAS, tmp_path / "vips.yaml", machines=None, **options)
+    maas.bed.load_dir(renders(topology))
+    oracle = Oracle(cloud_of(load_topology(topology)))
+    senders = [*maas.machines, *maas.cloud.externals]
+    flows = kubernetes.vip_flows(maas.cloud, maas.services, senders, VIP_PORTS)
+    title = f"microstack-maas.yaml VIP ports ({'strict-ports' if strict else 'any port'})"
+    matrix = check(maas.bed, oracle, flows, title)
+    matrix.notes += by_port(matrix)
+    report(matrix)
+    assert_matches(matrix)
+    # By hand, whatever the oracle says (VIPs of control-1).
+    internal, public = (
+        vip_of(maas, "control-1", "internal", 4),
+        vip_of(maas, "control-1", "public", 4),
+    )
+    internal6 = vip_of(maas, "control-1", "internal", 6)
+    storage = vip_of(maas, "control-1", "storage", 4)
+    assert row(matrix, "10.20.0.21", internal, "tcp", 443).got.got == "pass"  # -> pod:8443
+    assert row(matrix, "fd00:20::21", internal6, "tcp", 443).got.got == "pass"
+    assert row(matrix, "203.0.113.2", public, "tcp", 443).got.got == "pass"
+    assert row(matrix, "203.0.113.2", public, "tcp", 80).got.got == "pass"  # -> pod:8080
+    assert row(matrix, "10.20.0.21", internal, "tcp", 5672).got.got == "pass"  # kept
+    assert row(matrix, "203.0.113.2", public, "udp", 53).got.got == "pass"
+    assert row(matrix, "10.50.0.31", storage, "tcp", 8500).got.got == "pass"
+    # Never: an internal VIP from the public side; a VIP from a denied network.
+    assert row(matrix, "203.0.113.2", internal, "tcp", 443).got.got == "drop"
+    other_internal = vip_of(maas, "control-2", "internal", 4)
+    assert row(matrix, "10.30.0.11", other_internal, "tcp", 443).got.got == "drop"
+    assert row(matrix, "10.60.0.31", internal, "tcp", 443).got.got == "drop"
+    assert row(matrix, "10.40.0.21", public, "tcp", 443).got.got == "drop"
+    # A host-only port (the Kubernetes API) and a port of no Service, on a VIP.
+    host_only = "drop" if strict else "pass"
+    assert row(matrix, "10.20.0.21", internal, "tcp", 6443).got.got == host_only
+    assert row(matrix, "10.20.0.21", internal, "tcp", TCP_PORT).got.got == host_only
+    assert row(matrix, "203.0.113.2", public, "tcp", 5672).got.got == host_only
+    assert row(matrix, "10.50.0.31", storage, "tcp", 443).got.got == host_only
+    if strict:
+        passed = {(r.flow.proto, r.flow.port) for r in matrix.rows if r.got.got == "pass"}
+        assert passed == {("tcp", 443), ("tcp", 80), ("tcp", 5672), ("udp", 53), ("tcp", 8500)}
+
+
+def test_misdirected_packets(maas: Scene, renders: Renders, report: Report) -> None:
+    """To one of control-1's networks through its NIC on another: dropped, every pair.
+
+    A stray host on each of control-1's segments routes every other address of control-1,
+    and its VIPs, through control-1's address on that segment (`ip route add X/32 via Y`):
+    Linux would take them all. Only the failsafe (tcp/22 from management) comes first; the
+    stray's packets to the address of its own segment pass as they should.
+    """
+    cloud, bed = maas.cloud, maas.bed
+    vips = [v.address for v in maas.services.nodes["control-1"].vips]
+    found = strays(cloud, "control-1", vips)
+    plug_strays(bed, found)
+    bed.load_dir(renders(MAAS))
+    before = counters(bed, "control-1")
+    flows = misdirected_flows(cloud, found, MISDIRECTED_PORTS, vips)
+    matrix = check(bed, Oracle(cloud), flows, "control-1: misdirected packets (enforce)")
+    matrix.notes += by_nic(matrix, found)
+    report(matrix)
+    assert_matches(matrix)
+    after = counters(bed, "control-1")
+    assert after["drop_in_misdirected"] > before["drop_in_misdirected"]
+    assert after["drop_fwd_misdirected"] > before["drop_fwd_misdirected"]
+    # By hand: every pair of NICs, each way, except the failsafe, is dropped.
+    host = cloud.machines["control-1"]
+    nic_of = {a.ip: i.name for i in host.ifaces for a in i.addresses}
+    nic_of.update({v.address: v.nic for v in maas.services.nodes["control-1"].vips})
+    across = [r for r in matrix.rows if r.flow.nic and nic_of[r.flow.dst_addr] != r.flow.nic]
+    pairs = {(r.flow.nic, nic_of[r.flow.dst_addr]) for r in across}
+    assert len(pairs) == len(host.ifaces) * (len(host.ifaces) - 1)
+    failsafe = [
+        r
+        for r in across
+        if (r.flow.proto, r.flow.port, r.flow.src) == ("tcp", FAILSAFE_PORT, "stray-enp1s0")
+        and r.flow.kind == "host"
+    ]
+    assert failsafe and {r.got.got for r in failsafe} == {"pass"}
+    assert {r.got.got for r in across if r not in failsafe} == {"drop"}
+    public = next(s for s in found if s.nic == "enp3s0").host.addresses[0].ip
+    assert row(matrix, str(public), "10.30.0.11", "tcp", TCP_PORT).got.got == "pass"
+    internal_vip = vip_of(maas, "control-1", "internal", 4)
+    assert row(matrix, str(public), internal_vip, "tcp", TCP_PORT).got.got == "drop"
+    assert (
+        row(matrix, str(public), vip_of(maas, "control-1", "public", 4), "tcp", TCP_PORT).got.got
+        == "pass"
+    )
+
+
+def by_nic(matrix: Matrix, found: Sequence[Stray]) -> list[str]:
+    """Flow counts per stray (the NIC it comes in on) and verdict, a line each."""
+    counts = Counter((r.flow.src, r.expected.verdict) for r in matrix.rows)
+    return [
+        f"  {s.host.name} (in on {s.machine}'s {s.nic}): "
+        + ", ".join(
+            f"{counts[s.host.name, v]} {v}"
+            for v in ("pass", "drop", "no-reply")
+            if counts[s.host.name, v]
+        )
+        for s in found
+    ]
 
 
 def without_chain(ruleset: str, name: str) -> str:
@@ -429,12 +571,33 @@ def assert_every_drop_rule_needed(
     # the interface's counter): only what comes in on an interface of no cloud network shows
     # their removal: br-ex on input; on forward, the spoofed pod traffic of the sweep.
     other = "" if foreign_interface(scene, machine) else "from a denied network's subnets"
+    # A drop of what is addressed to a denied network where the machine has no address: no
+    # packet for such an address reaches the input hook (it is not the machine's).
+    addresses = [a.ip for a in scene.cloud.machines[machine].addresses]
+    unreachable = {i for i in found if not_its_own(ruleset, i, addresses)}
     unnoticed = [
         ruleset[i].strip()
         for i, n in found.items()
-        if not n and not (other and other in section_of(ruleset, i))
+        if not n and not (other and other in section_of(ruleset, i)) and i not in unreachable
     ]
     assert found and not unnoticed, f"drop rules whose removal no probe noticed: {unnoticed}"
+    noticed = [ruleset[i].strip() for i, n in found.items() if n and "misdirected" in ruleset[i]]
+    assert noticed, "no probe noticed the removal of a misdirected packets' drop"
+
+
+def not_its_own(ruleset: list[str], index: int, addresses: Sequence[IPAddress]) -> bool:
+    """Whether a rule drops by a destination set that holds none of the machine's addresses."""
+    found = re.match(r"^ip6? daddr @(\S+) counter name \S+ drop$", ruleset[index].strip())
+    if not found:
+        return False
+    start = ruleset.index(f"\tset {found.group(1)} {{")
+    end = ruleset.index("\t}", start)
+    subnets = [
+        ipaddress.ip_network(line.strip().rstrip(","))
+        for line in ruleset[start:end]
+        if re.match(r"^[0-9a-f:.]+/\d+,?$", line.strip())
+    ]
+    return not any(a in n for a in addresses for n in subnets if a.version == n.version)
 
 
 def foreign_interface(scene: Scene, machine: str) -> bool:
@@ -513,6 +676,17 @@ def sweep(scene: Scene, machine: str, enforce: Path, off: Path) -> tuple[dict[in
         flows += kubernetes.spoofed_egress_flows(
             cloud, scene.services, machine, spoofs, scene.machines, UDP_PORT
         )
+    # Strays on each of its segments, routing its other addresses (and its VIPs) through it.
+    vips = [
+        v.address for n in scene.services.nodes.values() if n.machine == machine for v in n.vips
+    ]
+    stray = strays(cloud, machine, vips)
+    plug_strays(bed, stray)
+    flows += [
+        f
+        for f in misdirected_flows(cloud, stray, [("udp", UDP_PORT), ("tcp", FAILSAFE_PORT)], vips)
+        if f.nic is not None
+    ]
     found: dict[int, int] = {}
     try:
         bed.load(machine, original)

@@ -57,9 +57,12 @@ TABLE_PORTS = [
     ("tcp", 443),  # nowhere now: Traefik is a VIP, MicroCeph's RGW serves 80 only
     ("tcp", 5672),  # nowhere now: RabbitMQ is a VIP
     ("tcp", 6800),  # storage and storage-cluster on storage (Ceph OSD)
-    ("tcp", 7000),  # clusterd: only on `sunbeam` machines now; within Ceph's 6800-7300
+    ("tcp", 7000),  # clusterd: only on `sunbeam` machines now; within Ceph's 6800-7568
+    ("tcp", 7500),  # Ceph's daemons up to ms_bind_port_max 7568, beyond the old 7300
+    ("tcp", 2049),  # NFS-Ganesha on storage's storage NIC
+    ("tcp", 4244),  # Cilium Hubble on control's internal
     ("udp", 6081),  # data on compute (Geneve)
-    ("tcp", 6641),  # OVN NB on control: management (MicroOVN's address) and internal (ovsdb)
+    ("tcp", 6641),  # OVN NB on control: management (MicroOVN's address) only now
     ("tcp", 6643),  # OVN raft on control: management only now
     ("tcp", 7946),  # MetalLB memberlist on control's internal
     ("udp", 7946),
@@ -168,7 +171,10 @@ def test_strict_ports(strict: Strict, report: Report) -> None:
     assert got(matrix, "10.50.0.21", "10.50.0.31", "tcp", 80) == "pass"  # RGW on 80
     assert got(matrix, "10.10.0.21", "10.10.0.11", "tcp", 6643) == "pass"  # OVN raft, mgmt
     assert got(matrix, "10.10.0.21", "10.10.0.11", "tcp", 6641) == "pass"  # OVN NB, mgmt
-    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 6641) == "pass"  # OVN NB, ovsdb
+    assert got(matrix, "10.50.0.21", "10.50.0.31", "tcp", 7500) == "pass"  # Ceph daemons
+    assert got(matrix, "fd00:61::33", "fd00:60::31", "tcp", 7500) == "pass"
+    assert got(matrix, "10.50.0.21", "10.50.0.31", "tcp", 2049) == "pass"  # NFS
+    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 4244) == "pass"  # Hubble
     assert got(matrix, "10.20.0.22", "10.20.0.11", "tcp", 7946) == "pass"  # MetalLB
     assert got(matrix, "fd00:20::21", "fd00:20::11", "udp", 7946) == "pass"
     assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 2379) == "pass"  # etcd
@@ -185,6 +191,10 @@ def test_strict_ports(strict: Strict, report: Report) -> None:
     assert got(matrix, "10.10.0.21", "10.10.0.11", "tcp", 7000) == "drop"
     assert got(matrix, "10.20.0.11", "10.20.0.21", "tcp", 8775) == "drop"  # Nova metadata
     assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 6643) == "drop"  # raft: not internal
+    assert got(matrix, "10.20.0.21", "10.20.0.11", "tcp", 6641) == "drop"  # NB: not internal
+    assert got(matrix, "10.50.0.31", "10.50.0.11", "tcp", 2049) == "drop"  # NFS: storage only
+    assert got(matrix, "10.60.0.31", "10.60.1.33", "tcp", 2049) == "drop"
+    assert got(matrix, "10.20.0.11", "10.20.0.21", "tcp", 4244) == "drop"  # Hubble: control
     assert got(matrix, "10.50.0.21", "10.50.0.31", "tcp", 443) == "drop"  # RGW: 80 only
     # extra-ports ...
     assert got(matrix, "fd00:40::22", "fd00:40::21", "udp", 4789) == "pass"

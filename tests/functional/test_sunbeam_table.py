@@ -144,6 +144,6 @@ def test_sunbeam_table_strict_ports(sunbeam: SunbeamBed, renders: Renders, repor
     assert got(matrix, "10.40.0.21", "10.40.0.51", "udp", 6081) == "pass"  # Geneve, network
     assert got(matrix, "10.40.0.51", "10.40.0.11", "udp", 6081) == "pass"  # Geneve, control
     assert got(matrix, "10.10.0.51", "10.10.0.11", "tcp", 6641) == "pass"  # OVN SB, mgmt
-    assert got(matrix, "10.20.0.31", "10.20.0.11", "tcp", 6641) == "pass"  # OVN NB, internal
+    assert got(matrix, "10.20.0.31", "10.20.0.11", "tcp", 6641) == "drop"  # NB: not internal
     assert got(matrix, "10.20.0.11", "10.20.0.31", "tcp", 6641) == "drop"  # not on storage
     assert {r.got.got for r in matrix.rows if r.flow.port == 5899} == {"drop"}

@@ -452,6 +452,7 @@ class Bed:
     sandbox: Sandbox
     ns: dict[str, str] = field(default_factory=dict)  # host name (or switch/router) -> netns
     extra: dict[str, Host] = field(default_factory=dict)  # pods, instances: not machines
+    bridges: dict[str, str] = field(default_factory=dict)  # segment -> its bridge in the switch
 
     # -- building ----------------------------------------------------------------------------
 
@@ -471,6 +472,7 @@ class Bed:
             {i.segment for h in hosts for i in h.ifaces if h.name not in self.cloud.externals}
         )
         index = {s: k for k, s in enumerate(segments)}
+        self.bridges = {s: f"b{k}" for s, k in index.items()}
         sw = self.ns["switch"]
         self.ip_batch(
             sw,
@@ -519,6 +521,28 @@ class Bed:
             self.extra[host.name] = host
         self.ns.update(made)
         self._make(made)
+
+    def plug(self, hosts: Iterable[Host], routes: Mapping[str, Sequence[str]]) -> None:
+        """Hosts that are not machines, each NIC on its segment's bridge, with their routes.
+
+        `routes`: host name -> `ip route add` arguments ("10.10.0.11/32 via 10.30.0.11").
+        """
+        hosts = list(hosts)
+        self.add_hosts(hosts)
+        sw = self.ns["switch"]
+        attach = []
+        for host in hosts:
+            k = list(self.extra).index(host.name)
+            lines = ["link set lo up"]
+            for j, iface in enumerate(host.ifaces):
+                peer = f"x{k}e{j}"
+                lines.append(f"link add {iface.name} type veth peer name {peer} netns {sw}")
+                attach.append(f"link set {peer} master {self.bridges[iface.segment]} up")
+                lines += [f"addr add {a} dev {iface.name}{_nodad(a.ip)}" for a in iface.addresses]
+                lines.append(f"link set {iface.name} up")
+            lines += [f"route add {r}" for r in routes.get(host.name, ())]
+            self.ip_batch(self.ns[host.name], lines)
+        self.ip_batch(sw, attach)
 
     def set_sysctls(self, host: str, settings: Mapping[str, int]) -> None:
         """Write /proc/sys/net settings in a host's namespace."""

@@ -28,9 +28,7 @@ PORT_MATCH = re.compile(
     r"(?:meta l4proto )?(tcp|udp)(?: dport| ct original proto-dst)"
     r" (?:(\d+)|@(\S+)|\{ ([\d, ]+) \})"
 )
-MISDIRECTED_MATCH = re.compile(
-    r"ct original (?:ip|ip6) daddr @(\S+) ct original (?:ip|ip6) daddr \. iifname != @(\S+)"
-)
+MISDIRECTED_MATCH = re.compile(r"(?:ct original )?(?:ip|ip6) daddr \. iifname @(\S+)")
 OUTSIDE_SET = re.compile(r"iifname != @(\S+) oifname != @(\S+)")
 
 
@@ -53,7 +51,7 @@ def _extra_matches(view: FirewallView, extra: str | None, packet: Packet) -> boo
         return packet.interface == "lo"
     misdirected = MISDIRECTED_MATCH.fullmatch(extra)
     if misdirected:
-        return _misdirected(view, misdirected.group(1), misdirected.group(2), packet)
+        return _misdirected(view, misdirected.group(1), packet)
     if extra.startswith(("icmp type", "icmpv6 type")) or "ct state" in extra:
         return False  # the first packet of a new connection: no ct state, not a reply
     outside = OUTSIDE_SET.fullmatch(extra)
@@ -73,22 +71,20 @@ def _extra_matches(view: FirewallView, extra: str | None, packet: Packet) -> boo
     raise AssertionError(f"unknown match '{extra}'")
 
 
-def _misdirected(view: FirewallView, subnets: str, pairs: str, packet: Packet) -> bool:
-    """The destination is in a cloud subnet not reached on the packet's input interface.
+def _misdirected(view: FirewallView, pairs: str, packet: Packet) -> bool:
+    """The (destination, input interface) pair is in the set of misdirected pairs.
 
     Without a destination (a check by source only), the rule does not apply.
     """
     if packet.destination is None:
-        return False
-    if not any(packet.destination in n for n in view.set(subnets).networks()):
         return False
     for element in view.set(pairs).elements:
         subnet, _, interface = element.partition(" . ")
         if packet.destination in ipaddress.ip_network(subnet) and interface.strip('"') == (
             packet.interface
         ):
-            return False
-    return True
+            return True
+    return False
 
 
 def _rule_matches(view: FirewallView, rule: NftRule, packet: Packet, output: bool) -> bool:

@@ -142,7 +142,7 @@ def firewall_view(
     build = FirewallBuilder(enforcement)
     # Built in the order the file shows them, so the sets are declared in that order too.
     cloud = build.interface_set("if_space", {i for d in plan.domains for i in d.interfaces})
-    input_head = _input_head(plan, build, cloud)
+    input_head = _input_head(plan, build)
     groups = interface_groups(plan)
     chained = [(g, group_chain(plan, build, g, accepted and accepted.host)) for g in groups]
     by_interface = dispatch(build, chained)
@@ -176,7 +176,7 @@ def firewall_view(
     )
 
 
-def _input_head(plan: MachinePlan, build: FirewallBuilder, cloud: str | None) -> list[NftSection]:
+def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
     """Input rules 1-4: loopback and replies, the failsafe, the destination's network, ICMP.
 
     The failsafe comes before the destination's check, so an operator in the management
@@ -194,7 +194,7 @@ def _input_head(plan: MachinePlan, build: FirewallBuilder, cloud: str | None) ->
         ),
         _failsafe_section(plan, build),
     ]
-    misdirected = misdirected_drops(plan, build, cloud, "in") if cloud else []
+    misdirected = misdirected_drops(plan, build, "in")
     if misdirected:
         sections.append(NftSection(f"3. {MISDIRECTED_COMMENT}", tuple(misdirected)))
     sections.append(
@@ -280,7 +280,7 @@ def _forward_sections(
             ),
         )
     ]
-    misdirected = misdirected_drops(plan, build, cloud, "fwd")
+    misdirected = misdirected_drops(plan, build, "fwd")
     if misdirected:
         sections.append(NftSection(f"2. {MISDIRECTED_COMMENT}", tuple(misdirected)))
     to_denied = [

@@ -267,36 +267,33 @@ def misdirected_counter(direction: Judged) -> tuple[str, str]:
 
 
 def misdirected_drops(
-    plan: MachinePlan, build: FirewallBuilder, cloud_interfaces: str, direction: Judged
+    plan: MachinePlan, build: FirewallBuilder, direction: Judged
 ) -> list[NftRule]:
     """Drops of what arrives on a cloud network's interface addressed to another's subnets.
 
     Linux accepts a packet for any local address on any interface (and routes a forwarded one
     whatever its way in): without this, a host on the public segment reaches the management
-    address through the public NIC. Judged by the address the client used, before any DNAT
-    (`ct original`), so a VIP of one network is reachable only from its own; each allowed
-    domain's subnets pair with its interfaces. Packets from interfaces of no cloud network
-    (pods, instances, loopback) are not judged here. In input, a denied network's subnets
-    are unreachable from anywhere.
+    address through the public NIC. One lookup of (destination, input interface) in the set of
+    every allowed domain's subnet paired with every cloud interface that does not carry that
+    domain. Forwarded packets are judged by the address the client used, before any DNAT
+    (`ct original`), so a VIP of one network is reachable only from its own. Packets from
+    interfaces of no cloud network (pods, instances, loopback) are not judged here. In input, a
+    denied network's subnets are unreachable from anywhere.
     """
     counter, what = misdirected_counter(direction)
+    cloud = sorted({i for d in plan.domains for i in d.interfaces})
     pairs = [
         (subnet, interface)
         for domain in plan.allowed_domains
         for subnet in domain.subnets
-        for interface in domain.interfaces
+        for interface in cloud
+        if interface not in domain.interfaces
     ]
-    rules: list[NftRule] = []
-    for family, subnets, bound in build.destination_sets("dst", pairs):
-        rules.append(
-            build.drop(
-                counter,
-                what,
-                interfaces=cloud_interfaces,
-                extra=f"ct original {family} daddr @{subnets}"
-                f" ct original {family} daddr . iifname != @{bound}",
-            )
-        )
+    original = "" if direction == "in" else "ct original "
+    rules = [
+        build.drop(counter, what, extra=f"{original}{family} daddr . iifname @{name}")
+        for family, name in build.pair_sets(MISDIRECTED, pairs)
+    ]
     if direction == "in":
         allowed_subnets = [s for d in plan.allowed_domains for s in d.subnets]
         for domain in plan.denied_domains:

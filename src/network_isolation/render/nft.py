@@ -160,14 +160,13 @@ class FirewallBuilder:
         self._add_set(NftSet(name, "ifname", names))
         return name
 
-    def destination_sets(
+    def pair_sets(
         self, name: str, pairs: Iterable[tuple[IPNetwork, str]]
-    ) -> list[tuple[str, str, str]]:
-        """Declare `<name>_v4` (subnets) and `<name>_on_v4` (subnet . interface), and v6.
+    ) -> list[tuple[str, str]]:
+        """Declare `<name>_v4` and `<name>_v6` of (subnet . interface); return (family, set).
 
-        Returns (family, subnet set, pair set) for each family that has subnets. The pairs
-        are the interfaces on which each subnet may be reached; per interface, a subnet inside
-        another is left out (nft refuses overlapping elements).
+        Only the families that have pairs. Per interface, a subnet inside another is left out
+        (nft refuses overlapping elements).
         """
         by_interface: dict[str, list[IPNetwork]] = {}
         for subnet, interface in pairs:
@@ -176,20 +175,17 @@ class FirewallBuilder:
             ((s, i) for i, subnets in by_interface.items() for s in normalize(subnets)),
             key=lambda p: (_net_key(p[0]), p[1]),
         )
-        v4, v6 = split_families(normalize(s for s, _ in bound))
-        found: list[tuple[str, str, str]] = []
-        families: tuple[tuple[str, str, SetType, SetType, list[IPNetwork]], ...] = (
-            ("ip", "v4", "ipv4_addr", "ipv4_addr . ifname", v4),
-            ("ip6", "v6", "ipv6_addr", "ipv6_addr . ifname", v6),
+        found: list[tuple[str, str]] = []
+        families: tuple[tuple[str, int, SetType], ...] = (
+            ("ip", 4, "ipv4_addr . ifname"),
+            ("ip6", 6, "ipv6_addr . ifname"),
         )
-        for family, suffix, address_type, pair_type, members in families:
-            if not members:
-                continue
-            version = members[0].version
+        for family, version, set_type in families:
             elements = tuple(f'{s} . "{i}"' for s, i in bound if s.version == version)
-            self._add_set(NftSet(f"{name}_{suffix}", address_type, tuple(map(str, members))))
-            self._add_set(NftSet(f"{name}_on_{suffix}", pair_type, elements))
-            found.append((family, f"{name}_{suffix}", f"{name}_on_{suffix}"))
+            if elements:
+                set_name = f"{name}_v{version}"
+                self._add_set(NftSet(set_name, set_type, elements))
+                found.append((family, set_name))
         return found
 
     def port_sets(self, name: str, ranges: Iterable[PortRange]) -> list[tuple[str, str]]:
