@@ -34,3 +34,8 @@ def context(
         principal_unit=principal_unit,
         charm_root=charm_root,
     )
+
+
+def compute_principal() -> testing.SubordinateRelation:
+    """The relation to a compute node's principal, as Sunbeam deploys it."""
+    return testing.SubordinateRelation("compute-node", remote_app_name="openstack-hypervisor")

@@ -90,6 +90,14 @@ def distinct_layout() -> dict[str, tuple[str, str] | None]:
     return {net: (DISTINCT_NICS[net], DISJOINT_SUBNETS[net]) for net in GUIDE_NETWORKS}
 
 
+@pytest.fixture
+def networks(
+    make_networks: NetworksFactory, distinct_layout: dict[str, tuple[str, str] | None]
+) -> list[testing.Network]:
+    """The bindings of a machine with one NIC and subnet per network (`distinct_layout`)."""
+    return make_networks(distinct_layout)
+
+
 @pytest.fixture(scope="session")
 def shared_layout() -> dict[str, tuple[str, str] | None]:
     """A machine on a single subnet: every network in one space, on one NIC."""

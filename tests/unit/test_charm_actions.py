@@ -12,18 +12,9 @@ from ops import testing
 from network_isolation.peers import MachineRecord
 from network_isolation.rollout import Roll, UnitReport
 from network_isolation.rollout_report import rollout_status, rollout_summary, rollout_text
-from tests.charm_context import context
+from tests.charm_context import compute_principal, context
 
 G = "0123456789abcdef"
-
-
-def compute() -> testing.SubordinateRelation:
-    return testing.SubordinateRelation("compute-node", remote_app_name="openstack-hypervisor")
-
-
-@pytest.fixture
-def networks(make_networks, distinct_layout) -> list[testing.Network]:
-    return make_networks(distinct_layout)
 
 
 def reapply(
@@ -34,7 +25,7 @@ def reapply(
     ctx = context()
     st = testing.State(
         networks=networks,
-        relations=[compute()] if relations is None else relations,
+        relations=[compute_principal()] if relations is None else relations,
         config=config or {},
     )
     ctx.run(ctx.on.action("reapply"), st)
@@ -83,7 +74,7 @@ def test_reapply_is_not_blocked_by_a_peers_subnet(networks, fake_host):
     """A learnt subnet overlapping client-cidrs is left out: the plan still applies."""
     view = '{"subnets": {"internal": ["10.99.0.0/16"]}}'
     peers = testing.PeerRelation("cluster", local_app_data={"cloud": view})
-    results = reapply(networks, {"client-cidrs": "10.99.0.0/24"}, [compute(), peers])
+    results = reapply(networks, {"client-cidrs": "10.99.0.0/24"}, [compute_principal(), peers])
     assert results["result"] == "applied"
 
 
@@ -94,7 +85,7 @@ def peer_record(machine: str) -> str:
 def test_resume_rollout_runs_on_the_leader_only(networks):
     ctx = context(1)
     peers = testing.PeerRelation("cluster")
-    st = testing.State(networks=networks, relations=[compute(), peers])
+    st = testing.State(networks=networks, relations=[compute_principal(), peers])
     with pytest.raises(testing.ActionFailed, match="run it on the leader"):
         ctx.run(ctx.on.action("resume-rollout"), st)
 
@@ -109,7 +100,7 @@ def test_resume_rollout_starts_a_halted_rollout_again(networks, fake_host):
         peers_data={1: {"machine": peer_record("machine-1")}},
     )
     ctx = context(0)
-    st = testing.State(networks=networks, relations=[compute(), peers], leader=True)
+    st = testing.State(networks=networks, relations=[compute_principal(), peers], leader=True)
     out = ctx.run(ctx.on.action("resume-rollout"), st)
     results = ctx.action_results or {}
     assert results["result"] == "resumed" and results["was-halted"] == "network-isolation/1"
@@ -158,7 +149,7 @@ def test_the_rollout_status_action_shows_the_published_roll(networks):
     roll = Roll(generation=G, waves=(("network-isolation/1",),), opened=1)
     peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
     ctx = context(1)
-    st = testing.State(networks=networks, relations=[compute(), peers])
+    st = testing.State(networks=networks, relations=[compute_principal(), peers])
     ctx.run(ctx.on.action("rollout-status"), st)
     results = ctx.action_results or {}
     assert results["text"].startswith(f"rollout {G}\nwave 1 (open):")

@@ -25,16 +25,11 @@ from network_isolation.model import Network
 from network_isolation.peers import MachineRecord
 from network_isolation.render import Artefacts
 from network_isolation.rollout import Roll, UnitReport
-from tests.charm_context import context
+from tests.charm_context import compute_principal, context
 
 
 def compute(app: str = "openstack-hypervisor") -> testing.SubordinateRelation:
     return testing.SubordinateRelation("compute-node", remote_app_name=app)
-
-
-@pytest.fixture
-def networks(make_networks, distinct_layout) -> list[testing.Network]:
-    return make_networks(distinct_layout)
 
 
 def state(
@@ -45,7 +40,7 @@ def state(
 ) -> testing.State:
     return testing.State(
         networks=networks,
-        relations=[compute()] if relations is None else relations,
+        relations=[compute_principal()] if relations is None else relations,
         config=config or {},
         leader=leader,
     )
@@ -227,7 +222,7 @@ def test_a_change_waits_for_its_wave_and_announces_nothing(networks, fake_host):
     roll = Roll(generation=G, waves=((PEER,), (ME,)), opened=1)
     peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
     ctx = context(0)
-    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute_principal(), peers]))
     assert out.unit_status == testing.WaitingStatus("waiting for wave 2/2")
     assert applies(fake_host) == []
     assert "report" not in out.get_relation(peers.id).local_unit_data
@@ -240,7 +235,7 @@ def test_an_unconfirmed_apply_is_undone_even_while_waiting_for_a_wave(networks, 
     roll = Roll(generation=G, waves=((PEER,), (ME,)), opened=1)
     peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
     ctx = context(0)
-    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute_principal(), peers]))
     assert out.unit_status == testing.WaitingStatus("waiting for wave 2/2")
     assert fake_host.names()[0] == "recover_unconfirmed"
     assert fake_host.applied_state == Applied("an older ruleset", None)
@@ -252,7 +247,7 @@ def test_a_unit_applies_in_its_wave_and_reports_once(networks, fake_host):
     roll = Roll(generation=G, waves=((PEER,), (ME,)), opened=2)
     peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
     ctx = context(0)
-    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute_principal(), peers]))
     assert len(applies(fake_host)) == 1
     report = report_of(out, peers)  # it names the record it applied with
     assert report == UnitReport(generation=G, outcome="applied", record=report.record)
@@ -270,7 +265,9 @@ def test_the_leader_opens_the_canary_then_the_next_wave_on_its_report(networks, 
         peers_data={1: {"machine": compute_record("machine-1")}},
     )
     ctx = context(2)  # the leader is unit 2: waves follow unit numbers
-    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
+    out = ctx.run(
+        ctx.on.config_changed(), state(networks, [compute_principal(), peers], leader=True)
+    )
     roll = roll_of(out, peers)
     assert roll.waves[0] == (PEER,) and roll.opened == 1  # unit 1 is the canary
     assert applies(fake_host) == []
@@ -292,7 +289,9 @@ def test_a_failure_anywhere_in_the_apply_halts_the_roll(networks, fake_host):
         peers_data={1: {"machine": compute_record("machine-1")}},
     )
     ctx = context(2)  # the leader is unit 2: waves follow unit numbers
-    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
+    out = ctx.run(
+        ctx.on.config_changed(), state(networks, [compute_principal(), peers], leader=True)
+    )
     gen = roll_of(out, peers).generation
     failed = UnitReport(generation=gen, outcome="failed", error="arm: cannot arm the timer")
     relation, after = peer_reports(out, peers, failed)
@@ -308,7 +307,7 @@ def test_the_first_apply_of_a_new_unit_is_not_held_back(networks, fake_host):
     roll = Roll(generation=G, waves=((PEER,), (ME,)), opened=1)
     peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
     ctx = context(0)
-    ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    ctx.run(ctx.on.config_changed(), state(networks, [compute_principal(), peers]))
     assert len(applies(fake_host)) == 1
 
 
@@ -322,7 +321,9 @@ def test_unreadable_roll_data_from_peers_is_ignored(networks, fake_host):
         },
     )
     ctx = context(0)
-    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers], leader=True))
+    out = ctx.run(
+        ctx.on.config_changed(), state(networks, [compute_principal(), peers], leader=True)
+    )
     roll = roll_of(out, peers)
     assert sorted(u for wave in roll.waves for u in wave) == [ME, PEER, "network-isolation/2"]
     assert roll.halted == ""
@@ -338,7 +339,7 @@ def test_rejected_artefacts_count_as_a_failure_of_the_roll(networks, fake_host):
     fake_host.rejected_state = RejectedRecord(wanted, "probe", "gateway unreachable")
     roll = Roll(generation=G, waves=((ME,),), opened=1)
     peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
-    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute_principal(), peers]))
     mine = report_of(out, peers)
     assert mine.failed and mine.generation == G
     assert "gateway unreachable" in mine.error and mine.error.startswith("rejected: ")
@@ -362,14 +363,14 @@ def test_declared_ports_of_co_located_principals_are_shared(networks, fake_host,
         "service-ports", remote_app_name="rabbitmq", remote_unit_data=declaration
     )
     first = context(0)
-    first.run(first.on.config_changed(), state(networks, [compute(), service_ports]))
+    first.run(first.on.config_changed(), state(networks, [compute_principal(), service_ports]))
     other = MachineRegistry(state_dir / "units").ports_except("network-isolation/1")
     assert other == {"internal": frozenset({"tcp:5672"})}
 
     bad = testing.SubordinateRelation(
         "service-ports", remote_app_name="evil", remote_unit_data={"version": "1", "ports": "x"}
     )
-    out = first.run(first.on.config_changed(), state(networks, [compute(), bad]))
+    out = first.run(first.on.config_changed(), state(networks, [compute_principal(), bad]))
     assert isinstance(out.unit_status, ops.ActiveStatus)
     assert "evil/0" in out.unit_status.message
 
@@ -383,7 +384,7 @@ def test_strict_ports_open_what_the_principal_declared(networks, fake_host):
         "service-ports", remote_app_name="rabbitmq", remote_unit_data=declaration
     )
     ctx = context()
-    relations = [compute(), service_ports]
+    relations = [compute_principal(), service_ports]
     ctx.run(ctx.on.config_changed(), state(networks, relations, {"strict-ports": True}))
     strict = fake_host.applied_state.nftables or ""
     assert "15672" in strict
@@ -401,7 +402,7 @@ def test_a_port_declared_on_a_network_the_machine_may_not_use_is_reported(networ
         "service-ports", remote_app_name="api", remote_unit_data=declaration
     )
     ctx = context()
-    st = state(networks, [compute(), service_ports], {"strict-ports": True})
+    st = state(networks, [compute_principal(), service_ports], {"strict-ports": True})
     out = ctx.run(ctx.on.config_changed(), st)
     assert isinstance(out.unit_status, ops.ActiveStatus)
     assert "declared ports on 'public' are not opened" in out.unit_status.message
@@ -412,7 +413,7 @@ def test_a_machine_that_never_enforced_loads_its_audit_form_until_its_wave(netwo
     roll = Roll(generation=G, waves=((PEER,), ("network-isolation/2",), (ME,)), opened=1)
     peers = testing.PeerRelation("cluster", local_app_data={"roll": roll.model_dump_json()})
     ctx = context(0)
-    out = ctx.run(ctx.on.config_changed(), state(networks, [compute(), peers]))
+    out = ctx.run(ctx.on.config_changed(), state(networks, [compute_principal(), peers]))
     [(artefacts, _, _)] = applies(fake_host)
     assert "enforcement: audit" in artefacts.nftables
     assert out.unit_status == ops.ActiveStatus(
@@ -424,7 +425,9 @@ def test_a_machine_that_never_enforced_loads_its_audit_form_until_its_wave(netwo
     # its wave opens: the enforcing form replaces the audit form, and it reports
     opened = roll.model_copy(update={"opened": 3})
     peers = dataclasses.replace(peers, local_app_data={"roll": opened.model_dump_json()})
-    out = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, relations=[compute(), peers]))
+    out = ctx.run(
+        ctx.on.config_changed(), dataclasses.replace(out, relations=[compute_principal(), peers])
+    )
     assert "enforcement: enforce" in applies(fake_host)[-1][0].nftables
     assert report_of(out, peers).generation == G
     assert out.unit_status.message.startswith("compute: ")

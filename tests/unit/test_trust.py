@@ -15,7 +15,6 @@ import json
 from collections.abc import Mapping
 
 import ops
-import pytest
 from ops import testing
 
 from network_isolation.canary import CounterCount, CounterSummary, expected_drops
@@ -31,7 +30,7 @@ from network_isolation.rollout import (
     plan_waves,
     step,
 )
-from tests.charm_context import context
+from tests.charm_context import compute_principal, context
 
 APP = "network-isolation"
 
@@ -52,16 +51,6 @@ def record(machine: str, roles: tuple[str, ...] = ("compute",), **subnets: list[
     )
 
 
-def compute() -> testing.SubordinateRelation:
-    return testing.SubordinateRelation("compute-node", remote_app_name="openstack-hypervisor")
-
-
-@pytest.fixture
-def networks(make_networks, distinct_layout) -> list[testing.Network]:
-    """A compute node, with an address on every network: public and storage-cluster denied."""
-    return make_networks(distinct_layout)
-
-
 def run_leader(
     networks: list[testing.Network],
     peers_data: dict[int, dict[str, str]],
@@ -72,7 +61,10 @@ def run_leader(
     out = ctx.run(
         ctx.on.config_changed(),
         testing.State(
-            networks=networks, relations=[compute(), relation], leader=True, config=config or {}
+            networks=networks,
+            relations=[compute_principal(), relation],
+            leader=True,
+            config=config or {},
         ),
     )
     bag = out.get_relation(relation.id).local_app_data
@@ -88,7 +80,9 @@ def run_follower(
     relation = testing.PeerRelation("cluster", local_app_data={"cloud": json.dumps(view)})
     return ctx.run(
         ctx.on.config_changed(),
-        testing.State(networks=networks, relations=[compute(), relation], config=config or {}),
+        testing.State(
+            networks=networks, relations=[compute_principal(), relation], config=config or {}
+        ),
     )
 
 
@@ -312,7 +306,7 @@ def test_a_peer_flipping_its_record_does_not_restart_the_rollout_in_progress(net
     ctx = context(0)
     later = ctx.run(
         ctx.on.relation_changed(changed, remote_unit=2),
-        dataclasses.replace(out, relations=[compute(), changed]),
+        dataclasses.replace(out, relations=[compute_principal(), changed]),
     )
     after = Roll.model_validate_json(later.get_relation(relation.id).local_app_data["roll"])
     assert after.generation == before.generation and after.waves == before.waves

@@ -159,7 +159,7 @@ def firewall_view(
         ("output", _output_sections(plan, build)),
     )
     chains = [NftChain(hook, hook, sections) for hook, sections in base if sections]
-    chains += [*(chain for _, chain in chained)]
+    chains += [chain for _, chain in chained]
     if forwarded is not chained:
         chains += [chain for _, chain in forwarded]
     chains += build.drop_chains

@@ -231,14 +231,21 @@ def drop_counter(direction: str, networks: Iterable[Network]) -> tuple[str, str]
 
 
 def denied_subnet_drops(
-    plan: MachinePlan, build: FirewallBuilder, side: Side, direction: Literal["in", "out", "fwd"]
+    plan: MachinePlan,
+    build: FirewallBuilder,
+    side: Side,
+    direction: Literal["in", "out", "fwd"],
+    counted: tuple[str, str] | None = None,
 ) -> list[NftRule]:
-    """Drops of denied domains' subnets, as sources (`side` in) or destinations (out)."""
+    """Drops of denied domains' subnets, as sources (`side` in) or destinations (out).
+
+    Each domain's drops are counted under its own networks, or all under `counted`.
+    """
     allowed_subnets = [s for d in plan.allowed_domains for s in d.subnets]
     rules: list[NftRule] = []
     for domain in plan.denied_domains:
         label = label_of(domain.networks)
-        counter, what = drop_counter(direction, domain.networks)
+        counter, what = counted or drop_counter(direction, domain.networks)
         for a in build.address_sets(f"net_{label}", exclude(domain.subnets, allowed_subnets)):
             rules.append(build.drop(counter, what, side, addresses=a))
     return rules
@@ -295,9 +302,5 @@ def misdirected_drops(
         for family, name in build.pair_sets(MISDIRECTED, pairs)
     ]
     if direction == "in":
-        allowed_subnets = [s for d in plan.allowed_domains for s in d.subnets]
-        for domain in plan.denied_domains:
-            label = label_of(domain.networks)
-            for a in build.address_sets(f"net_{label}", exclude(domain.subnets, allowed_subnets)):
-                rules.append(build.drop(counter, what, "out", addresses=a))
+        rules += denied_subnet_drops(plan, build, "out", "in", (counter, what))
     return rules

@@ -173,7 +173,7 @@ class FirewallBuilder:
             by_interface.setdefault(check_interface_name(interface), []).append(subnet)
         bound = sorted(
             ((s, i) for i, subnets in by_interface.items() for s in normalize(subnets)),
-            key=lambda p: (_net_key(p[0]), p[1]),
+            key=lambda p: (p[0].version, p[0], p[1]),
         )
         found: list[tuple[str, str]] = []
         families: tuple[tuple[str, int, SetType], ...] = (
@@ -328,10 +328,6 @@ def _plain(
         side=side,
         text=f"{match} {verdict}" if match else verdict,
     )
-
-
-def _net_key(net: IPNetwork) -> tuple[int, int, int]:
-    return net.version, int(net.network_address), net.prefixlen
 
 
 def _match(
