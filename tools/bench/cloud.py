@@ -9,7 +9,7 @@ import ipaddress
 from ops import testing
 
 from network_isolation.model import NETWORKS, Network
-from network_isolation.peers import CloudView, MachineRecord, aggregate, dump
+from network_isolation.peers import TEACHERS_NEEDED, CloudView, MachineRecord, aggregate, dump
 from network_isolation.rollout import Roll, UnitReport
 
 APP = "network-isolation"
@@ -38,6 +38,17 @@ def machine_address(network: Network, unit: int) -> ipaddress.IPv4Interface:
     rack, place = divmod(unit, RACK_SIZE)
     subnet = rack_subnet(network, rack)
     return ipaddress.IPv4Interface(f"{subnet[10 + place]}/{subnet.prefixlen}")
+
+
+def taught_peer(peers: int) -> int:
+    """The last peer whose rack subnets the cloud view holds: the packet path's client.
+
+    A rack's private subnets are taught once `TEACHERS_NEEDED` units report them, so a last
+    rack with fewer machines is not in the table yet: a client there would measure the path
+    of a dropped packet, not of an accepted one.
+    """
+    rack_start = peers // RACK_SIZE * RACK_SIZE
+    return peers if peers - rack_start + 1 >= TEACHERS_NEEDED else rack_start - 1
 
 
 def role_of(unit: int) -> str:

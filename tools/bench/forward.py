@@ -48,8 +48,8 @@ def build_forwarded(
     listener: str,
     port: int,
     cpu: int,
-) -> tuple[str, str]:
-    """Client, node (ruleset + DNAT) and pod; the pod listens. Returns (client, VIP)."""
+) -> tuple[str, str, str]:
+    """Client, node (ruleset + DNAT) and pod; the pod listens. Returns (node, client, VIP)."""
     node_if = machine_address(Network.INTERNAL, 0)
     client_if = machine_address(Network.INTERNAL, client_unit)
     node, client, pod = (spaces.add(f"f{x}{index}") for x in ("n", "c", "k"))
@@ -80,4 +80,4 @@ def build_forwarded(
     iperf = spaces.spawn(pod, "iperf3", "-s", "-B", str(pod_ip))
     for process in (server, iperf):
         os.sched_setaffinity(process.pid, {cpu})
-    return client, str(vip())
+    return node, client, str(vip())

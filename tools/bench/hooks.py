@@ -272,10 +272,18 @@ class Harness:
         return RoleResult(priming, noop, changed, applied.nftables or "")
 
     def ruleset(self, peers: int, extra_racks: int = 0) -> str:
-        """The table a non-leader renders for a cloud of `peers` + 1 machines."""
+        """The table a non-leader enforces in a cloud of `peers` + 1 machines.
+
+        A new machine loads the audit form first; the enforcing form, what a settled cloud
+        runs, comes when the roll reaches its wave.
+        """
         self.new_machine()
-        self.run(hook_state(peers, leader=False, extra_racks=extra_racks))
-        return self.applied().nftables or ""
+        audited, _ = self.run(hook_state(peers, leader=False, extra_racks=extra_racks))
+        self.run(granted_turn(audited))
+        ruleset = self.applied().nftables or ""
+        if "enforcement: enforce" not in ruleset:
+            raise RuntimeError("the granted turn did not load the enforcing form")
+        return ruleset
 
 
 def load_fake_host() -> Any:

@@ -12,9 +12,17 @@ from dataclasses import dataclass, field
 
 from network_isolation.model import Network
 
-from .cloud import NICS, machine_address
+from .cloud import NICS, machine_address, taught_peer
 from .forward import CONNTRACK_FORWARD, build_forwarded
-from .ruleset import CONNTRACK_ONLY, MeasurementError, Namespaces, count_rules, must, naive_ruleset
+from .ruleset import (
+    CONNTRACK_ONLY,
+    MeasurementError,
+    Namespaces,
+    count_rules,
+    dropped_packets,
+    must,
+    naive_ruleset,
+)
 
 LISTENER = """\
 import socket, sys
@@ -127,7 +135,7 @@ class Pair:
 def build_pair(
     spaces: Namespaces, index: int, result: PathResult, ruleset: str | None, client_unit: int
 ) -> Pair:
-    """The measured machine (unit 0) as server, a peer of another rack as client."""
+    """The measured machine (unit 0) as server, `client_unit` as client."""
     server_if = machine_address(Network.INTERNAL, 0)
     client_if = machine_address(Network.INTERNAL, client_unit)
     server, client = spaces.add(f"s{index}"), spaces.add(f"c{index}")
@@ -211,15 +219,16 @@ def packet_path(
     at the largest N.
     """
     largest = max(rulesets)
+    client = taught_peer(largest)
     configs: list[tuple[PathResult, str | None, int]] = [
-        (PathResult("no ruleset", "none", None, 0), None, largest),
-        (PathResult("conntrack only", "conntrack", None, 1), CONNTRACK_ONLY, largest),
+        (PathResult("no ruleset", "none", None, 0), None, client),
+        (PathResult("conntrack only", "conntrack", None, 1), CONNTRACK_ONLY, client),
     ]
     for peers, ours in sorted(rulesets.items()):
         naive = naive_ruleset(peers)
         configs += [
-            (PathResult("ours", "ours", peers, count_rules(ours)), ours, peers),
-            (PathResult("naive", "naive", peers, count_rules(naive)), naive, peers),
+            (PathResult("ours", "ours", peers, count_rules(ours)), ours, taught_peer(peers)),
+            (PathResult("naive", "naive", peers, count_rules(naive)), naive, taught_peer(peers)),
         ]
     forwarded = [
         (PathResult("conntrack only + DNAT", "conntrack-fwd", None, 1), CONNTRACK_FORWARD),
@@ -234,10 +243,10 @@ def packet_path(
             for i, (result, ruleset, client) in enumerate(configs)
         ]
         for i, (result, ruleset) in enumerate(forwarded):
-            client, vip = build_forwarded(
-                spaces, i, ruleset, largest, LISTENER, LISTEN_PORT, measuring_cpu()
+            node, source, vip = build_forwarded(
+                spaces, i, ruleset, client, LISTENER, LISTEN_PORT, measuring_cpu()
             )
-            pairs.append(Pair(result, client, client, vip))
+            pairs.append(Pair(result, node, source, vip))
         log(f"packet path: {len(pairs)} namespace pairs ready")
         # Throughput first: the connection storms leave conntrack entries whose expiry would
         # take CPU from the flows.
@@ -248,7 +257,23 @@ def packet_path(
         for turn in range(settings.connect_rounds):
             for pair in _rotated(pairs, turn):
                 measure_rate(spaces, pair, settings)
+        for pair in pairs:
+            if pair.result.kind.startswith("ours"):
+                _check_accepted(spaces, pair)
     return [c[0] for c in configs] + [f[0] for f in forwarded]
+
+
+def _check_accepted(spaces: Namespaces, pair: Pair) -> None:
+    """The measured connections were accepted by a rule, not let through by audit or policy.
+
+    A client the table does not admit would time the path of a dropped packet: every rule
+    walked, then a counter. No drop counter of our table may have moved.
+    """
+    moved = {name: n for name, n in dropped_packets(spaces, pair.server).items() if n}
+    if moved:
+        raise MeasurementError(
+            f"{pair.result.label} at {pair.result.peers} peers measured dropped packets: {moved}"
+        )
 
 
 def packet_settings(quick: bool) -> PacketSettings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -11,8 +12,11 @@ import time
 from collections.abc import Iterator, Sequence
 
 from network_isolation.model import Network
+from network_isolation.render.nft import TABLE_FAMILY, TABLE_NAME
 
 from .cloud import machine_address
+
+TABLE = (TABLE_FAMILY, TABLE_NAME)
 
 
 def _inside(ruleset: str, opening: str) -> Iterator[str]:
@@ -57,7 +61,8 @@ CONNTRACK_ONLY = conntrack_only()
 def naive_ruleset(peers: int) -> str:
     """One accept rule per peer's address, as a linear iptables design has.
 
-    The probe comes from the last peer, so every new connection walks all the rules.
+    The probe comes from the last taught peer (`cloud.taught_peer`), so every new connection
+    walks all the rules, or all but the last.
     """
     lines = [
         "table inet bench_naive {",
@@ -159,6 +164,16 @@ def must(argv: Sequence[str], timeout: float = 120) -> str:
     if result.returncode != 0:
         raise MeasurementError(f"{' '.join(argv[:6])}: {result.stderr.strip()[:300]}")
     return result.stdout
+
+
+def dropped_packets(spaces: Namespaces, ns: str) -> dict[str, int]:
+    """Packets counted by each named counter of our table in a namespace (all count drops)."""
+    listing = json.loads(spaces.run(ns, "nft", "-j", "list", "counters", "table", *TABLE))
+    return {
+        item["counter"]["name"]: int(item["counter"]["packets"])
+        for item in listing.get("nftables", [])
+        if "counter" in item
+    }
 
 
 def nft_times(first: str, update: str, repeats: int) -> tuple[float, float]:
