@@ -34,24 +34,33 @@ IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 def test_rule_layout_of_a_storage_node(maas: Topology):
     text = render(plan_of(maas, "storage-3")).nftables
     order = [
-        'iifname "lo" accept',
         "ct state established,related accept",
+        'iifname "lo" accept',
         'ct state invalid counter name "drop_in_invalid" drop',
         "tcp dport 22 ip saddr @failsafe_v4 accept",
         "tcp dport 22 ip6 saddr @failsafe_v6 accept",
         "iifname vmap @by_interface",
+        'ip daddr @net_data_v4 counter name "drop_in_misdirected" drop',
+        "icmp type { destination-unreachable, time-exceeded, parameter-problem, echo-request,"
+        " echo-reply } accept",
         'ip saddr @net_data_v4 counter name "drop_in_data" drop',
         "iifname vmap @drop_in",
         "chain forward {",
         "ct state established,related accept",
         "iifname != @if_space oifname != @if_space accept",
+        "iifname vmap @by_interface_fwd",
         "oifname @if_space jump fwd_to_denied",
-        "iifname vmap @by_interface",
         'ip saddr @net_data_v4 counter name "drop_fwd_data" drop',
         "iifname vmap @drop_fwd",
         "chain output {",
         'ip daddr @net_public_v4 counter name "drop_out_public" drop',
         "chain net_storage {",
+        'ip daddr @misdirected_in_storage_v4 counter name "drop_in_misdirected" drop',
+        "ip saddr @net_storage_v4 accept",
+        "chain fwd_storage {",
+        "ct original ip daddr @misdirected_fwd_storage_v4"
+        ' counter name "drop_fwd_misdirected" drop',
+        "oifname @if_space jump fwd_to_denied",
         "ip saddr @net_storage_v4 accept",
         "chain drop_in_storage {",
         'counter name "drop_in_storage" drop',
@@ -62,6 +71,7 @@ def test_rule_layout_of_a_storage_node(maas: Topology):
     ]
     assert_in_order(text[text.index("chain input") :], order)
     assert '"enp4s0" : jump net_storage' in text
+    assert '"enp4s0" : jump fwd_storage' in text
     assert '"enp4s0" : goto drop_fwd_storage' in text
     assert "table inet network_isolation\ndelete table inet network_isolation\n" in text
     assert "flush" not in text
@@ -167,11 +177,9 @@ def test_sole_space_drops_nothing_but_invalid_packets(single: Topology):
     for machine in single.machines:
         view = firewall_view(plan_of(single, machine))
         drops = [r for c in view.chains for r in c.rules if r.verdict in ("drop", "return")]
-        misdirected = [r for r in drops if r.counter and r.counter.endswith("_misdirected")]
         # one space: every interface carries every subnet, nothing is misdirected
-        assert all(set(view.set(r.interfaces or "").elements) for r in misdirected)
-        assert [r.extra for r in drops if r not in misdirected] == ["ct state invalid"]
-        assert [m.name for m in view.maps] == ["by_interface"]
+        assert [r.extra for r in drops] == ["ct state invalid"]
+        assert [m.name for m in view.maps] == ["by_interface", "by_interface_fwd"]
 
 
 def test_client_cidrs_overlapping_a_cloud_subnet_stay_consistent():
@@ -324,8 +332,8 @@ def _strict(plan: MachinePlan, **options: object) -> MachinePlan:
 def test_strict_rule_layout_of_a_control_node(maas: Topology):
     text = render(_strict(plan_of(maas, "control-1"))).nftables
     order = [
-        'iifname "lo" accept',
         "ct state established,related accept",
+        'iifname "lo" accept',
         'ct state invalid counter name "drop_in_invalid" drop',
         "tcp dport 22 ip saddr @failsafe_v4 accept",
         "iifname vmap @by_interface",
@@ -551,12 +559,11 @@ def test_an_address_is_reachable_only_on_its_own_networks_interfaces(maas: Topol
         view, "forward", "enp3s0", outsider, 443, out_interface="lxc1", destination=vip
     )
     assert forwarded == "drop"
-    # management's subnet on every other cloud interface of the machine
-    assert view.set("misdirected_v4").elements[:3] == (
-        '10.10.0.0/24 . "enp2s0"',
-        '10.10.0.0/24 . "enp3s0"',
-        '10.10.0.0/24 . "enp4s0"',
-    )
+    # management's subnet is misdirected on every other cloud interface of the machine
+    for label in ("internal", "public", "storage"):
+        assert "10.10.0.0/24" in view.set(f"misdirected_in_{label}_v4").elements
+        assert "10.10.0.0/24" in view.set(f"misdirected_fwd_{label}_v4").elements
+    assert "10.10.0.0/24" not in view.set("misdirected_in_management_v4").elements
 
 
 def test_a_denied_networks_address_is_unreachable_from_anywhere(maas: Topology):
@@ -567,11 +574,13 @@ def test_a_denied_networks_address_is_unreachable_from_anywhere(maas: Topology):
     for nic in ("enp1s0", "lxc1"):
         got = verdict(compute, "input", nic, "10.10.0.9", 6686, destination="10.30.0.21")
         assert got == "drop", nic
-    # one rule per denied domain and IP version (public, storage-cluster), counted apart
+    # for interfaces of no cloud network: one rule per denied domain and IP version (public,
+    # storage-cluster); a cloud network's chain has them in its one lookup
     chain = compute.chain("input")
     assert chain is not None
     denied_destinations = [r.counter for r in chain.rules if r.side == "out"]
     assert denied_destinations == ["drop_in_misdirected"] * 4
+    assert "10.30.0.0/24" in compute.set("misdirected_in_management_v4").elements
 
 
 def test_misdirected_rules_do_not_grow_with_subnets(maas: Topology):
@@ -593,9 +602,8 @@ def test_misdirected_rules_do_not_grow_with_subnets(maas: Topology):
     )
     small, large = firewall_view(plan), firewall_view(wider)
     assert small.rule_count == large.rule_count
-    assert (
-        len(large.set("misdirected_v4").elements) > len(small.set("misdirected_v4").elements) + 50
-    )
+    for name in ("misdirected_in_internal_v4", "misdirected_fwd_internal_v4"):
+        assert len(large.set(name).elements) > len(small.set(name).elements) + 50
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,6 +640,7 @@ def test_strict_forwarded_flows_are_judged_by_the_port_the_client_used(maas: Top
     assert (
         "meta l4proto tcp ct original proto-dst @fwd_ports_internal_tcp" in render(plan).nftables
     )
-    # without strict-ports the hooks share one chain per network
-    lenient = firewall_view(plan_of(maas, "control-1"))
-    assert lenient.chain("fwd_internal") is None and view.chain("fwd_internal") is not None
+    # without strict-ports the forward hook's chain accepts by source alone
+    lenient = firewall_view(plan_of(maas, "control-1")).chain("fwd_internal")
+    assert lenient is not None
+    assert [r.extra for r in lenient.rules if r.verdict == "accept"] == [None, None]

@@ -28,7 +28,7 @@ PORT_MATCH = re.compile(
     r"(?:meta l4proto )?(tcp|udp)(?: dport| ct original proto-dst)"
     r" (?:(\d+)|@(\S+)|\{ ([\d, ]+) \})"
 )
-MISDIRECTED_MATCH = re.compile(r"(?:ct original )?(?:ip|ip6) daddr \. iifname @(\S+)")
+ORIGINAL_DESTINATION = re.compile(r"ct original (?:ip|ip6) daddr @(\S+)")
 OUTSIDE_SET = re.compile(r"iifname != @(\S+) oifname != @(\S+)")
 
 
@@ -49,9 +49,10 @@ def _extra_matches(view: FirewallView, extra: str | None, packet: Packet) -> boo
         return True
     if extra in ('iifname "lo"', 'oifname "lo"'):
         return packet.interface == "lo"
-    misdirected = MISDIRECTED_MATCH.fullmatch(extra)
-    if misdirected:
-        return _misdirected(view, misdirected.group(1), packet)
+    original = ORIGINAL_DESTINATION.fullmatch(extra)
+    if original:  # the walk models no DNAT: the original destination is the destination
+        networks = view.set(original.group(1)).networks()
+        return packet.destination is not None and any(packet.destination in n for n in networks)
     if extra.startswith(("icmp type", "icmpv6 type")) or "ct state" in extra:
         return False  # the first packet of a new connection: no ct state, not a reply
     outside = OUTSIDE_SET.fullmatch(extra)
@@ -69,22 +70,6 @@ def _extra_matches(view: FirewallView, extra: str | None, packet: Packet) -> boo
         ranges = view.set(match.group(3)).ports()
         return any(first <= packet.port <= last for first, last in ranges)
     raise AssertionError(f"unknown match '{extra}'")
-
-
-def _misdirected(view: FirewallView, pairs: str, packet: Packet) -> bool:
-    """The (destination, input interface) pair is in the set of misdirected pairs.
-
-    Without a destination (a check by source only), the rule does not apply.
-    """
-    if packet.destination is None:
-        return False
-    for element in view.set(pairs).elements:
-        subnet, _, interface = element.partition(" . ")
-        if packet.destination in ipaddress.ip_network(subnet) and interface.strip('"') == (
-            packet.interface
-        ):
-            return True
-    return False
 
 
 def _rule_matches(view: FirewallView, rule: NftRule, packet: Packet, output: bool) -> bool:

@@ -1,23 +1,23 @@
 """The firewall's layout: which rules, in which order, in which chain, from a plan.
 
-The input chain: loopback and replies; the failsafe; what is addressed to one network but
-arrives on another network's interface (and anything addressed to a denied network's subnets);
-essential ICMP; then one lookup of the input interface that jumps into its network's chain
-(`network_rules`), the drops of denied networks' sources, and one lookup that drops what the
-network's chain handed back (and all on a denied network's interface). The forward chain:
-replies, then nothing more for traffic that neither arrives on nor leaves by a cloud network's
-interface; else the same check of the destination's network, the drops towards denied
-networks, as for output, and the same lookups and drops as input (with strict ports, into
-chains of their own that judge the port the client used). The output chain, when a network is
+The input chain: replies and loopback; the failsafe; then one lookup of the input interface
+that jumps into its group's chain (`network_rules`): there, what is addressed to another
+network's subnets is dropped, and what may arrive on the interface is accepted. Back in the
+hook's chain: what is addressed to a denied network's subnets (on any interface), essential
+ICMP, the drops of denied networks' sources, and one lookup that drops what the group's chain
+handed back (and all on a denied network's interface). The forward chain: replies, then
+nothing more for traffic that neither arrives on nor leaves by a cloud network's interface;
+else the same interface lookup into chains of its own, which judge the destination the client
+used (before any DNAT), cut what leaves towards a denied network, and, with strict ports, the
+port the client used; then the same drops as input. The output chain, when a network is
 denied: replies, then the drops towards denied networks. The first packet of an accepted flow
-meets one set lookup by address.
+meets one interface lookup and two address lookups: its destination, then its source.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from ..base import Enforcement
 from ..canary import INVALID_COUNTER
@@ -26,14 +26,17 @@ from ..planner import MachinePlan
 from ..ports import JUJU_API_PORT, JUJU_SSH_SERVER_PORT, MachinePorts, PortRange
 from .common import file_header
 from .network_rules import (
+    FORWARD_CUTS_COMMENT,
     InterfaceGroup,
+    Judged,
     denied_interface_drops,
     denied_subnet_drops,
     dispatch,
     group_chain,
     interface_drops,
     interface_groups,
-    misdirected_drops,
+    misdirected_chain,
+    misdirected_counter,
     strict_ports,
 )
 from .nft import (
@@ -43,6 +46,7 @@ from .nft import (
     Hook,
     NftChain,
     NftMap,
+    NftRule,
     NftSection,
     NftSet,
 )
@@ -141,27 +145,39 @@ def firewall_view(
         ]
     build = FirewallBuilder(enforcement)
     # Built in the order the file shows them, so the sets are declared in that order too.
-    cloud = build.interface_set("if_space", {i for d in plan.domains for i in d.interfaces})
-    input_head = _input_head(plan, build)
+    cloud = build.interface_set("if_space", plan.space_interfaces)
     groups = interface_groups(plan)
-    chained = [(g, group_chain(plan, build, g, accepted and accepted.host)) for g in groups]
-    by_interface = dispatch(build, chained)
-    # Without strict ports both hooks share the chains; with them, forwarded flows have theirs.
-    forwarded, by_interface_fwd = chained, by_interface
-    if accepted is not None:
-        forwarded = [(g, group_chain(plan, build, g, accepted.forwarded, "fwd")) for g in groups]
+    denied = interface_groups(plan, allowed=False)
+    host_ports = accepted.host if accepted else None
+    chained = [(g, group_chain(plan, build, g, host_ports)) for g in groups]
+    guarded = _misdirected_chains(plan, build, denied, "in")
+    by_interface = dispatch(build, [*chained, *guarded])
+    input_sections = [
+        *_input_head(plan, build),
+        *_by_interface(plan, build, chained, by_interface, "in"),
+    ]
+    # The forward hook has chains of its own: they judge the destination before any DNAT.
+    forwarded: list[tuple[InterfaceGroup, NftChain]] = []
+    forward_sections: list[NftSection] = []
+    if cloud is not None:
+        cuts = _forward_cuts(plan, build, cloud)
+        fwd_ports = accepted.forwarded if accepted else None
+        fwd_chained = [(g, group_chain(plan, build, g, fwd_ports, "fwd", cuts)) for g in groups]
+        forwarded = [*fwd_chained, *_misdirected_chains(plan, build, denied, "fwd")]
         by_interface_fwd = dispatch(build, forwarded, "by_interface_fwd")
+        forward_sections = [
+            _forward_head(build, cloud),
+            *_by_interface(plan, build, fwd_chained, by_interface_fwd, "fwd", cuts),
+        ]
     # The base chains, each named after its hook, in the order the file declares them; a chain
     # without rules is left out (the input chain always has some).
     base: tuple[tuple[Hook, tuple[NftSection, ...]], ...] = (
-        ("input", (*input_head, *_by_interface(plan, build, chained, by_interface, "in", 5))),
-        ("forward", _forward_sections(plan, build, cloud, forwarded, by_interface_fwd)),
+        ("input", _numbered(input_sections)),
+        ("forward", _numbered(forward_sections)),
         ("output", _output_sections(plan, build)),
     )
     chains = [NftChain(hook, hook, sections) for hook, sections in base if sections]
-    chains += [chain for _, chain in chained]
-    if forwarded is not chained:
-        chains += [chain for _, chain in forwarded]
+    chains += [chain for _, chain in (*chained, *guarded, *forwarded)]
     chains += build.drop_chains
     return FirewallView(
         family=TABLE_FAMILY,
@@ -176,43 +192,52 @@ def firewall_view(
     )
 
 
-def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
-    """Input rules 1-4: loopback and replies, the failsafe, the destination's network, ICMP.
+def _numbered(sections: Sequence[NftSection]) -> tuple[NftSection, ...]:
+    """A base chain's sections with their order in the comments, as the docs cite them."""
+    return tuple(NftSection(f"{n}. {s.comment}", s.rules) for n, s in enumerate(sections, start=1))
 
-    The failsafe comes before the destination's check, so an operator in the management
-    subnets or client-cidrs reaches sshd whatever interface the plan thinks the packet should
-    arrive on.
+
+def _misdirected_chains(
+    plan: MachinePlan, build: FirewallBuilder, denied: Sequence[InterfaceGroup], hook: Judged
+) -> list[tuple[InterfaceGroup, NftChain]]:
+    """The chains of denied networks' interfaces that drop misdirected packets first."""
+    found = []
+    for group in denied:
+        chain = misdirected_chain(plan, build, group, hook)
+        if chain is not None:
+            found.append((group, chain))
+    return found
+
+
+def _input_head(plan: MachinePlan, build: FirewallBuilder) -> list[NftSection]:
+    """Input rules 1-2: replies and loopback, the failsafe.
+
+    The failsafe comes before the destination's check (in the interface's chain), so an
+    operator in the management subnets or client-cidrs reaches sshd whatever interface the
+    plan thinks the packet should arrive on.
     """
-    sections: list[NftSection] = [
+    return [
         NftSection(
-            "1. loopback and replies: accept; invalid packets: drop",
+            # Replies first: most packets are, and they then skip the interface name's load.
+            "replies and loopback: accept; invalid packets: drop",
             (
-                build.accept("in", extra='iifname "lo"'),
                 build.accept("in", extra="ct state established,related"),
+                build.accept("in", extra='iifname "lo"'),
                 build.drop(INVALID_COUNTER, "in ct-invalid", extra="ct state invalid"),
             ),
         ),
         _failsafe_section(plan, build),
     ]
-    misdirected = misdirected_drops(plan, build, "in")
-    if misdirected:
-        sections.append(NftSection(f"3. {MISDIRECTED_COMMENT}", tuple(misdirected)))
-    sections.append(
-        NftSection(
-            "4. essential ICMP and ICMPv6 (errors, path MTU, neighbour discovery, echo)",
-            (
-                build.accept("in", extra=f"icmp type {{ {', '.join(ICMP_TYPES)} }}"),
-                build.accept("in", extra=f"icmpv6 type {{ {', '.join(ICMPV6_TYPES)} }}"),
-            ),
-        )
+
+
+def _icmp_section(build: FirewallBuilder) -> NftSection:
+    return NftSection(
+        "essential ICMP and ICMPv6 (errors, path MTU, neighbour discovery, echo)",
+        (
+            build.accept("in", extra=f"icmp type {{ {', '.join(ICMP_TYPES)} }}"),
+            build.accept("in", extra=f"icmpv6 type {{ {', '.join(ICMPV6_TYPES)} }}"),
+        ),
     )
-    return sections
-
-
-MISDIRECTED_COMMENT = (
-    "in on a cloud network's interface, addressed (before any DNAT) to another network's"
-    " subnets: drop"
-)
 
 
 def _by_interface(
@@ -220,37 +245,52 @@ def _by_interface(
     build: FirewallBuilder,
     groups: Sequence[tuple[InterfaceGroup, NftChain]],
     by_interface: str | None,
-    direction: Literal["in", "fwd"],
-    first: int,
+    direction: Judged,
+    cuts: NftRule | None = None,
 ) -> list[NftSection]:
-    """Judged by input interface: its network's chain, denied sources, then what is left.
+    """Judged by input interface: its group's chain, then what the chains do not settle.
 
-    The first packet of an accepted flow leaves at the chain (one address lookup); denied
-    sources are counted under their own network; the drop map counts the rest under the
-    interface's network. On other interfaces only denied sources are dropped.
+    The first packet of an accepted flow leaves at the group's chain. After it, in input:
+    destinations in a denied network's subnets (on any interface) and essential ICMP; in
+    forward: the cuts towards denied networks (for what arrives on no cloud interface). Then
+    denied sources, counted under their own network, and the drop map, which counts the rest
+    under the interface's network. On other interfaces only denied networks are dropped.
     """
     sections = []
     if by_interface:
         sections.append(
             NftSection(
-                f"{first}. by input interface: its network's chain accepts what may arrive there",
+                "by input interface: its network's chain drops what is addressed to another"
+                " network and accepts what may arrive there",
                 (build.lookup(by_interface),),
             )
         )
+    if direction == "in":
+        counted = misdirected_counter("in")
+        to_denied = denied_subnet_drops(plan, build, "out", "in", counted)
+        if to_denied:
+            sections.append(
+                NftSection(
+                    "addressed to a denied network's subnets, on any interface: drop",
+                    tuple(to_denied),
+                )
+            )
+        sections.append(_icmp_section(build))
+    elif cuts is not None:
+        sections.append(NftSection(FORWARD_CUTS_COMMENT, (cuts,)))
     from_denied = denied_subnet_drops(plan, build, "in", direction)
     if from_denied:
         sections.append(
             NftSection(
-                f"{first + 1}. from a denied network's subnets, on any interface: drop",
-                tuple(from_denied),
+                "from a denied network's subnets, on any interface: drop", tuple(from_denied)
             )
         )
     drops = interface_drops(plan, build, groups, direction)
     if drops:
         sections.append(
             NftSection(
-                f"{first + 2}. what a network's chain handed back, and all on a denied"
-                " network's interface: drop",
+                "what a network's chain handed back, and all on a denied network's interface:"
+                " drop",
                 (build.lookup(drops),),
             )
         )
@@ -261,47 +301,32 @@ def _by_interface(
 FORWARD_CUTS = "fwd_to_denied"
 
 
-def _forward_sections(
-    plan: MachinePlan,
-    build: FirewallBuilder,
-    cloud: str | None,
-    groups: Sequence[tuple[InterfaceGroup, NftChain]],
-    by_interface: str | None,
-) -> tuple[NftSection, ...]:
-    """Forwarded packets (DNAT to a pod, routed through the host) judged like input."""
-    if cloud is None:
-        return ()
-    sections = [
-        NftSection(
-            "1. replies: accept; neither in on nor out by a cloud network's interface: not ours",
-            (
-                build.accept("in", extra="ct state established,related"),
-                build.accept("in", extra=f"iifname != @{cloud} oifname != @{cloud}"),
-            ),
-        )
-    ]
-    misdirected = misdirected_drops(plan, build, "fwd")
-    if misdirected:
-        sections.append(NftSection(f"2. {MISDIRECTED_COMMENT}", tuple(misdirected)))
+def _forward_cuts(plan: MachinePlan, build: FirewallBuilder, cloud: str) -> NftRule | None:
+    """The jump into the cuts towards denied networks, for what leaves by a cloud NIC.
+
+    Only what leaves by a cloud network's interface can reach one: a pod-bound packet (DNAT
+    to a pod) skips these lookups. None when no network is denied.
+    """
     to_denied = [
         *denied_subnet_drops(plan, build, "out", "fwd"),
         *denied_interface_drops(plan, build, "fwd"),
     ]
-    if to_denied:
-        # Only what leaves by a cloud network's interface can reach one: a pod-bound packet
-        # (DNAT to a pod) skips these lookups.
-        cuts = NftSection(
-            "to a denied network's subnets or out of its interfaces", tuple(to_denied)
-        )
-        build.drop_chains.append(NftChain(FORWARD_CUTS, None, (cuts,)))
-        sections.append(
-            NftSection(
-                "3. out by a cloud network's interface: to a denied network: drop",
-                (build.jump("out", cloud, FORWARD_CUTS),),
-            )
-        )
-    sections += _by_interface(plan, build, groups, by_interface, "fwd", 4)
-    return tuple(sections)
+    if not to_denied:
+        return None
+    cuts = NftSection("to a denied network's subnets or out of its interfaces", tuple(to_denied))
+    build.drop_chains.append(NftChain(FORWARD_CUTS, None, (cuts,)))
+    return build.jump("out", cloud, FORWARD_CUTS)
+
+
+def _forward_head(build: FirewallBuilder, cloud: str) -> NftSection:
+    """Replies, and what neither arrives on nor leaves by a cloud network's interface."""
+    return NftSection(
+        "replies: accept; neither in on nor out by a cloud network's interface: not ours",
+        (
+            build.accept("in", extra="ct state established,related"),
+            build.accept("in", extra=f"iifname != @{cloud} oifname != @{cloud}"),
+        ),
+    )
 
 
 def _failsafe_section(plan: MachinePlan, build: FirewallBuilder) -> NftSection:
@@ -328,7 +353,7 @@ def _failsafe_section(plan: MachinePlan, build: FirewallBuilder) -> NftSection:
     match = f"tcp dport {{ {listed} }}" if len(ports) > 1 else f"tcp dport {listed}"
     rules = [build.accept("in", addresses=a, extra=match) for a in failsafe]
     what = f"tcp {listed}" if len(ports) > 1 else f"tcp/{listed}"
-    comment = f"2. failsafe: {what} from the management subnets and client-cidrs"
+    comment = f"failsafe: {what} from the management subnets and client-cidrs"
     if nics:
         api = PortRange.parse(JUJU_API_PORT).first
         rules.append(build.accept("in", interfaces=nics, extra=f"tcp dport {api}"))
@@ -343,11 +368,11 @@ def _output_sections(plan: MachinePlan, build: FirewallBuilder) -> tuple[NftSect
         return ()
     sections = [
         NftSection(
-            "loopback, and replies to connections the input chain let in: accept",
+            "replies to connections the input chain let in, and loopback: accept",
             (
-                build.accept("out", extra='oifname "lo"'),
                 # Replies only: a connection this host opens to a denied network is still cut.
                 build.accept("out", extra="ct state established,related ct direction reply"),
+                build.accept("out", extra='oifname "lo"'),
             ),
         )
     ]

@@ -36,13 +36,20 @@ class InterfaceGroup:
     domains: tuple[int, ...]  # indexes into plan.domains
 
 
-def interface_groups(plan: MachinePlan) -> tuple[InterfaceGroup, ...]:
-    """Allowed interfaces grouped by the allowed domains they carry (usually one each)."""
+def interface_groups(plan: MachinePlan, allowed: bool = True) -> tuple[InterfaceGroup, ...]:
+    """Interfaces grouped by the domains they carry, filtered alike.
+
+    Allowed groups: the interfaces of allowed domains, by the allowed domains they carry
+    (usually one each). Denied groups (`allowed` False): the interfaces that carry only
+    denied domains, by those domains.
+    """
+    denied_only = set(plan.denied_interfaces)
     carried: dict[str, list[int]] = {}
     for index, domain in enumerate(plan.domains):
-        if domain.allowed:
+        if domain.allowed == allowed:
             for interface in domain.interfaces:
-                carried.setdefault(interface, []).append(index)
+                if allowed or interface in denied_only:
+                    carried.setdefault(interface, []).append(index)
     by_domains: dict[tuple[int, ...], list[str]] = {}
     for interface in sorted(carried):
         by_domains.setdefault(tuple(carried[interface]), []).append(interface)
@@ -58,6 +65,11 @@ def interface_groups(plan: MachinePlan) -> tuple[InterfaceGroup, ...]:
             )
         )
     return tuple(groups)
+
+
+def chain_name(hook: Judged, group: InterfaceGroup) -> str:
+    """The chain of a group's interfaces in a hook: `net_<networks>` (input), `fwd_<...>`."""
+    return f"{'fwd' if hook == 'fwd' else 'net'}_{group.label}"
 
 
 def counter_kinds(plan: MachinePlan) -> dict[str, CounterKind]:
@@ -104,16 +116,18 @@ def group_chain(
     group: InterfaceGroup,
     ports: PortMap | None,
     hook: Judged = "in",
+    cuts: NftRule | None = None,
 ) -> NftChain:
-    """The chain of a group's interfaces: what may arrive on them.
+    """The chain of an allowed group's interfaces in a hook: what may arrive on them.
 
-    The hooks' interface map jumps here: own subnets accepted; sources of no cloud network
-    accepted on public, from client-cidrs on management. Anything else (other cloud networks,
-    denied ones included) returns to the hook's chain, which drops it under its own counter
-    (`drop_in_*`, `drop_fwd_*`). Without strict ports the input and forward hooks share the
-    chain. With strict ports (`ports` given), every accept also needs a tcp or udp port of the
-    group's sets: for input (`net_*`) the destination port; for forwarded flows (`fwd_*`, their
-    own chain) the port the client used before any DNAT, `ct original proto-dst`.
+    The hook's interface map jumps here. First what is addressed to another network is
+    dropped (`misdirected_drops`), and in the forward hook `cuts` drops what leaves towards a
+    denied network. Then own subnets are accepted; sources of no cloud network on public,
+    client-cidrs on management. Anything else (other cloud networks, denied ones included)
+    returns to the hook's chain, which drops it under its own counter (`drop_in_*`,
+    `drop_fwd_*`). With strict ports (`ports` given), every accept also needs a tcp or udp
+    port of the group's sets: for input (`net_*`) the destination port; for forwarded flows
+    (`fwd_*`) the port the client used before any DNAT, `ct original proto-dst`.
     """
     own = [s for i in group.domains for s in plan.domains[i].subnets]
     names = network_names(group.networks)
@@ -166,16 +180,55 @@ def group_chain(
         parts.append(f"client-cidrs{accept}")
     if strict or not public:
         parts.append("any other packet: drop" if strict else "any other source: drop")
+    sections = list(_misdirected_sections(plan, build, group, hook))
+    if cuts is not None:
+        sections.append(NftSection(FORWARD_CUTS_COMMENT, (cuts,)))
+    interfaces = ", ".join(group.interfaces)
+    sections.append(NftSection(f"on {names} ({interfaces}): {'; '.join(parts)}", tuple(rules)))
     return NftChain(
-        f"{'fwd' if forwarded else 'net'}_{group.label}",
+        chain_name(hook, group),
         None,
-        (
-            NftSection(
-                f"on {names} ({', '.join(group.interfaces)}): {'; '.join(parts)}", tuple(rules)
-            ),
-        ),
+        tuple(sections),
         footer="what returns from here is dropped by the hook's chain",
     )
+
+
+# The forward hook's cuts towards denied networks, in a comment.
+FORWARD_CUTS_COMMENT = "out by a cloud network's interface, to a denied network: drop"
+
+
+def misdirected_chain(
+    plan: MachinePlan, build: FirewallBuilder, group: InterfaceGroup, hook: Judged
+) -> NftChain | None:
+    """The chain of a denied group's interfaces: only the misdirected packets' drops.
+
+    Everything else returns, and the hook's chain drops it later under the denied network's
+    counter (after ICMP, as on every interface). None when nothing can be misdirected here.
+    """
+    sections = _misdirected_sections(plan, build, group, hook)
+    if not sections:
+        return None
+    return NftChain(
+        chain_name(hook, group),
+        None,
+        sections,
+        footer="what returns from here is judged by the hook's chain",
+    )
+
+
+def _misdirected_sections(
+    plan: MachinePlan, build: FirewallBuilder, group: InterfaceGroup, hook: Judged
+) -> tuple[NftSection, ...]:
+    rules = misdirected_drops(plan, build, group, hook)
+    if not rules:
+        return ()
+    return (NftSection(MISDIRECTED_WORDS[hook], tuple(rules)),)
+
+
+MISDIRECTED_WORDS: dict[Judged, str] = {
+    "in": "addressed to another network's subnets: drop",
+    "fwd": "addressed (before any DNAT) to another network's subnets: drop",
+}
 
 
 def dispatch(
@@ -274,33 +327,32 @@ def misdirected_counter(direction: Judged) -> tuple[str, str]:
 
 
 def misdirected_drops(
-    plan: MachinePlan, build: FirewallBuilder, direction: Judged
+    plan: MachinePlan, build: FirewallBuilder, group: InterfaceGroup, direction: Judged
 ) -> list[NftRule]:
-    """Drops of what arrives on a cloud network's interface addressed to another's subnets.
+    """Drops of what arrives on a group's interfaces addressed to another network's subnets.
 
     Linux accepts a packet for any local address on any interface (and routes a forwarded one
     whatever its way in): without this, a host on the public segment reaches the management
-    address through the public NIC. One lookup of (destination, input interface) in the set of
-    every allowed domain's subnet paired with every cloud interface that does not carry that
-    domain. Forwarded packets are judged by the address the client used, before any DNAT
-    (`ct original`), so a VIP of one network is reachable only from its own. Packets from
-    interfaces of no cloud network (pods, instances, loopback) are not judged here. In input, a
-    denied network's subnets are unreachable from anywhere.
+    address through the public NIC. One lookup per address family, of the destination in the
+    subnets of every allowed domain the group's interfaces do not carry; in input, of denied
+    domains too, whose subnets are unreachable from anywhere. Forwarded packets are judged by
+    the address the client used, before any DNAT (`ct original`), so a VIP of one network is
+    reachable only from its own. The group's chain holds these drops, so an accepted packet
+    meets them after the one interface lookup it needs anyway; interfaces of no cloud network
+    (pods, instances, loopback) have no chain and are not judged here.
     """
     counter, what = misdirected_counter(direction)
-    cloud = sorted({i for d in plan.domains for i in d.interfaces})
-    pairs = [
-        (subnet, interface)
-        for domain in plan.allowed_domains
-        for subnet in domain.subnets
-        for interface in cloud
-        if interface not in domain.interfaces
+    own = [s for i in group.domains for s in plan.domains[i].subnets]
+    others = [
+        s
+        for i, domain in enumerate(plan.domains)
+        if i not in group.domains and (domain.allowed or direction == "in")
+        for s in domain.subnets
     ]
-    original = "" if direction == "in" else "ct original "
-    rules = [
-        build.drop(counter, what, extra=f"{original}{family} daddr . iifname @{name}")
-        for family, name in build.pair_sets(MISDIRECTED, pairs)
-    ]
+    found = build.address_sets(f"misdirected_{direction}_{group.label}", exclude(others, own))
     if direction == "in":
-        rules += denied_subnet_drops(plan, build, "out", "in", (counter, what))
-    return rules
+        return [build.drop(counter, what, "out", addresses=a) for a in found]
+    return [
+        build.drop(counter, what, extra=f"ct original {family} daddr @{name}")
+        for family, name in found
+    ]

@@ -25,9 +25,7 @@ AUDIT_LOG_RATE = "10/minute burst 5 packets"
 LOG_PREFIX = "network-isolation audit"
 LOG_PREFIX_MAX = 127
 
-SetType = Literal[
-    "ipv4_addr", "ipv6_addr", "ifname", "inet_service", "ipv4_addr . ifname", "ipv6_addr . ifname"
-]
+SetType = Literal["ipv4_addr", "ipv6_addr", "ifname", "inet_service"]
 # `return` hands the packet back to the calling chain; `vmap` looks the verdict up in a map.
 Verdict = Literal["accept", "drop", "log", "return", "vmap", "jump"]
 # The hooks of our base chains.
@@ -159,34 +157,6 @@ class FirewallBuilder:
             return None
         self._add_set(NftSet(name, "ifname", names))
         return name
-
-    def pair_sets(
-        self, name: str, pairs: Iterable[tuple[IPNetwork, str]]
-    ) -> list[tuple[str, str]]:
-        """Declare `<name>_v4` and `<name>_v6` of (subnet . interface); return (family, set).
-
-        Only the families that have pairs. Per interface, a subnet inside another is left out
-        (nft refuses overlapping elements).
-        """
-        by_interface: dict[str, list[IPNetwork]] = {}
-        for subnet, interface in pairs:
-            by_interface.setdefault(check_interface_name(interface), []).append(subnet)
-        bound = sorted(
-            ((s, i) for i, subnets in by_interface.items() for s in normalize(subnets)),
-            key=lambda p: (p[0].version, p[0], p[1]),
-        )
-        found: list[tuple[str, str]] = []
-        families: tuple[tuple[str, int, SetType], ...] = (
-            ("ip", 4, "ipv4_addr . ifname"),
-            ("ip6", 6, "ipv6_addr . ifname"),
-        )
-        for family, version, set_type in families:
-            elements = tuple(f'{s} . "{i}"' for s, i in bound if s.version == version)
-            if elements:
-                set_name = f"{name}_v{version}"
-                self._add_set(NftSet(set_name, set_type, elements))
-                found.append((family, set_name))
-        return found
 
     def port_sets(self, name: str, ranges: Iterable[PortRange]) -> list[tuple[str, str]]:
         """Declare `<name>_tcp` and `<name>_udp`, empty or not; return (protocol, set).
