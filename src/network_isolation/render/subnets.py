@@ -76,8 +76,12 @@ def exclude(nets: Iterable[IPNetwork], remove: Iterable[IPNetwork]) -> tuple[IPN
         before = bisect.bisect_right(starts, first) - 1
         if before >= 0 and within(net, gone[before]):
             continue  # inside a removed subnet
+        inside = gone[bisect.bisect_left(starts, first) : bisect.bisect_right(starts, last)]
+        if not inside:
+            result.append(net)  # the common case: nothing removed from this subnet
+            continue
         cursor = int(net.network_address)
-        for inner in gone[bisect.bisect_left(starts, first) : bisect.bisect_right(starts, last)]:
+        for inner in inside:
             result += _range(cursor, int(inner.network_address) - 1, net.version)
             cursor = int(inner.broadcast_address) + 1
         result += _range(cursor, last[1], net.version)
