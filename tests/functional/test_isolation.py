@@ -365,6 +365,38 @@ def test_misdirected_packets(maas: Scene, renders: Renders, report: Report) -> N
     )
 
 
+def test_misdirected_packets_in_audit_are_counted_once(
+    maas: Scene, renders: Renders, report: Report
+) -> None:
+    """Audit: a packet through the wrong NIC passes, counted as misdirected and nothing else.
+
+    Its drop is in the network's chain, which the hook's chain jumps to: an audit chain that
+    handed it back would let the hook's later rules count it again under the NIC's network.
+    """
+    cloud, bed = maas.cloud, maas.bed
+    vips = [v.address for v in maas.services.nodes["control-1"].vips]
+    found = strays(cloud, "control-1", vips)
+    plug_strays(bed, found)
+    bed.load_dir(renders(MAAS, enforcement="audit"))
+    host = cloud.machines["control-1"]
+    nic_of = {a.ip: i.name for i in host.ifaces for a in i.addresses}
+    nic_of.update({v.address: v.nic for v in maas.services.nodes["control-1"].vips})
+    flows = [
+        f
+        for f in misdirected_flows(cloud, found, MISDIRECTED_PORTS, vips)
+        if f.nic and nic_of[f.dst_addr] != f.nic and f.port != FAILSAFE_PORT
+    ]
+    before = counters(bed, "control-1")
+    audit = Oracle(cloud, modes=dict.fromkeys(cloud.machines, "audit"))
+    matrix = check(bed, audit, flows, "control-1: misdirected packets (audit)")
+    report(matrix)
+    assert_matches(matrix)
+    assert {r.got.got for r in matrix.rows} == {"pass"}
+    after = counters(bed, "control-1")
+    moved = {c: after[c] - before[c] for c in after if after[c] != before[c]}
+    assert moved.keys() == {"drop_in_misdirected", "drop_fwd_misdirected"}, moved
+
+
 def by_nic(matrix: Matrix, found: Sequence[Stray]) -> list[str]:
     """Flow counts per stray (the NIC it comes in on) and verdict, a line each."""
     counts = Counter((r.flow.src, r.expected.verdict) for r in matrix.rows)

@@ -274,11 +274,15 @@ class FirewallBuilder:
                 f' log prefix "{prefix}" level info'
             ),
         )
+        # Accepted here, not handed back: reached from a network's chain (a jump), the end of
+        # this chain would return to the hook's chain, whose later rules would count the packet
+        # again. A drop ends the walk; so does its audit form.
+        accept = NftRule(verdict="accept", text="accept")
         return NftChain(
             name=name,
             hook=None,
-            sections=(NftSection(f"would drop: {what}", (rule,)),),
-            footer="the packet goes on: the base chain's policy accepts it",
+            sections=(NftSection(f"would drop: {what}", (rule, accept)),),
+            footer="accepted, as the base chain's policy would: audit only counts and logs",
         )
 
 
