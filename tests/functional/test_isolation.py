@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from network_isolation.host.nftables import counters_of
 from network_isolation.topology import load_topology
 
 from . import kubernetes
@@ -157,11 +158,7 @@ def maas(prerequisites: None) -> Iterator[Scene]:
 def counters(bed: Bed, machine: str) -> dict[str, int]:
     """Packets per named counter of our table (`nft -j list table inet network_isolation`)."""
     data = json.loads(bed.nft(machine, "-j", "list", "table", "inet", "network_isolation"))
-    return {
-        item["counter"]["name"]: item["counter"]["packets"]
-        for item in data["nftables"]
-        if "counter" in item
-    }
+    return {name: c["packets"] for name, c in counters_of(data["nftables"]).items()}
 
 
 def row(matrix: Matrix, src: str, dst: str, proto: str = "udp", port: int = UDP_PORT) -> Row:

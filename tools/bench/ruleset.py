@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
+from network_isolation.host.nftables import counters_of
 from network_isolation.model import Network
 from network_isolation.render.nft import TABLE_FAMILY, TABLE_NAME
 
@@ -169,11 +170,7 @@ def must(argv: Sequence[str], timeout: float = 120) -> str:
 def dropped_packets(spaces: Namespaces, ns: str) -> dict[str, int]:
     """Packets counted by each named counter of our table in a namespace (all count drops)."""
     listing = json.loads(spaces.run(ns, "nft", "-j", "list", "counters", "table", *TABLE))
-    return {
-        item["counter"]["name"]: int(item["counter"]["packets"])
-        for item in listing.get("nftables", [])
-        if "counter" in item
-    }
+    return {name: c["packets"] for name, c in counters_of(listing["nftables"]).items()}
 
 
 def nft_times(first: str, update: str, repeats: int) -> tuple[float, float]:

@@ -182,7 +182,7 @@ class Table:
             items: object = json.loads(result.stdout)["nftables"]
         except (ValueError, KeyError, TypeError) as e:
             raise HostError(f"nft -j list table: unreadable output: {e}") from e
-        return _counters(items)
+        return counters_of(items)
 
     def remove(self) -> list[str]:
         """Delete our table from the kernel; what went wrong, if anything."""
@@ -204,8 +204,11 @@ def _normalise(listing: str | None) -> str:
     return "".join(line.rstrip() + "\n" for line in listing.splitlines() if line.strip())
 
 
-def _counters(items: object) -> dict[str, dict[str, int]]:
-    """Named counter objects, and anonymous counters of commented rules (summed per comment)."""
+def counters_of(items: object) -> dict[str, dict[str, int]]:
+    """Named counter objects, and anonymous counters of commented rules (summed per comment).
+
+    `items` is the `nftables` list of `nft -j` output (the host's, the benchmark's, the tests').
+    """
     counters: dict[str, dict[str, int]] = {}
     for item in [as_mapping(i) for i in items] if isinstance(items, list) else []:
         named = as_mapping(item.get("counter"))
