@@ -18,7 +18,8 @@ What it measures, for N peers in the `cluster` peer relation, one module each:
   rack's subnets (the update);
 - `packets`: the packet path between two network namespaces (needs root, iperf3 and nft): new
   TCP connections per second and TCP throughput through no ruleset, a conntrack-only ruleset,
-  the rendered table and a naive one-rule-per-peer ruleset, all measured side by side.
+  the rendered table (its enforcing form, from a peer it accepts: the run fails if any drop
+  counter moves) and a naive one-rule-per-peer ruleset, all measured side by side.
 
 `cloud` builds the measured cloud, `report` prints the tables and the targets, `run` is the
 command line. Everything runs in namespaces this process creates (named after its pid) and
